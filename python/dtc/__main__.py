@@ -1,0 +1,3 @@
+from dtc.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""The `dtc` command line. Each subcommand lives in its own module with `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under dtc.cli, each defining `register(subparsers)`; a subcommand's parser sets
+# `func(args) -> int`. Imported lazily per run so `dtc --help` stays fast.
+SUBCOMMAND_MODULES = ["demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtc", description="Distilled temporal coherence for ultrasound video.")
+    parser.add_argument("--version", action="version", version=f"dtc {importlib.import_module('dtc').__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"dtc.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dtc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
