@@ -1,0 +1,174 @@
+// CPU kernels of dtc::warp: parallel over image rows (forward, flow gradient) and over (n, c)
+// planes (x gradient), so every output element has exactly one writer and results are
+// deterministic without atomics.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/common/warp_math.h"
+#include "ops/warp.h"
+
+namespace dtc::ops {
+namespace {
+
+using math::BilinearTaps;
+
+template <typename T>
+void taps_for_row(const T* flow_x, const T* flow_y, int64_t y, int64_t W, int64_t H, math::Padding padding,
+                  BilinearTaps<T>* taps) {
+  for (int64_t x = 0; x < W; ++x) {
+    taps[x] = math::bilinear_taps<T>(T(x) - flow_x[x], T(y) - flow_y[x], W, H, padding);
+  }
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& x, const at::Tensor& flow, at::Tensor& out, math::Padding padding) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const T* xp = x.const_data_ptr<T>();
+  const T* fp = flow.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  at::parallel_for(0, N * H, /*grain_size=*/std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C)),
+                   [&](int64_t begin, int64_t end) {
+                     std::vector<BilinearTaps<T>> taps(W);
+                     for (int64_t row = begin; row < end; ++row) {
+                       const int64_t n = row / H, y = row % H;
+                       const T* fx = fp + (n * 2) * HW + y * W;
+                       taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
+                       for (int64_t c = 0; c < C; ++c) {
+                         const T* plane = xp + (n * C + c) * HW;
+                         T* orow = op + (n * C + c) * HW + y * W;
+                         auto load = [plane](int64_t i) { return plane[i]; };
+                         for (int64_t xi = 0; xi < W; ++xi) {
+                           const auto& t = taps[xi];
+                           if (!t.finite) {
+                             orow[xi] = std::numeric_limits<T>::quiet_NaN();
+                             continue;
+                           }
+                           T v00, v01, v10, v11;
+                           math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
+                           orow[xi] = math::interpolate(t, v00, v01, v10, v11);
+                         }
+                       }
+                     }
+                   });
+}
+
+template <typename T>
+void grad_x_impl(const at::Tensor& grad_out, const at::Tensor& flow, at::Tensor& grad_x, math::Padding padding) {
+  const int64_t N = grad_x.size(0), C = grad_x.size(1), H = grad_x.size(2), W = grad_x.size(3), HW = H * W;
+  const T* gp = grad_out.const_data_ptr<T>();
+  const T* fp = flow.const_data_ptr<T>();
+  T* gxp = grad_x.mutable_data_ptr<T>();
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<BilinearTaps<T>> taps(W);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / C;
+      const T* g = gp + plane * HW;
+      T* dst = gxp + plane * HW;
+      for (int64_t y = 0; y < H; ++y) {
+        const T* fx = fp + (n * 2) * HW + y * W;
+        taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
+        for (int64_t xi = 0; xi < W; ++xi) {
+          const auto& t = taps[xi];
+          if (!t.finite) continue;
+          const T go = g[y * W + xi];
+          const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
+          const int64_t i00 = t.y0 * W + t.x0;
+          if (t.in_y0 && t.in_x0) dst[i00] += wy0 * wx0 * go;
+          if (t.in_y0 && t.in_x1) dst[i00 + 1] += wy0 * t.wx1 * go;
+          if (t.in_y1 && t.in_x0) dst[i00 + W] += t.wy1 * wx0 * go;
+          if (t.in_y1 && t.in_x1) dst[i00 + W + 1] += t.wy1 * t.wx1 * go;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void grad_flow_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& flow, at::Tensor& grad_flow,
+                    math::Padding padding) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const T* gp = grad_out.const_data_ptr<T>();
+  const T* xp = x.const_data_ptr<T>();
+  const T* fp = flow.const_data_ptr<T>();
+  T* gfp = grad_flow.mutable_data_ptr<T>();
+  at::parallel_for(0, N * H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C)), [&](int64_t begin, int64_t end) {
+    std::vector<BilinearTaps<T>> taps(W);
+    std::vector<T> acc_x(W), acc_y(W);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, y = row % H;
+      const T* fx = fp + (n * 2) * HW + y * W;
+      taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
+      std::fill(acc_x.begin(), acc_x.end(), T(0));
+      std::fill(acc_y.begin(), acc_y.end(), T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const T* plane = xp + (n * C + c) * HW;
+        const T* grow = gp + (n * C + c) * HW + y * W;
+        auto load = [plane](int64_t i) { return plane[i]; };
+        for (int64_t xi = 0; xi < W; ++xi) {
+          const auto& t = taps[xi];
+          if (!t.finite) continue;
+          T v00, v01, v10, v11, d_sx, d_sy;
+          math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
+          math::interpolate_grad_coords(t, v00, v01, v10, v11, &d_sx, &d_sy);
+          acc_x[xi] += grow[xi] * d_sx;
+          acc_y[xi] += grow[xi] * d_sy;
+        }
+      }
+      // The sample point is p - F(p), so the flow gradient is the negated coordinate gradient.
+      T* gx = gfp + (n * 2) * HW + y * W;
+      T* gy = gx + HW;
+      for (int64_t xi = 0; xi < W; ++xi) {
+        gx[xi] = -acc_x[xi];
+        gy[xi] = -acc_y[xi];
+      }
+    }
+  });
+}
+
+at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in, c10::string_view padding) {
+  const auto mode = check_warp_args(x_in, flow_in, std::string_view(padding.data(), padding.size()));
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor flow = flow_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp (CPU)", [&] { forward_impl<scalar_t>(x, flow, out, mode); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                     const at::Tensor& flow_in, c10::string_view padding,
+                                                     std::array<bool, 2> output_mask) {
+  const auto mode = check_warp_args(x_in, flow_in, std::string_view(padding.data(), padding.size()));
+  check_warp_grad(grad_out_in, x_in);
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor flow = flow_in.contiguous();
+  at::Tensor grad_x, grad_flow;
+  if (output_mask[0]) {
+    grad_x = at::zeros(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    if (grad_x.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward x (CPU)",
+                                 [&] { grad_x_impl<scalar_t>(grad_out, flow, grad_x, mode); });
+    }
+  }
+  if (output_mask[1]) {
+    grad_flow = at::zeros(flow.sizes(), flow.options().memory_format(at::MemoryFormat::Contiguous));
+    if (x.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward flow (CPU)",
+                                 [&] { grad_flow_impl<scalar_t>(grad_out, x, flow, grad_flow, mode); });
+    }
+  }
+  return {grad_x, grad_flow};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dtc, CPU, m) {
+  m.impl("warp", TORCH_FN(warp_cpu));
+  m.impl("warp_backward", TORCH_FN(warp_backward_cpu));
+}
+
+}  // namespace dtc::ops
