@@ -1,0 +1,41 @@
+"""`dtc evaluate`: score a folder of predicted probability PNGs against SUN-SEG style masks."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate predicted probability maps against masks (SUN-SEG suite, Dice, temporal metrics)",
+        description="Score <pred>/<case>/<frame>.png (8-bit probability maps) against <masks>/<case>/<frame>.png. "
+                    "Writes per_frame.csv, per_video.{csv,md}, overall.{csv,md}, sunseg_overall.csv and plots.",
+    )
+    p.add_argument("predictions", type=Path, help="folder of predictions: <case>/<frame>.png")
+    p.add_argument("masks", type=Path, help="folder of masks: <case>/<frame>.png (the SUN-SEG GT/ folder)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder for tables and plots")
+    p.add_argument("--preset", choices=("sunseg", "reference"), default="sunseg",
+                   help="sunseg: per-video then over videos (default); reference: batch-level, 3 decimals")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="do not min-max normalise each prediction for the SUN-SEG suite (the toolbox does)")
+    p.add_argument("--keep-ends", action="store_true",
+                   help="keep each video's first and last frame in the SUN-SEG suite (the toolbox drops them)")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold of the binary metrics (default 0.5)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cpp"), default="auto")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dtc.metrics.evaluate import evaluate_predictions, iter_prediction_folders, rows_to_markdown
+
+    total, frames = iter_prediction_folders(args.predictions, args.masks)
+    result = evaluate_predictions(
+        frames, preset=args.preset, normalize=None if args.no_normalize else "minmax",
+        drop_ends=False if args.keep_ends else None, threshold=args.threshold, backend=args.backend,
+        out_dir=args.out, plots=not args.no_plots, total=total,
+    )
+    print(rows_to_markdown([result.overall]).decode(), end="")
+    print(f"wrote tables and plots to {args.out}")
+    return 0

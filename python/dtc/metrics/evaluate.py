@@ -1,0 +1,248 @@
+"""Whole-video evaluation: every frame metric, per-video and overall tables, plots, written atomically.
+
+:func:`evaluate_predictions` is the entry point shared by ``dtc evaluate`` (PNG folders) and the
+trainer (checkpoint evaluation): it takes any iterable of frames.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from dtc.metrics import sunseg as sunseg_mod
+from dtc.metrics.objects import BinaryMetric, SUNSegMetric, TemporalMetric
+
+# Display name -> (source, key). Sources: "sun" (SUN-SEG columns), "bin" (threshold 0.5), "tmp" (temporal).
+TABLE_COLUMNS = OrderedDict([
+    ("Sα", ("sun", "Smeasure")),
+    ("E^mn_φ", ("sun", "meanEm")),
+    ("F^w_β", ("sun", "wFmeasure")),
+    ("Dice", ("sun", "meanDic")),
+    ("Sen", ("sun", "meanSen")),
+    ("MAE", ("sun", "MAE")),
+    ("maxDice", ("sun", "maxDic")),
+    ("Dice@0.5", ("bin", "Dice")),
+    ("IoU@0.5", ("bin", "IoU")),
+    ("Sen@0.5", ("bin", "sensitivity")),
+    ("Prec@0.5", ("bin", "precision")),
+    ("HD95", ("bin", "HD95")),
+    ("ASSD", ("bin", "ASSD")),
+    ("TC", ("tmp", "TC")),
+    ("TC_flow", ("tmp", "TC_flow")),
+    ("warp_IoU", ("tmp", "warp_IoU")),
+    ("warp_error", ("tmp", "warp_error")),
+    ("area_flicker", ("tmp", "area_flicker")),
+    ("dice_flicker", ("tmp", "dice_flicker")),
+])
+
+FRAME_COLUMNS = ("video", "frame", "Smeasure", "meanEm", "wFmeasure", "meanFm", "MAE", "meanDice", "meanSen",
+                 "Dice@0.5", "IoU@0.5", "Sen@0.5", "Prec@0.5", "Spec@0.5", "HD95", "ASSD", "area", "TC", "TC_flow",
+                 "warp_IoU", "warp_error")
+
+
+@dataclass
+class EvaluationResult:
+    """Per-frame rows, per-video rows and the overall row (dicts keyed by column name)."""
+
+    per_frame: list = field(default_factory=list)
+    per_video: "OrderedDict[str, OrderedDict]" = field(default_factory=OrderedDict)
+    overall: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
+    sunseg_overall: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
+
+
+def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normalize: str | None = "minmax",
+                         drop_ends: bool | None = None, threshold: float = 0.5, spacing=None, backend: str = "auto",
+                         warp=None, out_dir: str | os.PathLike | None = None, plots: bool = True,
+                         progress: bool = True, total: int | None = None) -> EvaluationResult:
+    """Evaluate a stream of frames.
+
+    ``pred_iter`` yields ``(video_id, frame_index, prob, gt)`` or ``(video_id, frame_index, prob, gt,
+    flow)``: ``prob`` an (H, W) float array in [0, 1], ``gt`` an (H, W) binary mask of the same size,
+    ``flow`` None or the (2, H, W) flow from the previous frame of the video to this one (pixels, dx
+    then dy; enables TC_flow, warping IoU and warping error). Frames of one video must come in
+    increasing ``frame_index`` order; videos may interleave.
+
+    ``preset``/``normalize``/``drop_ends`` configure the SUN-SEG suite (see
+    :class:`dtc.metrics.objects.SUNSegMetric`); threshold metrics and temporal metrics use every frame.
+    When ``out_dir`` is given, writes per_frame.csv, per_video.{csv,md}, overall.{csv,md} and plots
+    (metrics_over_time.png, distribution.png), each file atomically.
+    """
+    from tqdm import tqdm
+
+    sun = SUNSegMetric(preset=preset, normalize=normalize, drop_ends=drop_ends, backend=backend)
+    binm = BinaryMetric(preset=preset, threshold=threshold, spacing=spacing)
+    tmp = TemporalMetric(preset=preset, threshold=threshold, warp=warp)
+    result = EvaluationResult()
+    n = 0
+    for item in tqdm(pred_iter, total=total, desc="evaluate", unit="frame", disable=not progress):
+        if not isinstance(item, (tuple, list)) or len(item) not in (4, 5):
+            raise ValueError("pred_iter must yield (video_id, frame_index, prob, gt) or (..., flow) tuples, "
+                             f"got {type(item).__name__} of length {len(item) if hasattr(item, '__len__') else '?'}")
+        video, frame, prob, gt = item[:4]
+        flow = item[4] if len(item) == 5 else None
+        s = sun(prob, gt, video_id=video, frame_index=frame)[0]
+        b = binm(prob, gt, video_id=video, frame_index=frame)[0]
+        t = tmp(prob, gt, video_id=video, frame_index=frame, flow=flow)[0]
+        result.per_frame.append(OrderedDict([
+            ("video", video), ("frame", frame), ("Smeasure", s["Smeasure"]), ("meanEm", float(s["Em"].mean())),
+            ("wFmeasure", s["wFmeasure"]), ("meanFm", float(s["Fm"].mean())), ("MAE", s["MAE"]),
+            ("meanDice", float(s["Dice"].mean())), ("meanSen", float(s["Sen"].mean())),
+            ("Dice@0.5", b["Dice"]), ("IoU@0.5", b["IoU"]), ("Sen@0.5", b["sensitivity"]),
+            ("Prec@0.5", b["precision"]), ("Spec@0.5", b["specificity"]), ("HD95", b["HD95"]), ("ASSD", b["ASSD"]),
+            ("area", t["area"]), ("TC", t.get("TC", math.nan)), ("TC_flow", t.get("TC_flow", math.nan)),
+            ("warp_IoU", t.get("warp_IoU", math.nan)), ("warp_error", t.get("warp_error", math.nan)),
+        ]))
+        n += 1
+    if n == 0:
+        raise ValueError("pred_iter yielded no frames; nothing to evaluate")
+    sun_agg, bin_agg, tmp_agg = sun.aggregate(), binm.aggregate(), tmp.aggregate()
+    sources = {"sun": sun_agg, "bin": bin_agg, "tmp": tmp_agg}
+    for video in bin_agg["per_video"]:
+        row = OrderedDict([("video", video), ("frames", sum(1 for r in result.per_frame if r["video"] == video))])
+        for name, (src, key) in TABLE_COLUMNS.items():
+            row[name] = sources[src]["per_video"].get(video, {}).get(key, math.nan)
+        result.per_video[video] = row
+    result.overall = OrderedDict([("videos", len(result.per_video)), ("frames", n)])
+    for name, (src, key) in TABLE_COLUMNS.items():
+        result.overall[name] = sources[src]["overall"].get(key, math.nan)
+    result.sunseg_overall = sun_agg["overall"]
+    if out_dir is not None:
+        write_outputs(result, out_dir, plots=plots)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "nan" if not np.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def rows_to_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(rows[0].keys()))
+    for r in rows:
+        writer.writerow([_fmt(v) for v in r.values()])
+    return buf.getvalue().encode()
+
+
+def rows_to_markdown(rows: list[dict], digits: int = 3) -> bytes:
+    keys = list(rows[0].keys())
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    for r in rows:
+        cells = [("—" if not np.isfinite(v) else f"{v:.{digits}f}") if isinstance(v, (float, np.floating)) else str(v)
+                 for v in r.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_outputs(result: EvaluationResult, out_dir, plots: bool = True) -> list[Path]:
+    out = Path(out_dir)
+    written = []
+    for name, data in (
+        ("per_frame.csv", rows_to_csv(result.per_frame)),
+        ("per_video.csv", rows_to_csv(list(result.per_video.values()))),
+        ("per_video.md", rows_to_markdown(list(result.per_video.values()))),
+        ("overall.csv", rows_to_csv([result.overall])),
+        ("overall.md", rows_to_markdown([result.overall])),
+        ("sunseg_overall.csv", rows_to_csv([result.sunseg_overall])),
+    ):
+        atomic_write_bytes(out / name, data)
+        written.append(out / name)
+    if plots:
+        written += _write_plots(result, out)
+    return written
+
+
+def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_video: dict = OrderedDict()
+    for r in result.per_frame:
+        by_video.setdefault(r["video"], []).append(r)
+    series = ("Smeasure", "Dice@0.5", "TC")
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.6 * len(series)), sharex=False, squeeze=False)
+    for ax, key in zip(axes[:, 0], series):
+        for video, rows in by_video.items():
+            rows = sorted(rows, key=lambda r: r["frame"])
+            ax.plot([r["frame"] for r in rows], [r[key] for r in rows], marker=".", lw=1, label=str(video))
+        ax.set_ylabel(key)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("frame index")
+    if len(by_video) <= 12:
+        axes[0, 0].legend(fontsize=7, ncol=4, loc="lower right")
+    fig.suptitle("metrics over time, per video")
+    fig.tight_layout()
+    paths = [out / "metrics_over_time.png"]
+    _save_fig(fig, paths[0])
+
+    dist_cols = [c for c in ("Sα", "E^mn_φ", "F^w_β", "Dice", "Sen", "Dice@0.5", "TC")]
+    data = [[row[c] for row in result.per_video.values() if np.isfinite(row[c])] for c in dist_cols]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.boxplot([d if d else [np.nan] for d in data], showfliers=False)
+    for i, d in enumerate(data, start=1):
+        jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(d))
+        ax.scatter(np.full(len(d), i) + jitter, d, s=12, alpha=0.7)
+    ax.set_xticks(range(1, len(dist_cols) + 1), dist_cols)
+    ax.set_ylabel("per-video value")
+    ax.set_title(f"distribution across {len(result.per_video)} videos")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    paths.append(out / "distribution.png")
+    _save_fig(fig, paths[1])
+    return paths
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def iter_prediction_folders(pred_root, gt_root) -> tuple[int, Iterable]:
+    """(number of frames, iterator of (video, frame_index, prob, gt)) for SUN-SEG style PNG trees.
+
+    Predictions are 8-bit probability PNGs (0..255 -> 0..1), resized bilinearly to their mask when the
+    sizes differ (as the SUN-SEG toolbox does); masks are binarised at > 128.
+    """
+    cases = sunseg_mod.discover_pairs(pred_root, gt_root)
+    total = sum(len(v) for v in cases.values())
+
+    def gen():
+        for case, pairs in cases.items():
+            for index, (_, pred_file, gt_file) in enumerate(pairs):
+                gt = sunseg_mod.read_gray(gt_file)
+                prob, mask = sunseg_mod.prepare_frame(sunseg_mod.read_gray(pred_file), gt, normalize=None,
+                                                      name=str(pred_file))
+                yield case, index, prob, mask
+
+    return total, gen()

@@ -1,0 +1,242 @@
+"""MONAI-style metric objects: ``metric(pred, gt, video_id=..., frame_index=...)`` per frame or batch,
+``metric.aggregate()`` for per-video and overall results, ``metric.reset()``.
+
+Presets:
+    ``"sunseg"`` (default): every frame is scored, frames are ordered by ``frame_index`` within each
+    video, averaged per video (SUN-SEG drops each video's first and last frame, ``drop_ends``), then
+    averaged over videos. Full precision.
+    ``"reference"``: the DTC authors' released evaluation: one value per call (a batch), averaged over
+    batches with no per-video step and no frame dropping, rounded to 3 decimals. Threshold metrics
+    pool the batch's pixels before dividing ("batch-pooled"); curve metrics average the batch's frames.
+
+Convention:
+    ``pred``: (H, W) or (N, H, W) probabilities in [0, 1]; ``gt``: same shape, binary.
+    ``video_id``: a hashable or a sequence of N; ``frame_index``: int or sequence of N (defaults to
+    arrival order within the video).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+
+from dtc.metrics import reference as ref
+from dtc.metrics import sunseg as sunseg_mod
+from dtc.metrics._checks import as_array, check_mask, check_prob_map
+
+PRESETS = ("sunseg", "reference")
+
+
+def _check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    return preset
+
+
+def _split_batch(pred, gt, video_id, frame_index):
+    """Yield (video_id, frame_index or None, pred (H,W) float64, gt (H,W) bool) from a frame or a batch."""
+    p = as_array(pred, "pred")
+    g = as_array(gt, "gt")
+    if p.ndim == 2:
+        p, g = p[None], g[None] if g.ndim == 2 else g
+    if p.ndim != 3:
+        raise ValueError(f"pred must be (H, W) or (N, H, W), got shape {tuple(p.shape)}")
+    if g.shape != p.shape:
+        raise ValueError(f"gt must have pred's shape {tuple(p.shape)}, got {tuple(g.shape)}")
+    n = p.shape[0]
+    if n == 0:
+        raise ValueError("pred is an empty batch (N = 0)")
+    vids = list(video_id) if isinstance(video_id, (list, tuple, np.ndarray)) else [video_id] * n
+    if len(vids) != n:
+        raise ValueError(f"video_id must be one id or {n} ids (one per frame), got {len(vids)}")
+    if frame_index is None:
+        idxs = [None] * n
+    else:
+        idxs = list(frame_index) if isinstance(frame_index, (list, tuple, np.ndarray)) else [frame_index]
+        if len(idxs) != n:
+            raise ValueError(f"frame_index must be one index or {n} indices, got {len(idxs)}")
+    for i in range(n):
+        yield vids[i], idxs[i], check_prob_map(p[i], "pred"), check_mask(g[i], "gt")
+
+
+class _PerVideo:
+    def __init__(self, preset: str):
+        self.preset = _check_preset(preset)
+        self.reset()
+
+    def reset(self) -> None:
+        self._frames: dict = defaultdict(list)  # video -> [(frame_index, record)]
+        self._batches: list = []
+        self._arrival: dict = defaultdict(int)
+
+    def _index(self, video, frame_index):
+        idx = self._arrival[video] if frame_index is None else int(frame_index)
+        self._arrival[video] += 1
+        return idx
+
+    def _ordered(self) -> "OrderedDict":
+        if not self._frames:
+            raise ValueError("no frames were accumulated; call the metric on predictions before aggregate()")
+        out = OrderedDict()
+        for video in sorted(self._frames, key=lambda v: sunseg_mod.natural_key(str(v))):
+            frames = sorted(self._frames[video], key=lambda fr: fr[0])
+            out[video] = [r for _, r in frames]
+        return out
+
+
+class SUNSegMetric(_PerVideo):
+    """The SUN-SEG suite (S-measure, E-measures, weighted F, F-measures, MAE, Dice/Sen/Spe/IoU curves).
+
+    ``normalize="minmax"`` applies the toolbox's per-frame min-max stretch (needed to reproduce its
+    tables); ``None`` scores the probabilities as they are.
+    """
+
+    def __init__(self, preset: str = "sunseg", normalize: str | None = "minmax", drop_ends: bool | None = None,
+                 backend: str = "auto"):
+        from dtc.metrics.functional import resolve_backend
+
+        if normalize not in ("minmax", None):
+            raise ValueError(f"normalize must be 'minmax' or None, got {normalize!r}")
+        self.normalize = normalize
+        self.drop_ends = (preset == "sunseg") if drop_ends is None else bool(drop_ends)
+        self.backend = resolve_backend(backend)
+        super().__init__(preset)
+
+    def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
+        from dtc.metrics.functional import sunseg_frame
+
+        batch = []
+        for vid, fi, p, g in _split_batch(pred, gt, video_id, frame_index):
+            if self.normalize == "minmax":
+                p = sunseg_mod.minmax_normalize(p)
+            rec = sunseg_frame(p, g, backend=self.backend)
+            self._frames[vid].append((self._index(vid, fi), rec))
+            batch.append(rec)
+        self._batches.append(sunseg_mod.mean_records(batch))
+        return batch
+
+    def aggregate(self) -> dict:
+        """``{"per_video": {video: {column: value}}, "overall": {column: value}}`` (toolbox columns)."""
+        if self.preset == "reference":
+            if not self._batches:
+                raise ValueError("no frames were accumulated; call the metric on predictions before aggregate()")
+            per_batch = [sunseg_mod.summarize(b) for b in self._batches]
+            overall = OrderedDict((k, round(float(np.mean([b[k] for b in per_batch])), 3)) for k in per_batch[0])
+            per_video = {v: sunseg_mod.summarize(sunseg_mod.mean_records(recs)) for v, recs in self._ordered().items()}
+            return {"per_video": per_video, "overall": overall}
+        per_video, overall = sunseg_mod.per_case_protocol(self._ordered(), drop_ends=self.drop_ends)
+        return {"per_video": per_video, "overall": overall}
+
+
+class BinaryMetric(_PerVideo):
+    """Metrics at a fixed threshold (default 0.5): IoU, Dice, sensitivity, precision, specificity,
+    accuracy, F1, and HD95/ASSD (pixels, or ``spacing`` units). Per-video means skip NaN (undefined)
+    frames; see :func:`dtc.metrics.reference.binary_metrics` for the empty-mask conventions."""
+
+    def __init__(self, preset: str = "sunseg", threshold: float = 0.5, spacing=None, distances: bool = True):
+        self.threshold = float(threshold)
+        self.spacing = tuple(spacing) if spacing is not None else (1.0, 1.0)
+        self.distances = distances
+        super().__init__(preset)
+
+    def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
+        batch, counts = [], np.zeros(4)
+        for vid, fi, p, g in _split_batch(pred, gt, video_id, frame_index):
+            rec = ref.binary_metrics(p, g, self.threshold)
+            if self.distances:
+                rec["HD95"], rec["ASSD"] = ref.hd95_assd(p, g, self.threshold, self.spacing)
+            b = p > self.threshold
+            counts += [np.count_nonzero(b & g), np.count_nonzero(b & ~g), np.count_nonzero(~b & g),
+                       np.count_nonzero(~b & ~g)]
+            self._frames[vid].append((self._index(vid, fi), rec))
+            batch.append(rec)
+        self._batches.append(ref._ratios_from_counts(*counts))
+        return batch
+
+    @staticmethod
+    def _mean(records: list[dict]) -> "OrderedDict[str, float]":
+        keys = records[0].keys()
+        out = OrderedDict()
+        for k in keys:
+            v = np.array([r[k] for r in records], dtype=np.float64)
+            out[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        return out
+
+    def aggregate(self) -> dict:
+        per_video = {v: self._mean(recs) for v, recs in self._ordered().items()}
+        if self.preset == "reference":
+            overall = OrderedDict((k, round(v, 3)) for k, v in self._mean(self._batches).items())
+        else:
+            overall = self._mean(list(per_video.values()))
+        return {"per_video": per_video, "overall": overall}
+
+
+class TemporalMetric(_PerVideo):
+    """Temporal stability per video: TC, and with ``flow``: TC_flow, warping IoU, warping error (Lai et
+    al.; occlusion-masked when ``flow_backward`` or ``mask`` is given); area flicker, and Dice flicker
+    when ``gt`` is given. Frames of a video must arrive in increasing ``frame_index`` order, because
+    each frame is compared with the previous one of its video."""
+
+    def __init__(self, preset: str = "sunseg", threshold: float = 0.5, warp=None):
+        self.threshold = float(threshold)
+        self.warp = warp
+        super().__init__(preset)
+
+    def reset(self) -> None:
+        super().reset()
+        self._prev: dict = {}
+
+    def __call__(self, pred, gt=None, video_id="video", frame_index=None, flow=None, flow_backward=None,
+                 mask=None) -> list[dict]:
+        from dtc.metrics import temporal as tm
+
+        p_all = as_array(pred, "pred")
+        if p_all.ndim != 2:
+            raise ValueError(f"TemporalMetric takes one frame (H, W) per call, got pred of shape {tuple(p_all.shape)}")
+        p = check_prob_map(p_all, "pred")
+        g = None
+        if gt is not None:
+            g = check_mask(gt, "gt")
+            if g.shape != p.shape:
+                raise ValueError(f"gt must have pred's shape {p.shape}, got {g.shape}")
+        idx = self._index(video_id, frame_index)
+        rec = {"area": float(np.mean(p > self.threshold))}
+        if g is not None:
+            rec["Dice"] = ref.binary_metrics(p, g, self.threshold)["Dice"]
+        prev = self._prev.get(video_id)
+        if prev is not None:
+            prev_idx, q = prev
+            if idx <= prev_idx:
+                raise ValueError(f"frame_index must increase within video {video_id!r}: got {idx} after {prev_idx}")
+            if q.shape != p.shape:
+                raise ValueError(f"pred shape {p.shape} differs from the previous frame's {q.shape} in video {video_id!r}")
+            rec["TC"] = float(1.0 - np.mean(np.abs(p - q)))
+            if flow is not None:
+                rec["TC_flow"] = tm.flow_temporal_consistency(p, q, flow, self.warp)
+                rec["warp_IoU"] = tm.warping_iou(p, q, flow, self.threshold, self.warp)
+                rec["warp_error"] = tm.warping_error(p, q, flow, mask=mask, flow_backward=flow_backward, warp=self.warp)
+        self._prev[video_id] = (idx, p)
+        self._frames[video_id].append((idx, rec))
+        return [rec]
+
+    def aggregate(self) -> dict:
+        per_video = OrderedDict()
+        for video, recs in self._ordered().items():
+            out = OrderedDict()
+            for k in ("TC", "TC_flow", "warp_IoU", "warp_error"):
+                v = [r[k] for r in recs if k in r and np.isfinite(r[k])]
+                out[k] = float(np.mean(v)) if v else float("nan")
+            from dtc.metrics.temporal import flicker
+
+            out["area_flicker"] = flicker([r["area"] for r in recs])
+            dices = [r["Dice"] for r in recs if "Dice" in r]
+            out["dice_flicker"] = flicker(dices) if dices else float("nan")
+            per_video[video] = out
+        keys = next(iter(per_video.values())).keys()
+        overall = OrderedDict()
+        for k in keys:
+            v = np.array([pv[k] for pv in per_video.values()])
+            overall[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            if self.preset == "reference":
+                overall[k] = round(overall[k], 3)
+        return {"per_video": per_video, "overall": overall}
