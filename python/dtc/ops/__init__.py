@@ -8,6 +8,10 @@ import torch
 
 from dtc._extension import load as _load
 
+# Loading registers torch.ops.dtc.*; done at import so the op calls below stay traceable by
+# torch.compile (dynamo cannot step into the pybind11 loader).
+_load()
+
 __all__ = ["warp", "resize_flow"]
 
 
@@ -19,7 +23,6 @@ def resize_flow(flow: torch.Tensor, size, *, align_corners: bool = True, rescale
         in pixels of the new grid: ``(W-1)/(w-1)`` for x with ``align_corners=True``, ``W/w`` without
         (likewise for y). The authors' released code does not rescale (``preset="reference"``).
     """
-    _load()
     return torch.ops.dtc.resize_flow(flow, [int(s) for s in size], align_corners, rescale)
 
 
@@ -50,7 +53,6 @@ def warp(
         that output pixel and no gradient (checking for it would cost a host sync per call).
         On CUDA the gradient with respect to ``x`` uses atomics and is not bitwise deterministic.
     """
-    _load()
     if x.dim() == 4 and flow.dim() == 4 and flow.shape[-2:] != x.shape[-2:]:
         flow = torch.ops.dtc.resize_flow(flow, [x.shape[-2], x.shape[-1]], align_corners, rescale)
     return torch.ops.dtc.warp(x, flow, padding)

@@ -34,8 +34,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", align_
     xs = torch.arange(W, dtype=x.dtype, device=x.device).view(1, 1, W)
     sample_x = xs - flow[:, 0]
     sample_y = ys - flow[:, 1]
-    # Normalise pixel coordinates with the align_corners=True convention: pixel i <-> -1 + 2i/(size-1).
-    gx = 2 * sample_x / max(W - 1, 1) - 1 if W > 1 else sample_x * 0
-    gy = 2 * sample_y / max(H - 1, 1) - 1 if H > 1 else sample_y * 0
-    grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    # Normalise with grid_sample's align_corners=False mapping, pixel i <-> (2i + 1)/size - 1, which
+    # unnormalises back to the same pixel coordinate and, unlike align_corners=True, also exists
+    # for images one pixel wide. Border clipping is in pixel coordinates either way.
+    grid = torch.stack([(2 * sample_x + 1) / W - 1, (2 * sample_y + 1) / H - 1], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
