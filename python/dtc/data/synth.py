@@ -1,0 +1,545 @@
+"""Embedded synthetic TRUS-like video simulator: the package's default dataset.
+
+Each video is one probe sweep of a prostate-like gland. The scene is built once per video in a
+*tissue frame* (pixel coordinates of the image at rest) and every frame is rendered by mapping the
+image back into that frame, so masks and ground-truth flow follow from one known, invertible map.
+
+Physics, in the order a frame is rendered:
+
+1. Tissue tables (per video): echogenicity ``A`` (scattering amplitude: hypo-echoic textured gland
+   with a bright capsule and a darker transition zone, background with fascia layers, a fluid-filled
+   bladder-like region, a layered rectal wall at the probe, bright calcifications), attenuation ``alpha``
+   (Np per pixel; fluid barely attenuates, calcifications almost block) and two independent complex
+   white scatterer fields (lightly band-limited so interpolation does not modulate their variance).
+2. Motion ``Phi_t`` (tissue -> image): a deformation ``u + sum_k c_k(t) D_k(u)`` (breathing-like
+   background fields and probe pressure, both damped inside the gland, which is therefore
+   geometrically steadier than its surroundings) followed by a rigid probe motion (rotation about the
+   probe plus translation). The deformation is a contraction-bounded displacement (Lipschitz < 0.9,
+   checked), so it is invertible; the inverse is found by fixed-point iteration to 2e-4 px.
+3. Beam domain (rows = depth samples, columns = scan lines; a sector for axial views, a linear array
+   for sagittal views): the tissue tables are sampled at ``Phi_t^-1`` of each beam sample; the complex
+   field ``A * (cos th_t S_a + sin th_t S_b)`` (``th_t`` drifts: out-of-plane speckle decorrelation)
+   is convolved with a separable Gaussian point-spread function (axial along depth, lateral across
+   lines); round-trip attenuation ``exp(-2 * cumsum(alpha) dr)`` along each beam casts shadows behind
+   calcifications and enhances behind fluid; complex electronic noise is added; time-gain compensation
+   undoes the nominal attenuation; the envelope (Rayleigh in homogeneous tissue) is log-compressed to
+   the display dynamic range and scan-converted to the Cartesian image.
+
+Convention:
+    image coordinates are pixels, x to the right (columns), y down (rows); the probe is at the
+    bottom of the image, depth increases upwards.
+    frames  (T, H, W) float32 in [0, 1], 0 outside the field of view.
+    masks   (T, H, W) uint8 {0, 1}: the gland, inside the field of view only.
+    flows   (T, 2, H, W) float32, pixels, channel 0 = dx, channel 1 = dy. ``flows[t]`` is the BACKWARD
+            flow of the pair (t-1, t): ``frame_t(p) ~ frame_{t-1}(p - flows[t](p))`` and exactly
+            ``gland_t(p) = gland_{t-1}(p - flows[t](p))``; ``flows[0] = 0``. Defined everywhere
+            (also outside the field of view).
+    spacing (2,) mm per pixel, (row, column).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+VIEWS = ("axial", "sagittal")
+_COARSE = 4  # motion fields are smooth: evaluated every 4 px and linearly upsampled
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Controls of the simulator. All lengths scale with the image size.
+
+    height, width: image size in pixels (default 256x448, the method's H x W).
+    frames: frames per video.
+    views: views cycled over videos: "axial" (sector field of view) and/or "sagittal" (linear).
+    motion: scales probe motion, probe pressure and breathing (0 = static; above ~2 the
+        deformation may stop being invertible, which raises).
+    shadow_rate: mean number of calcifications per video (each casts an acoustic shadow).
+    noise: electronic noise level relative to the default.
+    decorrelation: speckle decorrelation rate relative to the default (0 = speckle frozen to tissue).
+    dynamic_range_db: display dynamic range of the log compression.
+    attenuation_db: nominal round-trip attenuation of soft tissue over the full depth.
+    depth_mm: imaging depth; sets the pixel spacing (depth_mm / height mm per pixel).
+    gland_steadiness: fraction of the tissue deformation the gland is spared (0..1).
+    phantom: homogeneous scattering medium (no structures, uniform attenuation); masks and flow
+        are still those of the gland, for checking speckle statistics and motion.
+    keep_envelope: also return the beam-domain envelope before log compression.
+    """
+
+    height: int = 256
+    width: int = 448
+    frames: int = 48
+    views: tuple[str, ...] = VIEWS
+    motion: float = 1.0
+    shadow_rate: float = 1.0
+    noise: float = 1.0
+    decorrelation: float = 1.0
+    dynamic_range_db: float = 50.0
+    attenuation_db: float = 30.0
+    depth_mm: float = 60.0
+    gland_steadiness: float = 0.8
+    phantom: bool = False
+    keep_envelope: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.height, (int, np.integer)) and isinstance(self.width, (int, np.integer))):
+            raise TypeError(f"height and width must be ints, got {self.height!r}, {self.width!r}")
+        if self.height < 32 or self.width < 32:
+            raise ValueError(f"image size must be at least 32x32, got {self.height}x{self.width}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        views = tuple(self.views) if not isinstance(self.views, str) else (self.views,)
+        object.__setattr__(self, "views", views)
+        if not views or any(v not in VIEWS for v in views):
+            raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {self.views!r}")
+        for name in ("motion", "shadow_rate", "noise", "decorrelation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.gland_steadiness <= 1.0:
+            raise ValueError(f"gland_steadiness must be in [0, 1], got {self.gland_steadiness}")
+        if self.dynamic_range_db <= 0 or self.depth_mm <= 0:
+            raise ValueError("dynamic_range_db and depth_mm must be positive")
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        s = self.depth_mm / self.height
+        return (s, s)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+@dataclass
+class SynthVideo:
+    """One simulated video. See the module docstring for the conventions of every array."""
+
+    frames: np.ndarray
+    masks: np.ndarray
+    flows: np.ndarray
+    fov: np.ndarray
+    view: str
+    spacing: tuple[float, float]
+    seed: int
+    envelope: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Zero-mean, unit-std random field with correlation length ~scale pixels (cheap: cubic upsampling)."""
+    h, w = shape
+    lh, lw = max(2, int(math.ceil(h / scale)) + 3), max(2, int(math.ceil(w / scale)) + 3)
+    low = rng.standard_normal((lh, lw)).astype(np.float32)
+    up = cv2.resize(low, (int(lw * scale), int(lh * scale)), interpolation=cv2.INTER_CUBIC)
+    up = up[:h, :w]
+    return ((up - up.mean()) / (up.std() + 1e-8)).astype(np.float32)
+
+
+def _coarse_nodes(n: int) -> np.ndarray:
+    """Positions (in fine pixels) of the coarse nodes that `_upsample` interpolates from."""
+    nc = -(-n // _COARSE) + 2
+    return _COARSE * (np.arange(nc, dtype=np.float64) - 1) + (_COARSE - 1) / 2
+
+
+def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a field sampled at `_coarse_nodes`; exact for fields linear in x, y.
+
+    The coarse grid carries one extra node on each side so that no output pixel is extrapolated
+    (cv2.resize clamps at borders); the resized array is then cropped.
+    """
+    hc, wc = coarse.shape[:2]
+    up = cv2.resize(coarse, (wc * _COARSE, hc * _COARSE), interpolation=cv2.INTER_LINEAR)
+    return up[_COARSE:_COARSE + shape[0], _COARSE:_COARSE + shape[1]]
+
+
+def _bilinear(fields: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """Bilinear interpolation of 2-D `fields` at fractional indices (x: column, y: row), in float
+    arithmetic; outside the grid the border cell is extended linearly (not clamped)."""
+    h, w = fields[0].shape
+    x0 = np.clip(np.floor(x), 0, w - 2)
+    y0 = np.clip(np.floor(y), 0, h - 2)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    i = y0.astype(np.intp) * w + x0.astype(np.intp)
+    w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
+    out = []
+    for f in fields:
+        flat = f.ravel()
+        out.append(flat.take(i) * w00 + flat.take(i + 1) * w01 + flat.take(i + w) * w10 + flat.take(i + w + 1) * w11)
+    return out
+
+
+def _smooth_periodic(rng: np.random.Generator, n_terms: int = 2, period=(25.0, 90.0)):
+    """A smooth random function of time in [-1, 1]: a sum of sinusoids with random periods/phases."""
+    periods = rng.uniform(*period, size=n_terms)
+    phases = rng.uniform(0, 2 * math.pi, size=n_terms)
+    weights = rng.uniform(0.5, 1.0, size=n_terms)
+    weights /= weights.sum()
+
+    def f(t):
+        t = np.asarray(t, dtype=np.float64)
+        return sum(w * np.sin(2 * math.pi * t / p + ph) for w, p, ph in zip(weights, periods, phases))
+
+    return f
+
+
+# ----------------------------------------------------------------------------------------------
+# the scene
+
+class TRUSScene:
+    """A simulated TRUS video scene; frames are rendered independently (any order, any pair).
+
+    Build with ``TRUSScene(config, seed, view)``; ``render(t, flow_from=t-1)`` returns one frame.
+    """
+
+    def __init__(self, config: SynthConfig, seed: int, view: str = "axial"):
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        self.config, self.seed, self.view = config, int(seed), view
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), VIEWS.index(view), 0x7275]))
+        self._build_geometry()
+        self._build_tissue(rng)
+        self._build_motion(rng)
+
+    # -- geometry ------------------------------------------------------------------------------
+    def _build_geometry(self):
+        cfg = self.config
+        H, W = cfg.height, cfg.width
+        self.margin = m = int(round(0.18 * max(H, W))) + 8
+        self.tissue_shape = (H + 2 * m, W + 2 * m)
+        ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+        if self.view == "axial":
+            self.cx = (W - 1) / 2.0
+            self.apex_y = (H - 1) + 0.10 * H
+            self.r0 = 0.15 * H  # probe face radius: the fan starts 0.05 H above the bottom edge
+            self.r1 = self.apex_y
+            self.half_angle = math.radians(58.0)
+            self.nd, self.nl = H, max(32, int(round(0.45 * W)))
+            rr = np.hypot(xs - self.cx, self.apex_y - ys)
+            th = np.arctan2(xs - self.cx, self.apex_y - ys)
+            self.scan_map_i = ((rr - self.r0) / (self.r1 - self.r0) * (self.nd - 1)).astype(np.float32)
+            self.scan_map_j = ((th + self.half_angle) / (2 * self.half_angle) * (self.nl - 1)).astype(np.float32)
+            self.fov = (rr >= self.r0) & (rr <= self.r1) & (np.abs(th) <= self.half_angle)
+            self.dr = (self.r1 - self.r0) / (self.nd - 1)
+        else:
+            self.y_probe = (H - 1) - 0.04 * H
+            self.nd, self.nl = H, max(32, W // 2)
+            self.scan_map_i = ((self.y_probe - ys) / self.y_probe * (self.nd - 1)).astype(np.float32)
+            self.scan_map_j = (xs * (self.nl - 1) / (W - 1)).astype(np.float32)
+            self.fov = ys <= self.y_probe
+            self.dr = self.y_probe / (self.nd - 1)
+        # coarse node sets on which the motion is solved: image pixels, and beam samples
+        cy, cx_ = _coarse_nodes(H), _coarse_nodes(W)
+        self.cart_nodes = np.stack(np.meshgrid(cx_, cy), axis=-1).astype(np.float32)  # (hc, wc, 2) x,y
+        bi, bj = _coarse_nodes(self.nd), _coarse_nodes(self.nl)
+        BJ, BI = np.meshgrid(bj, bi)
+        bx, by = self._beam_to_image(BI, BJ)
+        # beam nodes as fractional indices into the image coarse grid (tissue coordinates of beam
+        # samples are interpolated from the image grid's exact inverse: rendering only)
+        off = (_COARSE - 1) / 2 - _COARSE
+        self.beam_in_cart = ((bx - off) / _COARSE, (by - off) / _COARSE)
+        # outside the field of view the scan conversion samples far outside the beam grid -> 0
+        self.scan_map_i[~self.fov] = -1e4
+        self.scan_map_j[~self.fov] = -1e4
+        self.depth_of_sample = (np.arange(self.nd) * self.dr).astype(np.float32)
+
+    def _beam_to_image(self, i, j):
+        if self.view == "axial":
+            r = self.r0 + (self.r1 - self.r0) * i / (self.nd - 1)
+            th = -self.half_angle + 2 * self.half_angle * j / (self.nl - 1)
+            return self.cx + r * np.sin(th), self.apex_y - r * np.cos(th)
+        return (self.config.width - 1) * j / (self.nl - 1), self.y_probe - self.y_probe * i / (self.nd - 1)
+
+    def _depth(self, x, y):
+        """Distance from the probe face at rest (pixels); negative inside the probe."""
+        if self.view == "axial":
+            return np.hypot(x - self.cx, self.apex_y - y) - self.r0
+        return self.y_probe - y
+
+    # -- tissue --------------------------------------------------------------------------------
+    def _build_tissue(self, rng: np.random.Generator):
+        cfg, m = self.config, self.margin
+        H, W = cfg.height, cfg.width
+        Ht, Wt = self.tissue_shape
+        ty, tx = np.mgrid[0:Ht, 0:Wt].astype(np.float32)
+        tx -= m
+        ty -= m
+        depth = self._depth(tx, ty)
+
+        # gland: smooth irregular walnut outline; level < 0 inside, ~ signed distance in px
+        if self.view == "axial":
+            gx = (W - 1) / 2 + rng.uniform(-0.05, 0.05) * W
+            ax, ay = 0.30 * H * rng.uniform(0.9, 1.15), 0.21 * H * rng.uniform(0.9, 1.1)
+        else:
+            gx = (W - 1) / 2 + rng.uniform(-0.1, 0.1) * W
+            ax, ay = 0.38 * H * rng.uniform(0.9, 1.15), 0.19 * H * rng.uniform(0.9, 1.1)
+        gy = (H - 1) - 0.05 * H - 0.26 * H - ay * rng.uniform(0.95, 1.1)
+        dx, dy = (tx - gx) / ax, (ty - gy) / ay
+        rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+        boundary = np.ones_like(rho)
+        for k in range(2, 6):
+            boundary += rng.uniform(0.01, 0.035) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+        posterior = np.angle(np.exp(1j * (theta - math.pi / 2)))  # 0 towards the probe
+        boundary -= 0.10 * np.exp(-posterior**2 / (2 * 0.3**2))  # the walnut's concave back
+        if self.view == "sagittal":
+            boundary *= 1 + 0.15 * np.cos(theta) * rng.choice([-1, 1])  # tear-drop towards the apex
+        level = ((rho - boundary) * min(ax, ay)).astype(np.float32)
+        self.gland_level = level
+        self.gland_centre = (gx, gy)
+        gland = 1.0 / (1.0 + np.exp(np.clip(level / 1.2, -30, 30)))  # soft inside-ness
+        tz = 1.0 / (1.0 + np.exp(np.clip((np.hypot(dx, (ty - gy + 0.15 * ay) / ay) - 0.55) * 12, -30, 30)))
+
+        # attenuation in Np per pixel, calibrated so that soft tissue loses attenuation_db round trip
+        self.alpha0 = cfg.attenuation_db / 8.686 / (2 * (self.nd - 1) * self.dr)
+        # time-gain compensation: undoes the nominal soft-tissue attenuation at each depth
+        self.tgc = np.exp(2.0 * self.alpha0 * self.depth_of_sample)[:, None].astype(np.float32)
+        if cfg.phantom:
+            amp = np.ones((Ht, Wt), np.float32)
+            alpha = np.full((Ht, Wt), self.alpha0, np.float32)
+            self.calcifications = []
+        else:
+            bg = np.exp(0.25 * _smooth_noise(rng, (Ht, Wt), 10.0)) * (1 + 0.25 * _smooth_noise(rng, (Ht, Wt), 60.0))
+            for _ in range(3):  # fascia layers roughly parallel to the probe face
+                d0 = rng.uniform(0.1, 0.95) * H
+                wobble = 4.0 * _smooth_noise(rng, (Ht, Wt), 80.0)
+                bg += rng.uniform(0.4, 1.0) * np.exp(-((depth - d0 + wobble) / 1.5) ** 2)
+            gl = 0.45 * np.exp(0.35 * _smooth_noise(rng, (Ht, Wt), 5.0)) * (1 - 0.35 * tz)
+            amp = bg * (1 - gland) + gl * gland
+            amp += 1.6 * np.exp(-(level / 1.6) ** 2) * (1 + 0.3 * _smooth_noise(rng, (Ht, Wt), 30.0))
+            # bladder-like fluid region, deeper than the gland
+            bx = gx + rng.uniform(-0.1, 0.1) * W
+            by = gy - ay - 0.17 * H
+            bl_level = (np.hypot((tx - bx) / (0.55 * ax * rng.uniform(1.3, 1.8)), (ty - by) / (0.13 * H)) - 1) * 0.13 * H
+            bladder = 1.0 / (1.0 + np.exp(np.clip(bl_level / 1.5, -30, 30)))
+            amp = amp * (1 - bladder) + 0.03 * bladder
+            # rectal wall at the probe: bright mucosa, dark muscularis, bright serosa
+            amp *= 1 - 0.5 * np.exp(-((depth - 0.035 * H) / (0.012 * H)) ** 2)
+            amp += 1.8 * np.exp(-((depth - 0.01 * H) / 1.3) ** 2) + 1.2 * np.exp(-((depth - 0.06 * H) / 1.6) ** 2)
+            amp = np.where(depth < 0, 0.02, amp)
+            alpha = self.alpha0 * ((1 - bladder) * (1 + 0.15 * gland) + 0.05 * bladder)
+            # calcifications inside the gland: bright specular spots that nearly block the beam
+            n_calc = min(int(rng.poisson(cfg.shadow_rate)), 6)
+            inside = np.argwhere(level[m:m + H, m:m + W] < -0.25 * min(ax, ay))
+            self.calcifications = []
+            for _ in range(n_calc if len(inside) else 0):
+                cy_, cx_ = inside[rng.integers(len(inside))]
+                rad = rng.uniform(1.5, 3.0) * H / 256
+                spot = np.exp(-((tx - cx_) ** 2 + (ty - cy_) ** 2) / (2 * rad**2))
+                amp = np.maximum(amp, 7.0 * spot)
+                alpha = alpha + 0.35 * spot
+                self.calcifications.append((float(cx_), float(cy_), float(rad)))
+        scat = rng.standard_normal((Ht, Wt, 4)).astype(np.float32)
+        scat = cv2.GaussianBlur(scat, (0, 0), 0.7)  # band-limit: bilinear sampling keeps its variance
+        scat /= scat.reshape(-1, 4).std(axis=0)
+        # two complex scatterer realisations, already weighted by the echogenicity
+        self.scatter_table = np.ascontiguousarray(scat * amp[..., None].astype(np.float32))
+        self.alpha_table = np.ascontiguousarray(alpha.astype(np.float32))
+        self.level_table = level
+        # PSF in beam samples (axial along depth, lateral across lines)
+        self.psf_sigma = (0.9 * H / 256 * 256 / self.nd, 1.3)
+        # envelope reference: RMS of unit-amplitude speckle after the PSF (measured, cheap)
+        probe = cv2.GaussianBlur(scat[:96, :96, :2], (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
+        self.ref_rms = float(np.sqrt((probe**2).sum(-1).mean()))
+        self.noise_pool = rng.standard_normal((self.nd + 32, self.nl + 32, 2)).astype(np.float32)
+        # a wider transition for motion damping keeps the deformation gradient (and so its
+        # invertibility bound) moderate at the gland boundary
+        self.gland_weight = (1.0 / (1.0 + np.exp(np.clip(level / (0.04 * H), -30, 30)))).astype(np.float32)
+        self._depth_table = depth
+
+    # -- motion --------------------------------------------------------------------------------
+    def _build_motion(self, rng: np.random.Generator):
+        cfg, m = self.config, self.margin
+        H, W = cfg.height, cfg.width
+        n = cfg.frames
+        Ht, Wt = self.tissue_shape
+        damp = 1.0 - cfg.gland_steadiness * self.gland_weight
+        depth = np.clip(self._depth_table, 0, None) / H
+        # breathing-like fields: smooth, larger deep (bladder side), mostly along the depth axis
+        fields = []
+        for _ in range(2):
+            fx = _smooth_noise(rng, (Ht, Wt), 0.45 * H)
+            fy = _smooth_noise(rng, (Ht, Wt), 0.45 * H) + 1.5 * rng.choice([-1, 1])
+            fields.append((fx * 0.5, fy))
+        # probe pressure: tissue pushed away from the probe, decaying with depth
+        if self.view == "axial":
+            # radial from a point well below the apex: smooth (no singularity inside the table)
+            ux = (self._tx() - self.cx)
+            uy = (self._ty() - self.apex_y - 2.0 * H)
+            nrm = np.hypot(ux, uy) + 1e-6
+            px_, py_ = ux / nrm, uy / nrm
+        else:
+            px_, py_ = np.zeros((Ht, Wt), np.float32), -np.ones((Ht, Wt), np.float32)
+        press = np.exp(-depth / 0.35)
+        fields.append((px_ * press, py_ * press))
+        amps = np.array([0.035, 0.02, 0.045]) * H * cfg.motion  # max displacement of each field (px)
+        tab = []
+        lips = 0.0
+        for (fx, fy), a, w in zip(fields, amps, (1 + depth, 1 + depth, 1.0)):
+            fx = (fx * w * damp).astype(np.float32)
+            fy = (fy * w * damp).astype(np.float32)
+            peak = float(np.sqrt(fx**2 + fy**2).max()) + 1e-12
+            fx, fy = fx * (a / peak), fy * (a / peak)
+            # the deformation is the bilinear interpolant of these fields on a 4-px grid; its
+            # Lipschitz constant is bounded by the grid's finite differences
+            fx, fy = fx[::_COARSE, ::_COARSE], fy[::_COARSE, ::_COARSE]
+            g = [np.abs(np.diff(f, axis=a)).max() / _COARSE for f in (fx, fy) for a in (0, 1)]
+            lips += float(math.sqrt(sum(v * v for v in g)))
+            tab += [fx, fy]
+        if lips >= 0.9:
+            raise ValueError(f"motion={cfg.motion} is too strong: the deformation's Lipschitz bound {lips:.2f} "
+                             "must stay below 0.9 for it to be invertible; lower motion")
+        self.lipschitz_bound = lips
+        self.deform_table = np.ascontiguousarray(np.stack(tab, axis=0))  # (6, Hd, Wd), 4-px nodes
+        self._dcache = (None, None, None)
+        # time coefficients: breathing (quasi-periodic), pressure (slow push in [0, 1])
+        breath_period = rng.uniform(40, 80)
+        ph = rng.uniform(0, 2 * math.pi)
+        push = _smooth_periodic(rng, 2, (80.0, 200.0))
+        self._coef = lambda t: (np.sin(2 * math.pi * t / breath_period + ph),
+                                0.6 * np.sin(4 * math.pi * t / breath_period + 2 * ph),
+                                0.5 * (1 + push(t)))
+        # rigid probe motion about the probe face centre
+        self.pivot = (((W - 1) / 2, self.apex_y) if self.view == "axial" else ((W - 1) / 2, self.y_probe))
+        rot, trx, try_ = _smooth_periodic(rng), _smooth_periodic(rng), _smooth_periodic(rng)
+        max_rot = math.radians(2.0 if self.view == "axial" else 0.8) * cfg.motion
+        self._rigid = lambda t: (max_rot * rot(t), 0.012 * W * cfg.motion * trx(t), 0.01 * H * cfg.motion * try_(t))
+        # speckle decorrelation: the mixing angle drifts by ~0.15 rad per frame
+        steps = cfg.decorrelation * 0.15 * (1 + 0.5 * np.sin(np.arange(n) * 0.21 + rng.uniform(0, 6.3)))
+        self.mix_angle = np.concatenate([[0.0], np.cumsum(steps[1:])]) + rng.uniform(0, 2 * math.pi)
+        self.noise_offsets = rng.integers(0, 33, size=(n, 2))
+
+    def _tx(self):
+        return np.arange(self.tissue_shape[1], dtype=np.float32)[None, :] - self.margin + np.zeros(self.tissue_shape, np.float32)
+
+    def _ty(self):
+        return np.arange(self.tissue_shape[0], dtype=np.float32)[:, None] - self.margin + np.zeros(self.tissue_shape, np.float32)
+
+    def _displacement(self, u: np.ndarray, t: int) -> np.ndarray:
+        # Bilinear interpolation in float arithmetic: cv2.remap rounds positions to 1/32 px, which
+        # would make the displacement piecewise constant and stall the fixed-point inverse.
+        if self._dcache[0] != t:
+            c = self._coef(t)
+            tab = self.deform_table
+            self._dcache = (t, (c[0] * tab[0] + c[1] * tab[2] + c[2] * tab[4]).astype(np.float32),
+                            (c[0] * tab[1] + c[1] * tab[3] + c[2] * tab[5]).astype(np.float32))
+        _, dx_tab, dy_tab = self._dcache
+        Hd, Wd = dx_tab.shape
+        # clamped to the table (the margin keeps visible tissue well inside it)
+        x = np.clip((u[..., 0] + self.margin) * (1.0 / _COARSE), 0, Wd - 1.001)
+        y = np.clip((u[..., 1] + self.margin) * (1.0 / _COARSE), 0, Hd - 1.001)
+        x0, y0 = x.astype(np.intp), y.astype(np.intp)  # truncation == floor: x, y >= 0
+        fx, fy = x - x0, y - y0
+        i = y0 * Wd + x0
+        w11 = fx * fy
+        w10 = fy - w11
+        w01 = fx - w11
+        w00 = 1 - fx - w10
+        out = np.empty(u.shape, np.float32)
+        for ch, tab in enumerate((dx_tab, dy_tab)):
+            flat = tab.ravel()
+            out[..., ch] = flat.take(i) * w00 + flat.take(i + 1) * w01 + flat.take(i + Wd) * w10 + flat.take(i + Wd + 1) * w11
+        return out
+
+    def forward_map(self, u: np.ndarray, t: int) -> np.ndarray:
+        """Phi_t: tissue coordinates (..., 2) -> image coordinates at frame t."""
+        v = u + self._displacement(u, t)
+        ang, tx, ty = self._rigid(t)
+        ca, sa = math.cos(ang), math.sin(ang)
+        ox, oy = self.pivot
+        x, y = v[..., 0] - ox, v[..., 1] - oy
+        return np.stack([ca * x - sa * y + ox + tx, sa * x + ca * y + oy + ty], axis=-1).astype(np.float32)
+
+    def inverse_map(self, p: np.ndarray, t: int, tol: float = 2e-4, max_iter: int = 60) -> np.ndarray:
+        """Phi_t^-1: image coordinates (..., 2) -> tissue coordinates, by fixed-point iteration."""
+        ang, tx, ty = self._rigid(t)
+        ca, sa = math.cos(ang), math.sin(ang)
+        ox, oy = self.pivot
+        x, y = p[..., 0] - ox - tx, p[..., 1] - oy - ty
+        v = np.stack([ca * x + sa * y + ox, -sa * x + ca * y + oy], axis=-1).astype(np.float32)
+        u = v.copy()
+        for _ in range(max_iter):
+            new = v - self._displacement(u, t)
+            step = float(np.abs(new - u).max())
+            u = new
+            if step < tol:
+                return u
+        raise RuntimeError(f"deformation inverse did not converge at frame {t} (last step {step:.2e} px)")
+
+    # -- rendering -----------------------------------------------------------------------------
+    def render(self, t: int, flow_from: int | None = -1):
+        """Render frame t. Returns (frame, mask, flow, envelope).
+
+        flow is the backward flow from frame `flow_from` to t (default t-1; zeros for t=0, None when
+        flow_from is None); envelope is the beam-domain envelope before log compression.
+        """
+        cfg = self.config
+        H, W = cfg.height, cfg.width
+        if not 0 <= t < cfg.frames:
+            raise ValueError(f"frame index must be in [0, {cfg.frames}), got {t}")
+        m = self.margin
+        uc = self.inverse_map(self.cart_nodes, t)  # exact tissue coordinates of the image nodes
+        # beam domain: sample the tissue tables where each beam sample sits in the tissue
+        ubx, uby = _bilinear([uc[..., 0], uc[..., 1]], *self.beam_in_cart)
+        ub = _upsample(np.stack([ubx + m, uby + m], axis=-1), (self.nd, self.nl))
+        s = cv2.remap(self.scatter_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        alpha = cv2.remap(self.alpha_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        ca, sa = math.cos(self.mix_angle[t]), math.sin(self.mix_angle[t])
+        # out-of-plane decorrelation: rotate between the two realisations (keeps the variance)
+        mix = np.array([[ca, 0], [0, ca], [sa, 0], [0, sa]], np.float32)
+        iq = (s.reshape(-1, 4) @ mix).reshape(self.nd, self.nl, 2)
+        iq = cv2.GaussianBlur(iq, (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
+        # round trip attenuation along each beam, then electronic noise, then TGC
+        trans = np.exp(-2.0 * self.dr * np.cumsum(alpha, axis=0))
+        iq *= trans[..., None]
+        oy, ox = self.noise_offsets[t]
+        iq += (0.002 * cfg.noise * self.ref_rms) * self.noise_pool[oy:oy + self.nd, ox:ox + self.nl]
+        env = cv2.magnitude(iq[..., 0], iq[..., 1])
+        env *= self.tgc
+        # log compression to the display range; tissue of unit echogenicity sits ~20 dB below white
+        disp = np.log(env * (0.1 / self.ref_rms) + 1e-12)
+        disp *= 20.0 / math.log(10.0) / cfg.dynamic_range_db
+        disp += 1.0
+        np.clip(disp, 0.0, 1.0, out=disp)
+        frame = cv2.remap(disp, self.scan_map_j, self.scan_map_i, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # image domain: exact mask and flow from the same maps
+        ui = _upsample(uc, (H, W))
+        level = cv2.remap(self.level_table, ui[..., 0] + m, ui[..., 1] + m, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mask = ((level < 0) & self.fov).astype(np.uint8)
+        flow = None
+        if flow_from is not None:
+            src = t - 1 if flow_from == -1 else flow_from
+            if t == 0 and flow_from == -1:
+                flow = np.zeros((2, H, W), np.float32)
+            else:
+                if not 0 <= src < cfg.frames:
+                    raise ValueError(f"flow_from must be a frame index in [0, {cfg.frames}), got {src}")
+                fc = self.cart_nodes - self.forward_map(uc, src)
+                flow = np.ascontiguousarray(_upsample(np.ascontiguousarray(fc), (H, W)).transpose(2, 0, 1))
+        return frame, mask, flow, env
+
+
+def simulate_video(config: SynthConfig | None = None, seed: int = 0, view: str | None = None) -> SynthVideo:
+    """Simulate one video (all `config.frames` frames). Deterministic in (config, seed, view)."""
+    config = config or SynthConfig()
+    view = view or config.views[0]
+    scene = TRUSScene(config, seed, view)
+    T, H, W = config.frames, config.height, config.width
+    frames = np.empty((T, H, W), np.float32)
+    masks = np.empty((T, H, W), np.uint8)
+    flows = np.empty((T, 2, H, W), np.float32)
+    env = np.empty((T, scene.nd, scene.nl), np.float32) if config.keep_envelope else None
+    for t in range(T):
+        f, mk, fl, e = scene.render(t)
+        frames[t], masks[t], flows[t] = f, mk, fl
+        if env is not None:
+            env[t] = e
+    return SynthVideo(frames=frames, masks=masks, flows=flows, fov=scene.fov.copy(), view=view,
+                      spacing=config.spacing, seed=int(seed), envelope=env,
+                      meta={"calcifications": scene.calcifications, "lipschitz_bound": scene.lipschitz_bound})
