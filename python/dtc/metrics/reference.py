@@ -259,7 +259,9 @@ def medical_curves(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     hit = tp > 0
 
     def ratio(num, den):
-        return np.divide(num, den, out=np.zeros(256), where=hit)
+        # Full-object frames give specificity 0/0 = NaN, as in the toolbox.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.divide(num, den, out=np.zeros(256), where=hit)
 
     return {
         "Sen": ratio(tp, np.full_like(tp, n_obj)),

@@ -1,0 +1,77 @@
+"""Per-frame cost of the SUN-SEG metric suite: C++ kernels vs the numpy reference, one CPU core.
+
+    python -m dtc.bench metrics [--height 256 --width 448 --repeat 30]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _frame(h: int, w: int, seed: int = 0):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(h, w)), 8)
+    gt = field > np.quantile(field, 0.8)
+    pred = np.clip(ndimage.gaussian_filter(gt.astype(float), 3) + rng.normal(0, 0.15, (h, w)), 0, 1)
+    return pred, gt
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dtc.bench metrics", description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=448)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)  # the target is one CPU core
+    from dtc.metrics import reference as ref
+    from dtc.metrics.functional import _cpp_module, cpp_available, sunseg_frame
+
+    pred, gt = _frame(args.height, args.width)
+    rows = []
+    parts = [
+        ("S-measure", lambda: ref.s_measure(pred, gt)),
+        ("weighted F (EDT + Gaussian)", lambda: ref.weighted_f_measure(pred, gt)),
+        ("E/F curves + adaptive", lambda: (ref.e_measure_curve(pred, gt), ref.f_measure_curve(pred, gt),
+                                           ref.adaptive_e_measure(pred, gt), ref.adaptive_f_measure(pred, gt))),
+        ("Dice/Sen/Spe/IoU curves", lambda: ref.medical_curves(pred, gt)),
+    ]
+    for name, fn in parts:
+        rows.append((f"numpy: {name}", _median_ms(fn, args.repeat)))
+    rows.append(("numpy: whole suite (sunseg_frame)", _median_ms(lambda: sunseg_frame(pred, gt, backend="numpy"), args.repeat)))
+    if cpp_available():
+        core = _cpp_module()
+        tp, tg = torch.from_numpy(pred), torch.from_numpy(gt.astype(np.uint8))
+        rows.append(("C++: kernel only (dtc._C.sunseg_frame)", _median_ms(lambda: core.sunseg_frame(tp, tg), args.repeat)))
+        rows.append(("C++: whole suite (sunseg_frame, with checks)", _median_ms(lambda: sunseg_frame(pred, gt, backend="cpp"), args.repeat)))
+    else:
+        rows.append(("C++: not built (make dev)", float("nan")))
+
+    print(f"SUN-SEG suite per {args.height}x{args.width} frame, one thread, median of {args.repeat}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'path':<{width}}  {'ms/frame':>9}")
+    for name, ms in rows:
+        print(f"{name:<{width}}  {ms:9.2f}")
+    numpy_ms = rows[len(parts)][1]
+    if cpp_available():
+        print(f"speed-up of the C++ suite over numpy: {numpy_ms / rows[-1][1]:.1f}x "
+              f"(target: whole suite < 5 ms per frame)")
+    return 0
