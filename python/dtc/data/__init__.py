@@ -1,0 +1,25 @@
+"""Data: the embedded TRUS video simulator, readers for real layouts, window datasets, augmentation.
+
+Submodules are imported on first use so `import dtc.data` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SynthConfig": "synth", "SynthVideo": "synth", "TRUSScene": "synth", "simulate_video": "synth",
+    "VideoRecord": "index", "FrameRef": "index", "DataWarning": "index", "apply_gap_policy": "index",
+    "read_csv_index": "index", "read_sunseg_tree": "index", "read_folder_index": "index",
+    "read_video_file": "index", "read_ellipse_stills": "index", "read_nifti": "index",
+    "VideoSegmentationDataset": "dataset", "SyntheticTRUSDataset": "dataset", "patient_split": "dataset",
+    "fill_ellipse_outline": "dataset", "compose_backward_flows": "dataset",
+    "SequenceAugment": "augment", "write_synth_dataset": "write",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dtc.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dtc.data' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""Write a simulated dataset to disk in the TRUS-V layout (METHOD.md §7), atomically per file.
+
+Layout under OUT:
+    images/{id}_{frame}_{view}.png   8-bit grey frames
+    masks/{id}_{frame}_{view}.png    8-bit {0, 255}
+    flows/{id}_{frame}_{view}.npy    float32 (2, H, W) backward flow from frame-1 (absent for frame 0)
+    all.csv, train.csv, val.csv, test.csv   patient_id (video id), frame_num, image_paths, mask_paths,
+                                             flow_paths, split, view, spacing_mm (paths relative to OUT)
+    meta.json                        the simulator config, seed and split
+`id` is the patient number (3 digits), `view` is axi|sag; a video is one patient x one view and the
+split is by patient. Read it back with `dtc.data.read_csv_index(OUT/"train.csv")`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dtc.data.dataset import patient_split, synthetic_video_table
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"could not encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    bio = io.BytesIO()
+    np.save(bio, array)
+    atomic_write_bytes(path, bio.getvalue())
+
+
+def write_synth_dataset(out: str | os.PathLike, num_videos: int, config, seed: int = 0,
+                        split_fractions=(0.7, 0.15, 0.15), write_flows: bool = True, progress: bool = True) -> dict:
+    """Simulate `num_videos` videos with `config` and write them under `out`. Returns a summary."""
+    from tqdm import tqdm
+
+    from dtc.data.synth import simulate_video
+
+    out = Path(out)
+    for sub in ("images", "masks") + (("flows",) if write_flows else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    table = synthetic_video_table(num_videos, config.views, seed)
+    assign = patient_split(sorted({v["patient_id"] for v in table}), seed, split_fractions)
+    rows = []
+    spacing = config.spacing[0]
+    for v in tqdm(table, desc="simulating videos", unit="video", disable=not progress):
+        video = simulate_video(config, v["seed"], v["view"])
+        view = v["view"][:3]
+        for t in range(config.frames):
+            name = f"{v['patient_id']}_{t:04d}_{view}"
+            atomic_write_png(out / "images" / f"{name}.png", np.round(video.frames[t] * 255).astype(np.uint8))
+            atomic_write_png(out / "masks" / f"{name}.png", video.masks[t] * np.uint8(255))
+            flow_rel = ""
+            if write_flows and t > 0:
+                flow_rel = f"flows/{name}.npy"
+                atomic_write_npy(out / flow_rel, video.flows[t])
+            rows.append({"patient_id": v["video_id"], "frame_num": t, "image_paths": f"images/{name}.png",
+                         "mask_paths": f"masks/{name}.png", "flow_paths": flow_rel,
+                         "split": assign[v["patient_id"]], "view": view, "spacing_mm": f"{spacing:.6f}"})
+    fields = ["patient_id", "frame_num", "image_paths", "mask_paths", "flow_paths", "split", "view", "spacing_mm"]
+    for name, keep in (("all", None), ("train", "train"), ("val", "val"), ("test", "test")):
+        sio = io.StringIO()
+        w = csv.DictWriter(sio, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(r for r in rows if keep is None or r["split"] == keep)
+        atomic_write_bytes(out / f"{name}.csv", sio.getvalue().encode())
+    summary = {"config": config.to_dict(), "seed": seed, "videos": num_videos,
+               "split": {p: s for p, s in sorted(assign.items())}, "split_fractions": list(split_fractions),
+               "frames_written": len(rows)}
+    atomic_write_bytes(out / "meta.json", json.dumps(summary, indent=2).encode())
+    return summary
