@@ -25,7 +25,3 @@ def fixtures_dir() -> Path:
         pytest.skip(f"real-data fixtures not found at {SHARED_FIXTURES} (the shared/ folder beside the checkout)")
     return SHARED_FIXTURES
 
-
-def devices() -> list[str]:
-    """Devices every op test runs on: the CPU always, CUDA when present."""
-    return ["cpu"] + (["cuda"] if CUDA_AVAILABLE else [])
