@@ -390,3 +390,22 @@ def test_augmentation_keeps_masks_and_flow_consistent():
     per = SequenceAugment(photometric="per_frame", generator=torch.Generator().manual_seed(1), **ph)(item)
     d_per = (per["image"] - item["image"]).mean(dim=(1, 2, 3))
     assert d_shared.std() < 0.01 < d_per.std()
+
+
+def test_cli_synth_and_preview(tmp_path, capsys):
+    from dtc.cli.main import main
+
+    rc = main(["data", "synth", str(tmp_path / "ds"), "--videos", "2", "--frames", "3", "--size", "64x112",
+               "--views", "axial", "--seed", "1"])
+    assert rc == 0
+    recs = read_csv_index(tmp_path / "ds" / "all.csv", scheme="trus")
+    assert [len(r.frames) for r in recs] == [3, 3] and {r.view for r in recs} == {"axi"}
+    assert len(list((tmp_path / "ds" / "flows").iterdir())) == 4  # no flow for frame 0
+    rc = main(["data", "preview", str(tmp_path / "p.png"), "--gif", str(tmp_path / "p.gif"), "--frames", "4",
+               "--size", "64x112", "--columns", "3"])
+    assert rc == 0
+    strip = cv2.imread(str(tmp_path / "p.png"))
+    assert strip.shape == (2 * 3 * 64, 3 * 112, 3)  # 2 views x (frames, masks, flow) rows, 3 columns
+    assert (tmp_path / "p.gif").stat().st_size > 0
+    assert main(["data", "synth", str(tmp_path / "x"), "--views", "coronal", "--frames", "2"]) == 2
+    assert "views" in capsys.readouterr().err
