@@ -39,3 +39,138 @@ def warp(x: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", align_
     # for images one pixel wide. Border clipping is in pixel coordinates either way.
     grid = torch.stack([(2 * sample_x + 1) / W - 1, (2 * sample_y + 1) / H - 1], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The DTC training signals (METHOD.md §2) as plain-PyTorch compositions: the "unfused" baseline of
+# `python -m dtc.bench losses` and the fallback behind `impl="reference"` in dtc.losses. They take the
+# same arguments and return the same tuples as the fused torch.ops.dtc.* ops.
+
+# Masked average pooling divides by max(sum(m), MAP_EPS) (METHOD.md §2.5), so an empty mask pools to 0.
+MAP_EPS = 1e-6
+# Guard of the ``con_normalise`` denominator sum(M): only reached when the occlusion test rejects every
+# pixel of a pair, where the numerator is 0 as well and the pair's loss becomes 1.
+MASS_EPS = 1e-6
+
+
+def _pairs(x: torch.Tensor):
+    """Split a window tensor ``(B, T, C, H, W)`` into the previous / current frames of its T-1 pairs,
+    each ``(B*(T-1), C, H, W)``."""
+    B, T = x.shape[:2]
+    prev = x[:, :-1].reshape(B * (T - 1), *x.shape[2:])
+    cur = x[:, 1:].reshape(B * (T - 1), *x.shape[2:])
+    return prev, cur
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5):
+    """``0.5 * BCE(z, y) + 1 - mean_n softDice_n(sigmoid(z), y)``; a sample is one ``(C, H, W)`` frame.
+
+    Returns ``(loss, stats)`` with ``stats[n] = (sum p*y, sum p + sum y)`` per sample, like the op."""
+    z = logits.reshape(-1, logits.shape[-3:].numel())
+    y = target.reshape(z.shape)
+    bce = F.binary_cross_entropy_with_logits(z, y, reduction="mean")
+    p = torch.sigmoid(z)
+    inter = (p * y).sum(1)
+    total = p.sum(1) + y.sum(1)
+    dice = (2 * inter + smooth) / (total + smooth)
+    return 0.5 * bce + 1 - dice.mean(), torch.stack([inter, total], 1).detach()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+    """``tau^2 * mean((sigmoid(z/tau) - sigmoid(z_T/tau))^2)``."""
+    return tau * tau * (torch.sigmoid(student_logits / tau) - torch.sigmoid(teacher_logits / tau)).square().mean()
+
+
+def foreground_threshold(probs: torch.Tensor, q: float = 0.7) -> torch.Tensor:
+    """Per pair ``t = 1..T-1``: ``mean_b quantile(P_t[b], q)`` (linear interpolation), shape ``(T-1,)``."""
+    cur = probs[:, 1:].flatten(2)
+    return torch.quantile(cur, q, dim=2).mean(0)
+
+
+def temporal_consistency(logits, images, flows, flows_backward=None, channel_scale=None, alpha: float = 13.3,
+                         confidence: str = "mean_abs", soft_target: bool = False, normalise: bool = False,
+                         return_maps: bool = False):
+    """Per pair: ``1 - mean(M * (1 - |P_t - target|))`` (see :func:`dtc.losses.temporal_consistency`).
+
+    Returns ``(loss (T-1,), mass (T-1,), confidence (B,T-1,1,H,W), target (B,T-1,1,H,W))``; the maps are
+    empty tensors unless ``return_maps``."""
+    B, T, _, H, W = logits.shape
+    probs = torch.sigmoid(logits)
+    p_prev, p_cur = _pairs(probs)
+    i_prev, i_cur = _pairs(images)
+    _, flow = _pairs(flows)
+    warped = warp(p_prev, flow)
+    target = warped if soft_target else (warped > 0.5).to(warped.dtype)
+    diff = i_cur - warp(i_prev, flow)
+    if channel_scale is not None:
+        diff = diff * torch.as_tensor(channel_scale, dtype=diff.dtype, device=diff.device).view(1, -1, 1, 1)
+    residual = diff.sum(1, keepdim=True).abs() if confidence == "abs_sum" else diff.abs().mean(1, keepdim=True)
+    conf = torch.exp(-alpha * residual)
+    if flows_backward is not None:
+        _, back = _pairs(flows_backward)
+        back_at = warp(back, -flow)  # F_bw(p + F_fw(p))
+        err = (flow + back_at).square().sum(1, keepdim=True)
+        bound = 0.01 * (flow.square().sum(1, keepdim=True) + back_at.square().sum(1, keepdim=True)) + 0.5
+        conf = conf * (err < bound).to(conf.dtype)
+    agree = conf * (1 - (p_cur - target).abs())
+    per_pair = agree.view(B, T - 1, -1).sum((0, 2))
+    mass = conf.detach().view(B, T - 1, -1).sum((0, 2))
+    denom = mass.clamp_min(MASS_EPS) if normalise else torch.full_like(mass, B * H * W)
+    loss = 1 - per_pair / denom
+    if return_maps:
+        return loss, mass, conf.detach().view(B, T - 1, 1, H, W), target.detach().view(B, T - 1, 1, H, W)
+    empty = logits.new_empty(0)
+    return loss, mass, empty, empty
+
+
+def _map(features: torch.Tensor, mask: torch.Tensor):
+    mass = mask.sum((-2, -1))
+    pooled = (features * mask).sum((-2, -1)) / mass.clamp_min(MAP_EPS)
+    return pooled, mass.squeeze(-1)
+
+
+def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True):
+    """``v_{t-1} = MAP(W(F_{t-1}), m)``, ``v_t = MAP(F_t, m)`` with ``m = 1[P_t > thr] * 1[W(P_{t-1}) > thr]``.
+
+    Returns ``(v_prev (B,T-1,C), v_cur (B,T-1,C), mass (B,T-1))``."""
+    B, T, C, h, w = features.shape
+    p_prev, p_cur = _pairs(probs)
+    _, flow = _pairs(flows)
+    thr = threshold.repeat(B).view(-1, 1, 1, 1)
+    mask = ((p_cur > thr) & (warp(p_prev, flow) > thr)).to(features.dtype)
+    if mask.shape[-2:] != (h, w):
+        mask = F.interpolate(mask, size=(h, w), mode="nearest")
+    f_prev, f_cur = _pairs(features)
+    v_prev, mass = _map(warp(f_prev, flow, rescale=rescale_flow), mask)
+    v_cur, _ = _map(f_cur, mask)
+    return v_prev.view(B, T - 1, C), v_cur.view(B, T - 1, C), mass.view(B, T - 1)
+
+
+def global_prototypes(probs, features, threshold):
+    """``u_x = MAP(G_x, bg_x down)`` for both frames of each pair, ``bg = 1 - 1[P > thr_t]`` nearest-downsampled.
+
+    Returns ``(u_prev (B,T-1,C), u_cur (B,T-1,C), mass_prev (B,T-1), mass_cur (B,T-1))``."""
+    B, T, C, h, w = features.shape
+    p_prev, p_cur = _pairs(probs)
+    thr = threshold.repeat(B).view(-1, 1, 1, 1)
+    f_prev, f_cur = _pairs(features)
+    out = []
+    for p, f in ((p_prev, f_prev), (p_cur, f_cur)):
+        bg = (p <= thr).to(features.dtype)
+        if bg.shape[-2:] != (h, w):
+            bg = F.interpolate(bg, size=(h, w), mode="nearest")
+        out.append(_map(f, bg))
+    (u_prev, m_prev), (u_cur, m_cur) = out
+    return u_prev.view(B, T - 1, C), u_cur.view(B, T - 1, C), m_prev.view(B, T - 1), m_cur.view(B, T - 1)
+
+
+def prototype_loss(v_prev, v_cur, u_prev, u_cur, fg_weight):
+    """``(1 - w_fg) * mean_b(1 - cos(v)) + w_fg * mean_b(1 - cos(u))`` per pair; ``None`` skips a scale
+    (the other then counts with weight 1). Returns ``(proto (T-1,), loc (T-1,), glob (T-1,))``."""
+    loc = (1 - F.cosine_similarity(v_prev, v_cur, dim=-1, eps=1e-8)).mean(0) if v_prev is not None else None
+    glob = (1 - F.cosine_similarity(u_prev, u_cur, dim=-1, eps=1e-8)).mean(0) if u_prev is not None else None
+    if loc is not None and glob is not None:
+        return (1 - fg_weight) * loc + fg_weight * glob, loc, glob
+    only = loc if loc is not None else glob
+    zero = torch.zeros_like(only)
+    return only, (loc if loc is not None else zero), (glob if glob is not None else zero)

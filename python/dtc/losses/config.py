@@ -1,0 +1,147 @@
+"""Configuration of the stage-2 objective (METHOD.md §2): two presets and every switch."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = ["DTCLossConfig", "PRESETS", "TERMS", "ABLATIONS"]
+
+TERMS = ("seg", "kd", "con", "proto")
+
+# Per-preset defaults that differ; everything else has the same default in both (METHOD.md §2, §9).
+PRESETS: dict[str, dict] = {
+    # The authors' released code: signed channel sum of the residual on ImageNet-normalised images with
+    # alpha 1, the per-sample 70th-percentile foreground threshold, flow resized without rescaling.
+    "reference": dict(alpha=1.0, confidence="abs_sum", normalise_images=True, fg_threshold="percentile70",
+                      rescale_flow=False),
+    # The fixes of METHOD.md §9: mean absolute residual on intensities in [0, 1] with alpha 13.3 (a
+    # 13-grey-level residual halves the weight), foreground at 0.5, flow rescaled with the resize.
+    "dtc": dict(alpha=13.3, confidence="mean_abs", normalise_images=False, fg_threshold=0.5, rescale_flow=True),
+}
+
+# Named ablations (the paper's table and the single-scale prototype variant): terms that stay on.
+ABLATIONS: dict[str, dict] = {
+    "seg": dict(terms=("seg",)),
+    "seg+kd": dict(terms=("seg", "kd")),
+    "seg+kd+proto": dict(terms=("seg", "kd", "proto")),
+    "seg+kd+con": dict(terms=("seg", "kd", "con")),
+    "full": dict(terms=TERMS),
+    "single-scale-proto": dict(terms=TERMS, prototype_scales="local"),
+}
+
+
+@dataclass
+class DTCLossConfig:
+    """Every switch of the stage-2 objective, with METHOD.md's defaults for ``preset``.
+
+    Build it with :meth:`from_preset` so preset-dependent defaults are filled in; unknown keys raise.
+
+    Convention:
+        ``weights`` are ``(lambda_seg, lambda_KD, lambda_con, lambda_proto)``. A term is computed only if it
+        is listed in ``terms`` and its weight is non-zero; a skipped term is reported as 0.
+        ``confidence``: ``"abs_sum"`` is ``|sum_c dI_c|`` (reference), ``"mean_abs"`` is ``mean_c |dI_c|``
+        (dtc). With ``normalise_images`` the residual is taken on ``(I - image_mean) / image_std`` (the
+        network's input normalisation of the reference code); the images themselves are always passed in
+        ``[0, 1]``. ``fg_threshold`` is a float in (0, 1) or ``"percentile70"`` (``mean_b`` of the per-sample
+        70th percentile of ``P_t``). ``prototype_scales``: ``"both"`` (cross-weighted ``w_bg*L_loc +
+        w_fg*L_glob``), ``"local"`` or ``"global"`` (that term alone, weight 1).
+    """
+
+    preset: str = "dtc"
+    weights: tuple = (3.0, 1.0, 2.0, 0.1)
+    terms: tuple = TERMS
+    tau: float = 4.0
+    alpha: float = 13.3
+    confidence: str = "mean_abs"
+    normalise_images: bool = False
+    image_mean: tuple = (0.485, 0.456, 0.406)
+    image_std: tuple = (0.229, 0.224, 0.225)
+    warped_target: str = "hard"
+    con_normalise: bool = False
+    fg_threshold: Union[str, float] = 0.5
+    occlusion_check: bool = False
+    pseudo_label: str = "flip"
+    pseudo_source: str = "student"
+    rescale_flow: bool = True
+    prototype_scales: str = "both"
+    dice_smooth: float = 1e-5
+    implementation: str = "fused"
+    check_inputs: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str = "dtc", **overrides) -> "DTCLossConfig":
+        """The preset's defaults (``"reference"`` or ``"dtc"``) with ``overrides`` applied.
+
+        ``ablation=NAME`` (a key of :data:`ABLATIONS`) sets ``terms``/``prototype_scales``."""
+        if name not in PRESETS:
+            raise ValueError(f"DTCLossConfig: preset must be one of {sorted(PRESETS)}, got {name!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"preset"}
+        ablation = overrides.pop("ablation", None)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"DTCLossConfig: unknown keys {unknown}; known keys are {sorted(known)} and 'ablation'")
+        values = dict(PRESETS[name])
+        if ablation is not None:
+            if ablation not in ABLATIONS:
+                raise ValueError(f"DTCLossConfig: ablation must be one of {sorted(ABLATIONS)}, got {ablation!r}")
+            values.update(ABLATIONS[ablation])
+        values.update(overrides)
+        return cls(preset=name, **values)
+
+    def validate(self) -> None:
+        def fail(msg):
+            raise ValueError(f"DTCLossConfig: {msg}")
+
+        if self.preset not in PRESETS:
+            fail(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        self.weights = tuple(float(w) for w in self.weights)
+        if len(self.weights) != 4 or any(w < 0 for w in self.weights):
+            fail(f"weights must be 4 non-negative numbers (seg, kd, con, proto), got {self.weights}")
+        self.terms = tuple(self.terms)
+        bad = [t for t in self.terms if t not in TERMS]
+        if bad:
+            fail(f"terms must be drawn from {TERMS}, got unknown {bad}")
+        if not self.tau > 0:
+            fail(f"tau must be > 0, got {self.tau}")
+        if not self.alpha >= 0:
+            fail(f"alpha must be >= 0, got {self.alpha}")
+        if self.confidence not in ("abs_sum", "mean_abs"):
+            fail(f"confidence must be 'abs_sum' or 'mean_abs', got {self.confidence!r}")
+        if self.warped_target not in ("hard", "soft"):
+            fail(f"warped_target must be 'hard' or 'soft', got {self.warped_target!r}")
+        if isinstance(self.fg_threshold, str):
+            if self.fg_threshold != "percentile70":
+                fail(f"fg_threshold must be 'percentile70' or a number in (0, 1), got {self.fg_threshold!r}")
+        elif not 0 < float(self.fg_threshold) < 1:
+            fail(f"fg_threshold must be 'percentile70' or a number in (0, 1), got {self.fg_threshold!r}")
+        if self.pseudo_label not in ("flip", "mean"):
+            fail(f"pseudo_label must be 'flip' or 'mean', got {self.pseudo_label!r}")
+        if self.pseudo_source not in ("student", "teacher"):
+            fail(f"pseudo_source must be 'student' or 'teacher', got {self.pseudo_source!r}")
+        if self.prototype_scales not in ("both", "local", "global"):
+            fail(f"prototype_scales must be 'both', 'local' or 'global', got {self.prototype_scales!r}")
+        if self.implementation not in ("fused", "reference"):
+            fail(f"implementation must be 'fused' or 'reference', got {self.implementation!r}")
+        if len(self.image_mean) != len(self.image_std) or any(s <= 0 for s in self.image_std):
+            fail(f"image_mean and image_std must have one entry per channel and std > 0, got "
+                 f"{self.image_mean} and {self.image_std}")
+        if not self.dice_smooth > 0:
+            fail(f"dice_smooth must be > 0, got {self.dice_smooth}")
+
+    def weight(self, term: str) -> float:
+        """The weight of ``term``, 0 when it is switched off."""
+        return self.weights[TERMS.index(term)] if term in self.terms else 0.0
+
+    def channel_scale(self, channels: int):
+        """Per-channel factor of the image residual: ``1/std`` when the images are normalised (the mean
+        cancels in a difference of two frames), else ``None``."""
+        if not self.normalise_images:
+            return None
+        if channels != len(self.image_std):
+            raise ValueError(f"DTCLossConfig: images have {channels} channels but image_std has "
+                             f"{len(self.image_std)} entries")
+        return [1.0 / s for s in self.image_std]

@@ -1,0 +1,172 @@
+"""Every loss term (both implementations) against the float64 oracle written from METHOD.md §2."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtc import losses
+from . import oracle
+from .cases import CASES, make_case
+
+IMPLS = ["fused", "reference"]
+# float32 against the float64 oracle evaluated on the same input values; float64 against float64.
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def close(actual, expected, dtype):
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=RTOL[dtype], atol=RTOL[dtype] * 1e-2)
+
+
+def grad_close(actual, expected, dtype):
+    # Relative to the gradient's scale: float32 coordinates (e.g. of a resized flow) shift bilinear
+    # weights by ~1e-7, which is large relative to the tiniest entries but not to the tensor.
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=RTOL[dtype], atol=RTOL[dtype] * max(scale, 1e-3))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("preset", ["dtc", "reference"])
+@pytest.mark.parametrize("case", CASES)
+def test_objective_matches_oracle(case, preset, dtype, impl):
+    d = make_case(case, dtype=dtype, seed=hash((case, preset)) % 1000)
+    objective = losses.DTCObjective(preset, implementation=impl)
+    total, terms = objective(d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+    expected = oracle.total(*(d[k].double() for k in ("z", "loc", "glob", "zt", "y", "images", "flows")), preset)
+    assert total.dtype == dtype
+    close(total, expected["total"], dtype)
+    for name in ("seg", "kd", "con", "proto", "loc", "glob"):
+        close(terms[name], expected[name], dtype)
+        assert not terms[name].requires_grad
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("T", [2, 3, 4, 5])
+def test_window_lengths(T, impl):
+    d = make_case("random", B=2, T=T, H=9, W=11, seed=T)
+    for preset in ("dtc", "reference"):
+        total, _ = losses.DTCObjective(preset, implementation=impl)(
+            d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+        expected = oracle.total(d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"], preset)
+        close(total, expected["total"], torch.float64)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("warped_target", ["hard", "soft"])
+@pytest.mark.parametrize("normalise", [False, True])
+@pytest.mark.parametrize("occlusion", [False, True])
+def test_consistency_switches(warped_target, normalise, occlusion, dtype, impl):
+    d = make_case("random", T=4, dtype=dtype, seed=11)
+    for preset in ("dtc", "reference"):
+        alpha = oracle.PRESET[preset]["alpha"]
+        cfg = losses.DTCLossConfig.from_preset(preset)
+        z = d["z"].clone().requires_grad_(True)
+        got, maps = losses.temporal_consistency(
+            z, d["images"], d["flows"], flows_backward=d["flows_bw"] if occlusion else None, alpha=cfg.alpha,
+            confidence=cfg.confidence, channel_scale=cfg.channel_scale(3), warped_target=warped_target,
+            normalise=normalise, return_maps=True, impl=impl)
+        zd = d["z"].double().requires_grad_(True)
+        expected = oracle.con(zd, d["images"].double(), d["flows"].double(), preset, alpha, warped_target, normalise,
+                              d["flows_bw"].double() if occlusion else None)
+        close(got, expected, dtype)
+        (g,) = torch.autograd.grad(got, z)
+        (ge,) = torch.autograd.grad(expected, zd)
+        grad_close(g, ge, dtype)
+        # The maps are the oracle's M and warped target of each pair.
+        p = torch.sigmoid(d["z"].double())
+        for t in range(1, 4):
+            m = oracle.confidence(d["images"][:, t - 1].double(), d["images"][:, t].double(), d["flows"][:, t].double(),
+                                  preset, alpha, d["flows_bw"][:, t].double() if occlusion else None)
+            close(maps["confidence"][:, t - 1], m, dtype)
+            target = oracle.warp(p[:, t - 1], d["flows"][:, t].double())
+            if warped_target == "hard":
+                target = (target > 0.5).double()
+            close(maps["target"][:, t - 1], target, dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scales", ["both", "local", "global"])
+@pytest.mark.parametrize("local_size,rescale", [(None, True), ((6, 7), True), ((6, 7), False), ((5, 9), True)])
+@pytest.mark.parametrize("threshold", [0.5, "percentile70"])
+def test_prototype_switches(threshold, local_size, rescale, scales, dtype, impl):
+    d = make_case("random", T=3, local_size=local_size, dtype=dtype, seed=5)
+    p = torch.sigmoid(d["z"])
+    loc = d["loc"].clone().requires_grad_(True)
+    glob = d["glob"].clone().requires_grad_(True)
+    got, parts = losses.prototype_alignment(p, loc, glob, d["flows"], threshold=threshold, rescale_flow=rescale,
+                                            scales=scales, impl=impl)
+    locd = d["loc"].double().requires_grad_(True)
+    globd = d["glob"].double().requires_grad_(True)
+    expected = oracle.proto(p.double(), locd, globd, d["flows"].double(), threshold, rescale, scales)
+    close(got, expected["proto"], dtype)
+    for name in ("loc", "glob"):
+        if name in expected:
+            close(parts[name], expected[name], dtype)
+    inputs, inputs_d = [], []
+    if scales != "global":
+        inputs.append(loc), inputs_d.append(locd)
+    if scales != "local":
+        inputs.append(glob), inputs_d.append(globd)
+    grads = torch.autograd.grad(got, inputs)
+    grads_d = torch.autograd.grad(expected["proto"], inputs_d)
+    for a, b in zip(grads, grads_d):
+        grad_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seg_and_kd_with_gradients(dtype, impl):
+    d = make_case("random", B=3, T=2, dtype=dtype, seed=2)
+    z = (4 * d["z"]).requires_grad_(True)  # large logits exercise the stable forms
+    zd = z.detach().double().requires_grad_(True)
+    seg = losses.bce_dice(z, d["y"], impl=impl)
+    kd = losses.kd_loss(z, d["zt"], 4.0, impl=impl)
+    seg_d, kd_d = oracle.bce_dice(zd, d["y"].double()), oracle.kd(zd, d["zt"].double(), 4.0)
+    close(seg, seg_d, dtype)
+    close(kd, kd_d, dtype)
+    for ours, ref in ((seg, seg_d), (kd, kd_d)):
+        (g,) = torch.autograd.grad(ours, z)
+        (gd,) = torch.autograd.grad(ref, zd)
+        grad_close(g, gd, dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_extreme_logits_stay_finite(impl):
+    z = torch.tensor([[[[-200.0, 200.0], [0.0, 90.0]]]], requires_grad=True)
+    y = torch.tensor([[[[0.0, 1.0], [0.5, 0.0]]]])
+    loss = losses.bce_dice(z, y, impl=impl)
+    (g,) = torch.autograd.grad(loss, z)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+    close(loss, oracle.bce_dice(z.detach().double(), y.double()), torch.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_percentile_threshold_matches_quantile(impl):
+    d = make_case("random", B=3, T=4, H=10, W=13, seed=8)
+    p = torch.sigmoid(d["z"])
+    got = losses.foreground_threshold(p, "percentile70", impl=impl)
+    expected = torch.stack([oracle.threshold(p[:, t], "percentile70") for t in range(1, 4)])
+    close(got, expected, torch.float64)
+    fixed = losses.foreground_threshold(p, 0.5, impl=impl)
+    assert fixed.shape == (3,) and torch.all(fixed == 0.5)
+
+
+def test_empty_masks_give_terms_of_one():
+    d = make_case("empty")
+    _, terms = losses.DTCObjective("dtc")(d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+    assert terms["loc"].item() == pytest.approx(1.0, abs=1e-12)  # no foreground: zero local prototypes
+    d = make_case("allfg")
+    _, terms = losses.DTCObjective("dtc")(d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+    assert terms["glob"].item() == pytest.approx(1.0, abs=1e-12)  # no background: zero global prototypes
+
+
+def test_zero_flow_identical_frames_give_zero_consistency_loss():
+    d = make_case("zeroflow", T=3)
+    z = d["z"][:, :1].expand(-1, 3, -1, -1, -1).contiguous()
+    z = torch.where(z > 0, 30.0, -30.0).double()  # binary predictions: P equals its hard warp
+    images = d["images"][:, :1].expand(-1, 3, -1, -1, -1).contiguous()
+    for impl in IMPLS:
+        loss = losses.temporal_consistency(z, images, d["flows"], impl=impl)
+        assert loss.item() == pytest.approx(0.0, abs=1e-12)
