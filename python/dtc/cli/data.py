@@ -84,7 +84,7 @@ def _run_preview(args) -> int:
     import imageio.v2 as imageio
 
     from dtc.data.synth import TRUSScene
-    from dtc.data.write import atomic_write_bytes
+    from dtc.io import atomic_write_bytes
 
     cfg = _config(args)
     views = cfg.views

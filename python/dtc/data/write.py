@@ -23,35 +23,7 @@ import cv2
 import numpy as np
 
 from dtc.data.dataset import patient_split, synthetic_video_table
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_png(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
-
-
-def atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    bio = io.BytesIO()
-    np.save(bio, array)
-    atomic_write_bytes(path, bio.getvalue())
+from dtc.io import atomic_write_bytes, atomic_write_npy, atomic_write_png
 
 
 def write_synth_dataset(out: str | os.PathLike, num_videos: int, config, seed: int = 0,

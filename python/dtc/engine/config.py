@@ -1,0 +1,264 @@
+"""Typed run configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+A run is configured by one :class:`TrainConfig` (sections ``data``, ``model``, ``optim``, ``loss``,
+``flow``, ``run``). Every value is validated before any training starts, and the resolved
+configuration is saved in the run folder so a run can be reproduced or resumed from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "FlowConfig", "RunConfig", "TrainConfig",
+           "load_config", "apply_overrides", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range (the message names the key)."""
+
+
+@dataclass
+class DataConfig:
+    """Where windows come from. ``source="synthetic"`` is the embedded simulator (no files needed)."""
+
+    source: str = "synthetic"          # synthetic | csv | sunseg | folder
+    root: Optional[str] = None         # dataset root (csv: the CSV file) for real data
+    num_videos: int = 12               # synthetic: videos (patients x views)
+    frames: int = 24                   # synthetic: frames per video
+    height: int = 256
+    width: int = 448
+    T: int = 3                         # frames per window (stage 2)
+    stride: int = 1
+    frame_gap: int = 1
+    batch_size: int = 8
+    num_workers: int = 0
+    augment: bool = False              # stage 1: still-image augmentation; stage 2 (dtc preset): sequence-consistent
+    seed: int = 0                      # dataset seed (simulator, split)
+    max_windows: Optional[int] = None  # cap windows per epoch (quick runs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "student"              # a name of dtc.models.create
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    grad_clip: Optional[float] = 1.0
+    accumulate: int = 1                # gradient accumulation steps
+    amp: str = "off"                   # off | bf16 | fp16
+    scheduler: str = "cosine_restarts"  # cosine_restarts (stage 2) | poly (stage 1) | none
+    t0: int = 10
+    t_mult: int = 2
+    min_lr: float = 1e-6
+    poly_power: float = 0.9
+    early_stop_patience: Optional[int] = None  # epochs without validation improvement
+
+
+@dataclass
+class FlowConfig:
+    provider: str = "gt"               # gt | farneback | opencv | cached:<inner>
+    cache_dir: Optional[str] = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/run"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    log_every: int = 10                # steps between CSV/TensorBoard rows
+    val_every: int = 1                 # epochs between validations
+    progress: bool = True
+    threads: Optional[int] = None      # torch CPU threads
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "student"             # teacher (stage 1) | student (stage 2)
+    preset: str = "dtc"                # dtc | reference (METHOD.md)
+    teacher_checkpoint: Optional[str] = None  # stage 2: the frozen stage-1 teacher
+    init_from_teacher: bool = True     # stage 2: the student starts as a copy of the teacher
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: dict = field(default_factory=dict)  # overrides of dtc.losses.DTCLossConfig (stage 2)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _build(cls, data, "")
+
+    def validate(self, *, check_paths: bool = True) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first bad value; called before anything is trained."""
+        _choice("stage", self.stage, ("teacher", "student"))
+        _choice("preset", self.preset, ("dtc", "reference"))
+        d, o, r = self.data, self.optim, self.run
+        _choice("data.source", d.source, ("synthetic", "csv", "sunseg", "folder"))
+        for key in ("num_videos", "frames", "height", "width", "T", "stride", "frame_gap", "batch_size"):
+            if getattr(d, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
+        if d.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
+        if self.stage == "student" and d.T < 2:
+            raise ConfigError(f"data.T must be >= 2 for stage 2 (temporal terms need a previous frame), got {d.T}")
+        if d.height % 16 or d.width % 16:
+            raise ConfigError(f"data.height and data.width must be multiples of 16, got {d.height}x{d.width}")
+        if d.source != "synthetic":
+            if not d.root:
+                raise ConfigError(f"data.root is required for data.source={d.source!r}")
+            if check_paths and not Path(d.root).exists():
+                raise ConfigError(f"data.root does not exist: {d.root}")
+        if o.lr <= 0 or o.weight_decay < 0 or o.epochs < 1 or o.accumulate < 1:
+            raise ConfigError(f"optim: lr > 0, weight_decay >= 0, epochs >= 1, accumulate >= 1 required, got "
+                              f"lr={o.lr}, weight_decay={o.weight_decay}, epochs={o.epochs}, accumulate={o.accumulate}")
+        if o.grad_clip is not None and o.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be positive or null, got {o.grad_clip}")
+        _choice("optim.amp", o.amp, ("off", "bf16", "fp16"))
+        _choice("optim.scheduler", o.scheduler, ("cosine_restarts", "poly", "none"))
+        if o.early_stop_patience is not None and o.early_stop_patience < 1:
+            raise ConfigError(f"optim.early_stop_patience must be >= 1 or null, got {o.early_stop_patience}")
+        if not (r.device in ("auto", "cpu") or r.device.startswith("cuda")):
+            raise ConfigError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {r.device!r}")
+        if r.log_every < 1 or r.val_every < 1:
+            raise ConfigError("run.log_every and run.val_every must be >= 1")
+        if self.stage == "student":
+            if not self.teacher_checkpoint:
+                raise ConfigError("teacher_checkpoint is required for stage 2 (train the teacher first: dtc train-teacher)")
+            if check_paths and not Path(self.teacher_checkpoint).is_file():
+                raise ConfigError(f"teacher_checkpoint does not exist: {self.teacher_checkpoint}")
+            provider = self.flow.provider
+            base = provider.split(":", 1)[1] if provider.startswith("cached:") else provider
+            _choice("flow.provider", base, ("gt", "farneback", "opencv"))
+            if provider.startswith("cached:") and not self.flow.cache_dir:
+                raise ConfigError("flow.cache_dir is required with flow.provider='cached:...'")
+            from dtc.losses import DTCLossConfig
+
+            try:
+                DTCLossConfig.from_preset(self.preset, **self.loss)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"loss: {exc}") from exc
+        from dtc.models import available_models
+
+        _choice("model.name", self.model.name, tuple(available_models()))
+        return self
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key} must be a mapping, got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested config dict."""
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        value: Any = yaml.safe_load(raw) if raw != "" else None
+        # YAML reads 1e-3 as a string; accept numeric strings where a number is plainly meant.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _deepcopy(data):
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None,
+                defaults: Optional[dict] = None) -> TrainConfig:
+    """``defaults`` (a nested dict), then the YAML file at ``path``, then ``key=value`` overrides."""
+    data = _deepcopy(defaults or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must contain a mapping at the top level")
+        data = _merge(data, loaded)
+    data = apply_overrides(data, overrides or [])
+    return TrainConfig.from_dict(data)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

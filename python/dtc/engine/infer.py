@@ -1,0 +1,142 @@
+"""Inference on user data: masks, probability maps, an overlay video and a NIfTI stack."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dtc.io import atomic_write_bytes, atomic_write_png
+
+__all__ = ["infer", "write_overlay_video", "overlay_frame"]
+
+
+def _records_for(input_path: Path):
+    from dtc.data import index
+
+    if input_path.is_file():
+        return index.read_video_file(input_path)
+    if not input_path.is_dir():
+        raise FileNotFoundError(f"input not found: {input_path} (expected a frame folder or a video file)")
+    if (input_path / "images").is_dir():
+        return index.read_folder_index(input_path)
+    # A bare folder of frames: the folder itself is the video.
+    records = index.read_folder_index(input_path.parent, image_dir=input_path.name, mask_dir="\0none")
+    for r in records:
+        r.video_id = r.patient_id = input_path.name
+    return records
+
+
+def overlay_frame(grey: np.ndarray, prob: np.ndarray, colour=(0, 255, 0), second: Optional[np.ndarray] = None,
+                  second_colour=(255, 0, 255)) -> np.ndarray:
+    """A BGR uint8 frame: the grey image with the contour of ``prob > 0.5`` (and of ``second``)."""
+    import cv2
+
+    frame = cv2.cvtColor(np.clip(grey * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    for p, c in ((prob, colour), (second, second_colour)):
+        if p is None:
+            continue
+        contours, _ = cv2.findContours((p > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(frame, contours, -1, c, 1)
+    return frame
+
+
+def write_overlay_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    """MP4 (mp4v) of BGR frames, written to a temporary file first and then renamed into place."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write an MP4 video to {tmp}")
+    try:
+        for f in frames:
+            writer.write(f)
+    finally:
+        writer.release()
+    os.replace(tmp, path)
+    return path
+
+
+def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: bool = True, nifti: bool = False,
+          spacing=None, device: str = "auto", batch_size: int = 8) -> dict:
+    import cv2
+
+    from dtc.data import VideoSegmentationDataset
+    from dtc.engine.checkpoint import model_from_checkpoint
+    from dtc.engine.inference import predict_videos
+
+    input_path = Path(input_path)
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    model, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
+    model = model.to(device)
+    data_cfg = ckpt.get("config", {}).get("data", {})
+    size = (int(data_cfg.get("height", 256)), int(data_cfg.get("width", 448)))
+    print(f"loaded {checkpoint}: {ckpt['stage']} network {ckpt['model']['name']} {ckpt['model']['kwargs']}, "
+          f"epoch {ckpt['epoch']}, best validation Dice {ckpt['best']:.4f}, input size {size[0]}x{size[1]}")
+    records = _records_for(input_path)
+    dataset = VideoSegmentationDataset(records, T=1, size=size)
+    videos = predict_videos(model, dataset, device=device, batch_size=batch_size, progress=True)
+    out = Path(out) if out is not None else input_path.with_name(input_path.stem + "_dtc")
+    total = 0
+    for rec in dataset.videos:
+        v = videos[rec.video_id]
+        native = _native_size(rec)
+        vdir = out / rec.video_id if len(dataset.videos) > 1 else out
+        masks, overlay_frames = [], []
+        for k, frame in enumerate(v["frame"]):
+            prob = cv2.resize(v["prob"][k].numpy(), (native[1], native[0]), interpolation=cv2.INTER_LINEAR)
+            mask = (prob > 0.5).astype(np.uint8)
+            masks.append(mask)
+            atomic_write_png(vdir / "masks" / f"{frame:05d}.png", mask * np.uint8(255))
+            if probs:
+                atomic_write_png(vdir / "probs" / f"{frame:05d}.png", np.round(prob * 65535).astype(np.uint16))
+            if overlay:
+                grey = cv2.resize(v["image"][k].numpy(), (native[1], native[0]), interpolation=cv2.INTER_LINEAR)
+                overlay_frames.append(overlay_frame(grey, prob))
+        if overlay and overlay_frames:
+            write_overlay_video(vdir / "overlay.mp4", overlay_frames)
+        if nifti:
+            _write_nifti(vdir / "masks.nii.gz", np.stack(masks, axis=-1), spacing or rec.spacing)
+        total += len(v["frame"])
+    return {"frames": total, "videos": len(dataset.videos), "out": str(out)}
+
+
+def _native_size(rec) -> tuple[int, int]:
+    """(H, W) of the video's source frames, so outputs come back at the size the user gave."""
+    import cv2
+
+    if rec.kind == "video":
+        cap = cv2.VideoCapture(rec.source)
+        try:
+            return int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        finally:
+            cap.release()
+    image = cv2.imread(rec.frames[0].image, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read frame {rec.frames[0].image}")
+    return image.shape[:2]
+
+
+def _write_nifti(path: Path, volume: np.ndarray, spacing) -> None:
+    try:
+        import nibabel as nib
+    except ImportError as exc:
+        raise ImportError("--nifti needs nibabel: pip install nibabel") from exc
+    row, col = spacing if spacing is not None else (1.0, 1.0)
+    affine = np.diag([float(row), float(col), 1.0, 1.0])
+    img = nib.Nifti1Image(volume.astype(np.uint8), affine)
+    img.header.set_zooms((float(row), float(col), 1.0))
+    atomic_write_bytes(path, img.to_bytes() if not str(path).endswith(".gz") else _gzip(img.to_bytes()))
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data)

@@ -1,0 +1,409 @@
+"""The two-stage trainer of METHOD.md §1–2: one loop, two step functions.
+
+Stage 1 (``stage="teacher"``) fits a still-image network with BCE-Dice to labelled frames. Stage 2
+(``stage="student"``) freezes that teacher and trains a student (initialised as its copy) on
+unlabelled windows with the DTC objective: flip pseudo-labels, distillation, confidence-weighted
+temporal consistency and prototype alignment. Model selection uses Dice on the *validation* split.
+
+Reproducibility: every epoch reseeds torch/numpy/random from ``(run.seed, epoch)`` and shuffles with
+its own generator, so a run resumed from its last checkpoint (saved at each epoch end) repeats the
+remaining epochs exactly as an uninterrupted run would (bitwise in ``run.deterministic`` mode).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from dtc.engine.checkpoint import FORMAT, VERSION, load_run_checkpoint
+from dtc.io import atomic_torch_save, atomic_write_text
+from dtc.engine.config import ConfigError, TrainConfig
+from dtc.engine.data import build_dataset
+from dtc.engine.distributed import DistContext
+from dtc.engine.inference import collate_windows, normalise_images, predict_videos, video_scores
+
+__all__ = ["Trainer", "train", "logits_of", "split_outputs"]
+
+
+def logits_of(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def split_outputs(output):
+    """The model protocol: logits alone, or ``(logits, local, global)``."""
+    if isinstance(output, (tuple, list)):
+        if len(output) != 3:
+            raise ValueError(f"a model must return logits or (logits, local, global), got a {len(output)}-tuple")
+        return tuple(output)
+    return output, None, None
+
+
+class _EpochSampler(Sampler):
+    """Shuffles (or not) with a generator seeded per epoch and shards across ranks like DistributedSampler."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, limit: Optional[int] = None):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.limit = limit
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.limit is not None:
+            order = order[: self.limit]
+        # Pad so every rank gets the same number of batches (no rank waits on a collective forever).
+        total = math.ceil(len(order) / self.world) * self.world
+        order += order[: total - len(order)]
+        return order[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._order())
+
+    def __len__(self) -> int:
+        n = self.n if self.limit is None else min(self.n, self.limit)
+        return math.ceil(n / self.world)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` (validated first) and runs :meth:`fit`.
+
+    ``resume=True`` continues the run in ``run.out_dir`` from its ``last.pt``. A run folder that
+    already holds a run is never overwritten without ``resume``.
+    ``on_step(trainer, epoch, step)`` is an optional hook (used by tests to interrupt a run).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, on_step: Optional[Callable] = None):
+        cfg.validate()
+        self.cfg, self.on_step = cfg, on_step
+        run = cfg.run
+        self.device = self._resolve_device(run.device)
+        self.dist = DistContext.from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        if run.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.out = Path(run.out_dir)
+        self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
+        if not resume and self.last_path.exists():
+            raise ConfigError(f"run.out_dir {self.out} already holds a run (last.pt); resume it with --resume "
+                              "or choose another run.out_dir")
+        if resume and not self.last_path.exists():
+            raise ConfigError(f"cannot resume: no checkpoint {self.last_path}")
+        _seed_everything(run.seed)
+
+        self.train_set = build_dataset(cfg, "train")
+        self.val_set = build_dataset(cfg, "val", T=1, stride=1)
+        if len(self.train_set) == 0:
+            raise ConfigError("the training split has no windows (more videos or frames, or a smaller data.T)")
+        self.sampler = _EpochSampler(len(self.train_set), shuffle=True, seed=run.seed, rank=self.dist.rank,
+                                     world=self.dist.world_size, limit=cfg.data.max_windows)
+        self.loader = DataLoader(self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, collate_fn=collate_windows, drop_last=False)
+
+        from dtc.models import create
+
+        self.model = create(cfg.model.name, **cfg.model.kwargs).to(self.device)
+        self.teacher = None
+        self.objective = None
+        self.flow_provider = None
+        if cfg.stage == "student":
+            self._setup_student()
+        self.train_module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_module = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = self._make_scheduler()
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.optim.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = 0  # epochs completed
+        self.step = 0   # optimiser steps taken
+        self.best = -math.inf
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        if resume:
+            self._restore(load_run_checkpoint(self.last_path, map_location=self.device))
+        self._tb = None
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _resolve_device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"run.device={name!r} but no CUDA device is available")
+        return device
+
+    def _setup_student(self) -> None:
+        from dtc.engine.checkpoint import model_from_checkpoint
+        from dtc.flow import make_flow_provider
+        from dtc.losses import DTCObjective
+
+        cfg = self.cfg
+        teacher, ckpt = model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        same_arch = ckpt["model"]["name"] == cfg.model.name and ckpt["model"]["kwargs"] == cfg.model.kwargs
+        self.student_init = "teacher copy" if (cfg.init_from_teacher and same_arch) else "random"
+        if self.student_init == "teacher copy":
+            self.model.load_state_dict(self.teacher.state_dict())
+        self.objective = DTCObjective(cfg.preset, **cfg.loss)
+        provider = cfg.flow.provider
+        kwargs = dict(cfg.flow.params)
+        if provider != "gt":
+            kwargs.setdefault("preset", cfg.preset)
+        if provider.startswith("cached:"):
+            kwargs["cache_dir"] = cfg.flow.cache_dir
+        self.flow_provider = make_flow_provider(provider, **kwargs)
+
+    def _make_scheduler(self):
+        o = self.cfg.optim
+        if o.scheduler == "cosine_restarts":
+            return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(self.optimizer, T_0=o.t0, T_mult=o.t_mult,
+                                                                        eta_min=o.min_lr)
+        if o.scheduler == "poly":
+            total = max(1, o.epochs * math.ceil(len(self.loader) / o.accumulate))
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda it: max(0.0, 1 - it / total) ** o.poly_power)
+        return None
+
+    # ------------------------------------------------------------------ steps
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise_images(images)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _teacher_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        from dtc.losses import bce_dice
+
+        images = batch["image"].to(self.device, non_blocking=True).flatten(0, 1)
+        masks = batch["mask"].to(self.device, non_blocking=True).flatten(0, 1)
+        valid = batch["mask_valid"].to(self.device).flatten()
+        with self._autocast():
+            logits = logits_of(self.train_module(self._normalise(images)))
+        # Unlabelled frames carry no supervision in stage 1; indexing keeps the loss free of them.
+        loss = bce_dice(logits[valid].float(), masks[valid])
+        return loss, {"seg": loss.detach()}
+
+    def _student_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        B, T = images.shape[:2]
+        flows = self.flow_provider(images, {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
+                                            for k, v in batch.items()})
+        x = self._normalise(images.flatten(0, 1))
+        with torch.no_grad(), self._autocast():
+            teacher_logits = logits_of(self.teacher(x)).float()
+            pseudo = self.objective.pseudo_labels(self.model, self.teacher, x).float()
+        with self._autocast():
+            logits, local, global_ = split_outputs(self.train_module(x))
+
+        def window(t):
+            return None if t is None else t.float().unflatten(0, (B, T))
+
+        loss, terms = self.objective(window(logits), window(local), window(global_), window(teacher_logits),
+                                     window(pseudo), images, flows)
+        return loss, terms
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg, is_main = self.cfg, self.dist.is_main
+        if is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self._open_tensorboard()
+        stop = False
+        while self.epoch < cfg.optim.epochs and not stop:
+            epoch = self.epoch + 1
+            train_terms = self._train_epoch(epoch)
+            row = {"epoch": epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"], **train_terms}
+            if self.scheduler is not None and cfg.optim.scheduler == "cosine_restarts":
+                self.scheduler.step()
+            improved = False
+            if epoch % cfg.run.val_every == 0 or epoch == cfg.optim.epochs:
+                val = self.validate()
+                row.update({f"val_{k}": v for k, v in val.items()})
+                improved = val["dice"] > self.best
+                if improved:
+                    self.best = val["dice"]
+                    self.bad_epochs = 0
+                else:
+                    self.bad_epochs += 1
+            self.epoch = epoch
+            self.history.append(row)
+            patience = cfg.optim.early_stop_patience
+            stop = self.dist.agree(patience is not None and self.bad_epochs >= patience, self.device)
+            if is_main:
+                self._save(self.last_path)
+                if improved:
+                    self._save(self.best_path)
+                self._log_epoch(row)
+            self.dist.barrier()
+        if self._tb is not None:
+            self._tb.close()
+        return {"epochs": self.epoch, "steps": self.step, "best_val_dice": self.best, "early_stopped": stop,
+                "history": self.history, "out_dir": str(self.out)}
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        _seed_everything(cfg.run.seed * 1_000_003 + epoch)
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        loss_fn = self._teacher_loss if cfg.stage == "teacher" else self._student_loss
+        sums: dict[str, torch.Tensor] = {}
+        batches = 0
+        accumulate = cfg.optim.accumulate
+        progress = None
+        iterator = self.loader
+        if cfg.run.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(self.loader, desc=f"{cfg.stage} epoch {epoch}/{cfg.optim.epochs}", leave=False)
+            iterator = progress
+        n_batches = len(self.loader)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(iterator):
+            last_micro = (i + 1) % accumulate == 0 or i + 1 == n_batches
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and not last_micro:
+                sync = self.train_module.no_sync()
+            with sync:
+                loss, terms = loss_fn(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{cfg.stage} epoch {epoch} batch {i}: the loss is {loss.item()}; "
+                                             "lower optim.lr or check the input data")
+                self.scaler.scale(loss / accumulate).backward()
+            if last_micro:
+                if cfg.optim.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.scheduler is not None and cfg.optim.scheduler == "poly":
+                    self.scheduler.step()
+            terms = {"loss": loss.detach(), **terms}
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+            batches += 1
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if self._tb is not None and self.step % cfg.run.log_every == 0 and last_micro:
+                for k, v in terms.items():
+                    self._tb.add_scalar(f"train/{k}", float(v), self.step)
+            if self.on_step is not None:
+                self.on_step(self, epoch, i)
+        if progress is not None:
+            progress.close()
+        names = sorted(sums)
+        means = self.dist.mean(torch.stack([sums[k] / max(batches, 1) for k in names]).to(self.device))
+        return {f"train_{k}": float(v) for k, v in zip(names, means.tolist())}
+
+    def validate(self) -> dict:
+        """Dice at 0.5 (per frame → per video → mean), TC (1 − mean|P_t − P_{t−1}|) on the validation split."""
+        videos = predict_videos(self.model, self.val_set, device=self.device, batch_size=self.cfg.data.batch_size,
+                                amp_dtype=self.amp_dtype, rank=self.dist.rank, world_size=self.dist.world_size)
+        local = {vid: video_scores(v) for vid, v in videos.items()}
+        merged: dict[str, dict] = {}
+        for part in self.dist.gather_objects(local):
+            merged.update(part)
+        dice = [s["dice"] for s in merged.values() if not math.isnan(s["dice"])]
+        tc = [s["tc"] for s in merged.values() if not math.isnan(s["tc"])]
+        return {"dice": float(np.mean(dice)) if dice else float("nan"), "tc": float(np.mean(tc)) if tc else float("nan")}
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        model_spec = {"name": self.cfg.model.name, "kwargs": dict(self.cfg.model.kwargs),
+                      "state_dict": self.model.state_dict()}
+        return {
+            "format": FORMAT, "version": VERSION, "stage": self.cfg.stage, "preset": self.cfg.preset,
+            "model": model_spec, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": self.best,
+            "bad_epochs": self.bad_epochs, "history": self.history, "config": self.cfg.to_dict(),
+            "torch_version": torch.__version__,
+        }
+
+    def _save(self, path: Path) -> None:
+        atomic_torch_save(self._state(), path)
+
+    def _restore(self, ckpt: dict) -> None:
+        saved = ckpt.get("config", {})
+        for key in ("stage",):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ConfigError(f"cannot resume: the checkpoint's {key} is {saved.get(key)!r}, the config's "
+                                  f"{getattr(self.cfg, key)!r}")
+        if ckpt["model"]["name"] != self.cfg.model.name or ckpt["model"]["kwargs"] != self.cfg.model.kwargs:
+            raise ConfigError(f"cannot resume: the checkpoint holds model {ckpt['model']['name']} "
+                              f"{ckpt['model']['kwargs']}, the config asks for {self.cfg.model.name} {self.cfg.model.kwargs}")
+        self.model.load_state_dict(ckpt["model"]["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        self.bad_epochs, self.history = ckpt["bad_epochs"], list(ckpt["history"])
+
+    # ------------------------------------------------------------------ logs
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional; the CSV log always exists
+            return
+        self._tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _log_epoch(self, row: dict) -> None:
+        # The whole history is rewritten atomically, so a resumed run's log has no duplicate epochs.
+        keys = list(dict.fromkeys(k for r in self.history for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("epoch",) and isinstance(v, float):
+                    self._tb.add_scalar(f"epoch/{k}", v, row["epoch"])
+        if self.cfg.run.progress:
+            shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
+                     if k in ("epoch", "train_loss", "val_dice", "val_tc", "lr")}
+            print(f"[{self.cfg.stage}] " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    """Validate ``cfg``, train, and return the summary (``best_val_dice``, ``history``, ``out_dir``)."""
+    return Trainer(cfg, resume=resume).fit()
