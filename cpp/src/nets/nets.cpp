@@ -1,0 +1,266 @@
+// The three segmentation networks (see cpp/include/dtc/nets.h for the architectures and taps).
+#include "dtc/nets.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace dtc::nets {
+namespace {
+
+namespace nn = torch::nn;
+
+nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int64_t groups = 1, bool bias = false) {
+  return nn::Conv2d(
+      nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).groups(groups).bias(bias));
+}
+
+// Shape checks shared by every net: the message names the net, the argument and the expectation.
+void check_input(const char* net, const at::Tensor& x, int64_t in_channels, int64_t multiple) {
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 4, net, ": x must have shape [N, ", in_channels,
+                    ", H, W], got ", x.defined() ? x.sizes() : at::IntArrayRef{});
+  TORCH_CHECK_VALUE(x.size(1) == in_channels, net, ": x must have ", in_channels,
+                    " channels (shape [N, C, H, W]), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0 && x.size(2) % multiple == 0 && x.size(3) % multiple == 0, net,
+                    ": H and W must be positive multiples of ", multiple, " (the encoder downsamples by ", multiple,
+                    "), got H=", x.size(2), ", W=", x.size(3));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), net, ": x must be a floating-point tensor, got ",
+                   x.scalar_type());
+}
+
+at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)}); }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------- building blocks
+ConvBnActImpl::ConvBnActImpl(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
+                             int64_t groups, bool relu_)
+    : relu(relu_) {
+  conv = register_module("conv", dtc::nets::conv(in_channels, out_channels, kernel, stride, groups));
+  bn = register_module("bn", nn::BatchNorm2d(out_channels));
+}
+
+at::Tensor ConvBnActImpl::forward(const at::Tensor& x) {
+  auto y = bn->forward(conv->forward(x));
+  return relu ? at::relu(y) : y;
+}
+
+DoubleConvImpl::DoubleConvImpl(int64_t in_channels, int64_t out_channels, int64_t mid_channels) {
+  if (mid_channels < 0) mid_channels = out_channels;
+  conv1 = register_module("conv1", conv(in_channels, mid_channels, 3));
+  bn1 = register_module("bn1", nn::BatchNorm2d(mid_channels));
+  conv2 = register_module("conv2", conv(mid_channels, out_channels, 3));
+  bn2 = register_module("bn2", nn::BatchNorm2d(out_channels));
+}
+
+at::Tensor DoubleConvImpl::forward(const at::Tensor& x) {
+  auto y = at::relu(bn1->forward(conv1->forward(x)));
+  return at::relu(bn2->forward(conv2->forward(y)));
+}
+
+// ------------------------------------------------------------------------------------------ U-Net
+UNetImpl::UNetImpl(int64_t in_channels_, int64_t base_) : in_channels(in_channels_), base(base_) {
+  TORCH_CHECK_VALUE(in_channels > 0, "UNet: in_channels must be positive, got ", in_channels);
+  TORCH_CHECK_VALUE(base > 0, "UNet: base (the first level's width) must be positive, got ", base);
+  int64_t prev = in_channels;
+  for (int64_t i = 0; i < 5; ++i) {
+    const int64_t width = base << i;
+    enc.push_back(register_module("enc" + std::to_string(i), DoubleConv(prev, width)));
+    prev = width;
+  }
+  up.resize(4, nullptr);
+  dec.resize(4, nullptr);
+  for (int64_t i = 3; i >= 0; --i) {
+    const int64_t width = base << i;
+    up[i] = register_module("up" + std::to_string(i), ConvBnAct(2 * width, width, 3));
+    dec[i] = register_module("dec" + std::to_string(i), DoubleConv(2 * width, width));
+  }
+  head = register_module("head", conv(base, 1, 1, 1, 1, /*bias=*/true));
+}
+
+Triple UNetImpl::forward(const at::Tensor& x) {
+  check_input("UNet", x, in_channels, kMultiple);
+  std::vector<at::Tensor> skips;
+  at::Tensor y = x;
+  for (int64_t i = 0; i < 5; ++i) {
+    if (i > 0) y = at::max_pool2d(y, {2, 2});
+    y = enc[i]->forward(y);
+    skips.push_back(y);
+  }
+  at::Tensor bottleneck = y;
+  for (int64_t i = 3; i >= 0; --i) {
+    y = up[i]->forward(upsample2(y));
+    y = dec[i]->forward(at::cat({skips[i], y}, 1));
+  }
+  return {head->forward(y), y, bottleneck};
+}
+
+// ---------------------------------------------------------------------------------------- U-Net++
+BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride) {
+  conv1 = register_module("conv1", conv(in_channels, out_channels, 3, stride));
+  bn1 = register_module("bn1", nn::BatchNorm2d(out_channels));
+  conv2 = register_module("conv2", conv(out_channels, out_channels, 3));
+  bn2 = register_module("bn2", nn::BatchNorm2d(out_channels));
+  if (stride != 1 || in_channels != out_channels) {
+    downsample = register_module(
+        "downsample", nn::Sequential(conv(in_channels, out_channels, 1, stride), nn::BatchNorm2d(out_channels)));
+  }
+}
+
+at::Tensor BasicBlockImpl::forward(const at::Tensor& x) {
+  auto y = at::relu(bn1->forward(conv1->forward(x)));
+  y = bn2->forward(conv2->forward(y));
+  return at::relu(y + (downsample ? downsample->forward(x) : x));
+}
+
+ResNetEncoderImpl::ResNetEncoderImpl(int64_t in_channels, int64_t width) {
+  TORCH_CHECK_VALUE(width > 0, "UNetPlusPlus: width (the encoder's first width) must be positive, got ", width);
+  channels = {width, width, 2 * width, 4 * width, 8 * width};
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in_channels, width, 7).stride(2).padding(3).bias(false)));
+  bn1 = register_module("bn1", nn::BatchNorm2d(width));
+  const int64_t blocks[4] = {3, 4, 6, 3};  // ResNet-34
+  nn::Sequential* layers[4] = {&layer1, &layer2, &layer3, &layer4};
+  int64_t prev = width;
+  for (int64_t l = 0; l < 4; ++l) {
+    const int64_t out = channels[l + 1];
+    nn::Sequential seq;
+    for (int64_t b = 0; b < blocks[l]; ++b) {
+      seq->push_back(BasicBlock(b == 0 ? prev : out, out, (b == 0 && l > 0) ? 2 : 1));
+    }
+    *layers[l] = register_module("layer" + std::to_string(l + 1), seq);
+    prev = out;
+  }
+}
+
+std::vector<at::Tensor> ResNetEncoderImpl::features(const at::Tensor& x) {
+  std::vector<at::Tensor> f;
+  f.push_back(at::relu(bn1->forward(conv1->forward(x))));
+  f.push_back(layer1->forward(at::max_pool2d(f[0], {3, 3}, {2, 2}, {1, 1})));
+  f.push_back(layer2->forward(f[1]));
+  f.push_back(layer3->forward(f[2]));
+  f.push_back(layer4->forward(f[3]));
+  return f;
+}
+
+UNetPlusPlusImpl::UNetPlusPlusImpl(int64_t in_channels_, int64_t width_, int64_t decoder_width_)
+    : in_channels(in_channels_), width(width_), decoder_width(decoder_width_) {
+  TORCH_CHECK_VALUE(in_channels > 0, "UNetPlusPlus: in_channels must be positive, got ", in_channels);
+  TORCH_CHECK_VALUE(decoder_width >= 2 && decoder_width % 2 == 0,
+                    "UNetPlusPlus: decoder_width must be an even number >= 2, got ", decoder_width);
+  encoder = register_module("encoder", ResNetEncoder(in_channels, width));
+  const auto& enc = encoder->channels;
+  nodes.resize(4);
+  for (int64_t i = 0; i < 4; ++i) {
+    const int64_t out = decoder_width << i;
+    for (int64_t j = 1; j <= 4 - i; ++j) {
+      // cat[f_i, X(i,1..j-1), up(X(i+1,j-1))]; X(i+1,0) is the encoder map f_{i+1}.
+      const int64_t below = j == 1 ? enc[i + 1] : (decoder_width << (i + 1));
+      const int64_t in = enc[i] + (j - 1) * out + below;
+      nodes[i].push_back(
+          register_module("node_" + std::to_string(i) + "_" + std::to_string(j), DoubleConv(in, out)));
+    }
+  }
+  final_block = register_module("final", DoubleConv(decoder_width, decoder_width / 2));
+  for (int64_t j = 1; j <= 4; ++j) {
+    const int64_t in = j < 4 ? decoder_width : decoder_width / 2;
+    heads.push_back(register_module("head" + std::to_string(j), conv(in, 1, 1, 1, 1, /*bias=*/true)));
+  }
+  // Zeros: the heads start equally weighted (softmax of equal logits).
+  head_weights = register_parameter("head_weights", at::zeros({4}));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> UNetPlusPlusImpl::forward_with_heads(
+    const at::Tensor& x) {
+  check_input("UNetPlusPlus", x, in_channels, kMultiple);
+  const auto f = encoder->features(x);
+  // grid[i][j] = X(i,j); column 0 holds the encoder maps.
+  std::vector<std::vector<at::Tensor>> grid(5);
+  for (int64_t i = 0; i < 5; ++i) grid[i].push_back(f[i]);
+  for (int64_t j = 1; j <= 4; ++j) {
+    for (int64_t i = 0; i + j <= 4; ++i) {
+      std::vector<at::Tensor> inputs(grid[i].begin(), grid[i].begin() + j);
+      inputs.push_back(upsample2(grid[i + 1][j - 1]));
+      grid[i].push_back(nodes[i][j - 1]->forward(at::cat(inputs, 1)));
+    }
+  }
+  const at::Tensor local = final_block->forward(upsample2(grid[0][4]));
+  const int64_t H = x.size(2), W = x.size(3);
+  std::vector<at::Tensor> head_logits;
+  for (int64_t j = 1; j <= 3; ++j) {
+    head_logits.push_back(
+        at::upsample_bilinear2d(heads[j - 1]->forward(grid[0][j]), {H, W}, /*align_corners=*/false));
+  }
+  head_logits.push_back(heads[3]->forward(local));
+  const at::Tensor mix = at::softmax(head_weights, 0);
+  at::Tensor logits = head_logits[0] * mix[0];
+  for (int64_t j = 1; j < 4; ++j) logits = logits + head_logits[j] * mix[j];
+  return {logits, local, f[4], head_logits};
+}
+
+Triple UNetPlusPlusImpl::forward(const at::Tensor& x) {
+  auto [logits, local, global, heads_unused] = forward_with_heads(x);
+  return {logits, local, global};
+}
+
+// -------------------------------------------------------------------------------- real-time student
+SeparableBlockImpl::SeparableBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride, int64_t expand_) {
+  TORCH_CHECK_VALUE(expand_ >= 1, "SeparableBlock: expand must be >= 1, got ", expand_);
+  int64_t mid = in_channels;
+  if (expand_ > 1) {
+    mid = in_channels * expand_;
+    expand = register_module("expand", ConvBnAct(in_channels, mid, 1));
+  }
+  depthwise = register_module("depthwise", ConvBnAct(mid, mid, 3, stride, /*groups=*/mid));
+  // The inverted residual's projection is linear (MobileNetV2); the plain separable block keeps its ReLU.
+  project = register_module("project", ConvBnAct(mid, out_channels, 1, 1, 1, /*relu=*/expand_ == 1));
+  residual = expand_ > 1 && stride == 1 && in_channels == out_channels;
+}
+
+at::Tensor SeparableBlockImpl::forward(const at::Tensor& x) {
+  at::Tensor y = expand ? expand->forward(x) : x;
+  y = project->forward(depthwise->forward(y));
+  return residual ? y + x : y;
+}
+
+RealtimeStudentImpl::RealtimeStudentImpl(int64_t in_channels_, int64_t base_) : in_channels(in_channels_), base(base_) {
+  TORCH_CHECK_VALUE(in_channels > 0, "RealtimeStudent: in_channels must be positive, got ", in_channels);
+  TORCH_CHECK_VALUE(base > 0, "RealtimeStudent: base (the stem width) must be positive, got ", base);
+  const int64_t c[5] = {base, 2 * base, 3 * base, 6 * base, 8 * base};
+  constexpr int64_t kExpand = 4;
+  stem = register_module("stem", ConvBnAct(in_channels, c[0], 3, 2));
+  const int64_t extra_blocks[3] = {1, 2, 2};
+  nn::Sequential* stages[3] = {&stage1, &stage2, &stage3};
+  for (int64_t s = 0; s < 3; ++s) {
+    nn::Sequential seq;
+    seq->push_back(SeparableBlock(c[s], c[s + 1], 2, 1));
+    for (int64_t b = 0; b < extra_blocks[s]; ++b) seq->push_back(SeparableBlock(c[s + 1], c[s + 1], 1, kExpand));
+    *stages[s] = register_module("stage" + std::to_string(s + 1), seq);
+  }
+  bottleneck = register_module("bottleneck", nn::Sequential(SeparableBlock(c[3], c[4], 1, kExpand),
+                                                            SeparableBlock(c[4], c[4], 1, kExpand)));
+  context = register_module("context", conv(c[4], c[4], 1, 1, 1, /*bias=*/true));
+  dec.resize(4, nullptr);
+  dec[3] = register_module("dec3", SeparableBlock(c[4] + c[2], c[2]));
+  dec[2] = register_module("dec2", SeparableBlock(c[2] + c[1], c[1]));
+  dec[1] = register_module("dec1", SeparableBlock(c[1] + c[0], c[0]));
+  dec[0] = register_module("dec0", SeparableBlock(c[0] + in_channels, c[0]));
+  head = register_module("head", conv(c[0], 1, 1, 1, 1, /*bias=*/true));
+}
+
+Triple RealtimeStudentImpl::forward(const at::Tensor& x) {
+  check_input("RealtimeStudent", x, in_channels, kMultiple);
+  const at::Tensor s0 = stem->forward(x);
+  const at::Tensor s1 = stage1->forward(s0);
+  const at::Tensor s2 = stage2->forward(s1);
+  at::Tensor g = bottleneck->forward(stage3->forward(s2));
+  g = g * at::sigmoid(context->forward(at::adaptive_avg_pool2d(g, {1, 1})));
+  at::Tensor y = dec[3]->forward(at::cat({upsample2(g), s2}, 1));
+  y = dec[2]->forward(at::cat({upsample2(y), s1}, 1));
+  y = dec[1]->forward(at::cat({upsample2(y), s0}, 1));
+  // The image itself is the full-resolution skip: cheap, and it carries the edges.
+  y = dec[0]->forward(at::cat({upsample2(y), x.to(y.scalar_type())}, 1));
+  return {head->forward(y), y, g};
+}
+
+}  // namespace dtc::nets
