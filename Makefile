@@ -40,12 +40,14 @@ test: install
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 # Developers: build dtc._C in place (python/dtc/_C*.so) for PYTHONPATH=python runs. A lock keeps
-# parallel invocations from corrupting the shared build folder.
+# parallel invocations from corrupting the shared build folder, and the library is replaced by a
+# rename (a new inode), never overwritten in place under a process that has it mapped.
 dev: env
 	@mkdir -p build/dev
 	flock build/dev/.lock bash -c '\
 	  test -f build/dev/CMakeCache.txt || cmake -S . -B build/dev -G Ninja -DPython_EXECUTABLE=$(PY) -DCMAKE_BUILD_TYPE=Release; \
-	  cmake --build build/dev -j $(JOBS) && cp -f build/dev/_C*.so python/dtc/'
+	  cmake --build build/dev -j $(JOBS) && for so in build/dev/_C*.so; do \
+	    name=$$(basename $$so); cp -f $$so python/dtc/.$$name.tmp && mv -f python/dtc/.$$name.tmp python/dtc/$$name; done'
 
 bench: install
 	$(PY) -m dtc.bench warp
