@@ -44,13 +44,25 @@ def test_sunseg_toolbox_table(fixtures_dir, backend):
     printed = sunseg.round_like_toolbox(overall)
     for column, expected in TOOLBOX_TABLE.items():
         if column == "wFmeasure":
-            continue
+            continue  # checked strictly (and expected to fail) in test_sunseg_toolbox_table_weighted_f
         assert float(printed[column]) == float(expected), (column, overall[column])
-    # wFmeasure: we get 0.340496, 4e-6 below the 0.3405 rounding boundary of the printed 0.341. The
-    # weighted F is the one quantity that depends on which of several equidistant object pixels the
-    # distance transform picks and on the exact bilinear resize (OpenCV's INTER_LINEAR_EXACT gives
-    # 0.3413), so a 2022 scipy/OpenCV can land on the other side. Every other column matches exactly.
-    assert 0.3405 - 1e-5 <= overall["wFmeasure"] < 0.3415
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "unexplained 4e-6 gap: we get wFmeasure 0.3404958 (prints 0.340), the toolbox table prints 0.341. "
+    "A line-by-line replica of the toolbox path (cv2.imread grayscale, cv2.resize INTER_LINEAR, gt > 128, "
+    "/255 + min-max, scipy EDT with return_indices, 7x7 sigma-5 convolve with zero padding, beta = 1) gives "
+    "the same 0.3404958 with numpy 1.23.5 / scipy 1.9.3 / OpenCV 4.5.5 as with today's versions; other "
+    "EDT tie-breaking rules give 0.3404855-0.3404958 (never higher); other resize modes (PIL, "
+    "INTER_LINEAR_EXACT, OpenCV's non-SIMD fixed-point path, AREA, CUBIC) reach >= 0.3405 but break "
+    "2-8 of the 16 columns that match now; dropping min-max normalisation or float32 input does not "
+    "explain it either. The fixture's predictions are the a718e53 blobs; b7c35c3 replaced 13 of them, "
+    "which we cannot check here."))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sunseg_toolbox_table_weighted_f(fixtures_dir, backend):
+    pred_root, gt_root, _ = _sunseg_dirs(fixtures_dir)
+    _, overall = sunseg.evaluate_folders(pred_root, gt_root, backend=backend, progress=False)
+    assert sunseg.round_like_toolbox(overall)["wFmeasure"] == TOOLBOX_TABLE["wFmeasure"], overall["wFmeasure"]
 
 
 def test_dropping_end_frames_matters(fixtures_dir):
