@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -28,5 +29,81 @@ std::tuple<at::Tensor, at::Tensor> warp_backward(const at::Tensor& grad_out, con
 // multiplied by the size ratio ((W-1)/(w-1) with align_corners, W/w without) so displacements stay in
 // pixels of the new grid; the authors' released code does not rescale (preset "reference").
 at::Tensor resize_flow(const at::Tensor& flow, at::IntArrayRef size, bool align_corners = true, bool rescale = true);
+
+// ---- The DTC training signals (METHOD.md §2). Window tensors are [B, T, C, H, W]; pairs are
+// (t-1, t) for t = 1..T-1 (T >= 2); flows[:, t] is the flow from frame t-1 to t (warp's convention,
+// flows[:, 0] unused). Flows, images, probabilities and thresholds receive no gradient.
+
+// Confidence-weighted temporal consistency, per pair t: 1 - sum(M (1 - |P_t - P~|)) / D with
+// P = sigmoid(logits), P~ = W(P_{t-1}) (binarised at 0.5 unless soft_target), M = exp(-alpha r),
+// r = |sum_c s_c dI_c| ("abs_sum") or mean_c |s_c dI_c| ("mean_abs"), dI = I_t - W(I_{t-1}),
+// times the forward-backward occlusion test when flows_backward is defined; D = B*H*W, or sum(M)
+// (clamped to 1e-6) with `normalise`.
+//   logits [B, T, 1, H, W]; images [B, T, C, H, W] (C <= 16); flows, flows_backward [B, T, 2, H, W]
+//   channel_scale: C factors s_c, or empty for ones
+//   returns loss [T-1], mass = sum(M) [T-1], and when return_maps confidence and target
+//   [B, T-1, 1, H, W] (else empty tensors). Differentiable in logits.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_consistency(
+    const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+    const std::optional<at::Tensor>& flows_backward, at::ArrayRef<double> channel_scale, double alpha,
+    std::string_view confidence, bool soft_target, bool normalise, bool return_maps);
+
+// Gradient of temporal_consistency's loss with respect to logits, given its [T-1] incoming gradient.
+at::Tensor temporal_consistency_backward(const at::Tensor& grad_loss, const at::Tensor& mass, const at::Tensor& logits,
+                                         const at::Tensor& images, const at::Tensor& flows,
+                                         const std::optional<at::Tensor>& flows_backward,
+                                         at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence,
+                                         bool soft_target, bool normalise);
+
+// Local (decoder) prototypes of each pair: m = 1[P_t > thr_t] * 1[W(P_{t-1}) > thr_t] at full
+// resolution, nearest-resampled to the features' size; v_prev = MAP(W(F_{t-1}), m), v_cur = MAP(F_t, m)
+// with MAP(F, m) = sum F m / max(sum m, 1e-6). The flow is resized to the features' size (bilinear,
+// align_corners, components scaled by the size ratio when rescale_flow).
+//   probs [B, T, 1, H, W] in [0, 1]; features [B, T, C, h, w]; flows [B, T, 2, H, W]; threshold [T-1]
+//   returns v_prev, v_cur [B, T-1, C] and mass = sum m [B, T-1]. Differentiable in features.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes(const at::Tensor& probs, const at::Tensor& features,
+                                                                const at::Tensor& flows, const at::Tensor& threshold,
+                                                                bool rescale_flow);
+at::Tensor local_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur, const at::Tensor& mass,
+                                     const at::Tensor& probs, const at::Tensor& features, const at::Tensor& flows,
+                                     const at::Tensor& threshold, bool rescale_flow);
+
+// Global (bottleneck) prototypes of each pair: u_prev = MAP(G_{t-1}, bg_{t-1}), u_cur = MAP(G_t, bg_t)
+// with bg_x = 1 - 1[P_x > thr_t] nearest-resampled to the features' size.
+//   probs [B, T, 1, H, W]; features [B, T, C, h, w]; threshold [T-1]
+//   returns u_prev, u_cur [B, T-1, C], mass_prev, mass_cur [B, T-1]. Differentiable in features.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_prototypes(const at::Tensor& probs,
+                                                                             const at::Tensor& features,
+                                                                             const at::Tensor& threshold);
+at::Tensor global_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                      const at::Tensor& mass_prev, const at::Tensor& mass_cur, const at::Tensor& probs,
+                                      const at::Tensor& features, const at::Tensor& threshold);
+
+// Per pair t: mean_b of the q-quantile (linear interpolation, like torch.quantile) of probs[b, t],
+// by batched selection on the device (no sort, no host sync). probs [B, T, 1, H, W] -> [T-1].
+at::Tensor foreground_threshold(const at::Tensor& probs, double q);
+
+// 0.5 BCE(z, y) + 1 - mean_n softDice_n(sigmoid(z), y); a sample n is one trailing [C, H, W] block.
+//   logits, target [..., C, H, W]; returns the scalar loss and stats [N, 2] = (sum p y, sum p + sum y).
+std::tuple<at::Tensor, at::Tensor> bce_dice(const at::Tensor& logits, const at::Tensor& target, double smooth);
+at::Tensor bce_dice_backward(const at::Tensor& grad_loss, const at::Tensor& stats, const at::Tensor& logits,
+                             const at::Tensor& target, double smooth);
+
+// tau^2 mean((sigmoid(s / tau) - sigmoid(t / tau))^2), differentiable in the student logits only.
+at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, double tau);
+at::Tensor kd_loss_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                            double tau);
+
+// Dense optical flow of Farnebäck (2003) as OpenCV's calcOpticalFlowFarneback computes it
+// (polynomial expansion, coarse-to-fine pyramid, box or Gaussian window), then an optional median
+// filter of each flow component.
+//   prev, next  [N, 1, H, W]  float32/float64/uint8 grey levels on OpenCV's 0..255 scale; H, W >= 32
+//   returns     [N, 2, H, W]  float32; channel 0 = dx, channel 1 = dy, in pixels, with
+//                             prev(y, x) ≈ next(y + dy, x + dx)
+//   median      0/1 (off), 3 or 5: kernel size of the median filter (edge pixels replicated)
+// Not differentiable. NaN/Inf pixels are rejected (one device sync on CUDA).
+at::Tensor farneback(const at::Tensor& prev, const at::Tensor& next, double pyr_scale = 0.5, int64_t levels = 3,
+                     int64_t winsize = 15, int64_t iterations = 3, int64_t poly_n = 5, double poly_sigma = 1.2,
+                     bool gaussian_window = false, int64_t median = 3);
 
 }  // namespace dtc

@@ -10,4 +10,26 @@ TORCH_LIBRARY(dtc, m) {
   // Composite: built from ATen ops, so autograd, fake tensors and every backend come for free.
   m.def("resize_flow(Tensor flow, int[2] size, bool align_corners=True, bool rescale=True) -> Tensor",
         torch::dispatch(c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(dtc::resize_flow)));
+  // Not differentiable: flow is an input to the losses, never optimised through.
+  m.def("farneback(Tensor prev, Tensor next, float pyr_scale=0.5, int levels=3, int winsize=15, int iterations=3, "
+        "int poly_n=5, float poly_sigma=1.2, bool gaussian_window=False, int median=3) -> Tensor");
+
+  // The DTC training signals (METHOD.md §2); see dtc/ops.h for shapes. Auxiliary outputs (mass,
+  // stats, maps) carry no gradient.
+  m.def("temporal_consistency(Tensor logits, Tensor images, Tensor flows, Tensor? flows_backward, float[] channel_scale, "
+        "float alpha, str confidence, bool soft_target, bool normalise, bool return_maps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("temporal_consistency_backward(Tensor grad_loss, Tensor mass, Tensor logits, Tensor images, Tensor flows, "
+        "Tensor? flows_backward, float[] channel_scale, float alpha, str confidence, bool soft_target, bool normalise) -> Tensor");
+  m.def("local_prototypes(Tensor probs, Tensor features, Tensor flows, Tensor threshold, bool rescale_flow) -> (Tensor, Tensor, Tensor)");
+  m.def("local_prototypes_backward(Tensor grad_prev, Tensor grad_cur, Tensor mass, Tensor probs, Tensor features, "
+        "Tensor flows, Tensor threshold, bool rescale_flow) -> Tensor");
+  m.def("global_prototypes(Tensor probs, Tensor features, Tensor threshold) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("global_prototypes_backward(Tensor grad_prev, Tensor grad_cur, Tensor mass_prev, Tensor mass_cur, Tensor probs, "
+        "Tensor features, Tensor threshold) -> Tensor");
+  m.def("foreground_threshold(Tensor probs, float q) -> Tensor",
+        torch::dispatch(c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(dtc::foreground_threshold)));
+  m.def("bce_dice(Tensor logits, Tensor target, float smooth) -> (Tensor, Tensor)");
+  m.def("bce_dice_backward(Tensor grad_loss, Tensor stats, Tensor logits, Tensor target, float smooth) -> Tensor");
+  m.def("kd_loss(Tensor student, Tensor teacher, float tau) -> Tensor");
+  m.def("kd_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, float tau) -> Tensor");
 }

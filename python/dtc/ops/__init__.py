@@ -12,7 +12,10 @@ from dtc._extension import load as _load
 # torch.compile (dynamo cannot step into the pybind11 loader).
 _load()
 
-__all__ = ["warp", "resize_flow"]
+__all__ = [
+    "warp", "resize_flow", "temporal_consistency", "local_prototypes", "global_prototypes", "foreground_threshold",
+    "bce_dice", "kd_loss",
+]
 
 
 def resize_flow(flow: torch.Tensor, size, *, align_corners: bool = True, rescale: bool = True) -> torch.Tensor:
@@ -56,3 +59,44 @@ def warp(
     if x.dim() == 4 and flow.dim() == 4 and flow.shape[-2:] != x.shape[-2:]:
         flow = torch.ops.dtc.resize_flow(flow, [x.shape[-2], x.shape[-1]], align_corners, rescale)
     return torch.ops.dtc.warp(x, flow, padding)
+
+
+# ---- The DTC training signals (METHOD.md §2). Thin wrappers over the fused ops with the same
+# arguments and results as their plain-PyTorch twins in dtc.ops.reference; dtc.losses is the
+# user-facing API (argument checks, presets). Shapes and conventions: cpp/include/dtc/ops.h.
+
+
+def temporal_consistency(logits, images, flows, flows_backward=None, channel_scale=None, alpha: float = 13.3,
+                         confidence: str = "mean_abs", soft_target: bool = False, normalise: bool = False,
+                         return_maps: bool = False):
+    """Fused confidence-weighted consistency of a window batch: ``(loss (T-1,), mass (T-1,), M, target)``.
+
+    See :func:`dtc.losses.temporal_consistency` for the formula and conventions."""
+    scale = [] if channel_scale is None else [float(s) for s in channel_scale]
+    return torch.ops.dtc.temporal_consistency(logits, images, flows, flows_backward, scale, float(alpha), confidence,
+                                              bool(soft_target), bool(normalise), bool(return_maps))
+
+
+def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True):
+    """Fused warp + masked average pooling of the local features: ``(v_prev, v_cur, mass)``."""
+    return torch.ops.dtc.local_prototypes(probs, features, flows, threshold, bool(rescale_flow))
+
+
+def global_prototypes(probs, features, threshold):
+    """Fused background masked average pooling of the global features: ``(u_prev, u_cur, mass_prev, mass_cur)``."""
+    return torch.ops.dtc.global_prototypes(probs, features, threshold)
+
+
+def foreground_threshold(probs, q: float = 0.7):
+    """Per pair, ``mean_b`` of the ``q``-quantile of ``P_t[b]`` (batched selection on the device)."""
+    return torch.ops.dtc.foreground_threshold(probs, float(q))
+
+
+def bce_dice(logits, target, smooth: float = 1e-5):
+    """Fused ``0.5 BCE + 1 - mean soft Dice``: ``(loss, stats)``."""
+    return torch.ops.dtc.bce_dice(logits, target, float(smooth))
+
+
+def kd_loss(student_logits, teacher_logits, tau: float = 4.0):
+    """Fused ``tau^2 mean((sigmoid(z/tau) - sigmoid(z_T/tau))^2)``."""
+    return torch.ops.dtc.kd_loss(student_logits, teacher_logits, float(tau))

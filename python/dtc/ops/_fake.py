@@ -20,3 +20,83 @@ def _warp_backward_fake(grad_out, x, flow, padding, output_mask):
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
     grad_flow = torch.empty_like(flow, memory_format=torch.contiguous_format) if output_mask[1] else None
     return grad_x, grad_flow
+
+
+# ---- DTC loss ops: output shapes only (the real kernels own validation).
+def _window_check(name, x):
+    torch._check(x.dim() == 5, lambda: f"{name} must be a window batch [B, T, C, H, W], got {tuple(x.shape)}")
+
+
+@torch.library.register_fake("dtc::temporal_consistency")
+def _temporal_consistency_fake(logits, images, flows, flows_backward, channel_scale, alpha, confidence, soft_target,
+                               normalise, return_maps):
+    _window_check("logits", logits)
+    B, T, _, H, W = logits.shape
+    pairs = logits.new_empty((T - 1,))
+    if return_maps:
+        maps = (logits.new_empty((B, T - 1, 1, H, W)), logits.new_empty((B, T - 1, 1, H, W)))
+    else:
+        maps = (logits.new_empty((0,)), logits.new_empty((0,)))
+    return pairs, logits.new_empty((T - 1,)), *maps
+
+
+@torch.library.register_fake("dtc::temporal_consistency_backward")
+def _temporal_consistency_backward_fake(grad_loss, mass, logits, images, flows, flows_backward, channel_scale, alpha,
+                                        confidence, soft_target, normalise):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::local_prototypes")
+def _local_prototypes_fake(probs, features, flows, threshold, rescale_flow):
+    _window_check("features", features)
+    B, T, C = features.shape[:3]
+    return features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1))
+
+
+@torch.library.register_fake("dtc::local_prototypes_backward")
+def _local_prototypes_backward_fake(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::global_prototypes")
+def _global_prototypes_fake(probs, features, threshold):
+    _window_check("features", features)
+    B, T, C = features.shape[:3]
+    return (features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1)),
+            features.new_empty((B, T - 1)))
+
+
+@torch.library.register_fake("dtc::global_prototypes_backward")
+def _global_prototypes_backward_fake(grad_prev, grad_cur, mass_prev, mass_cur, probs, features, threshold):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::bce_dice")
+def _bce_dice_fake(logits, target, smooth):
+    torch._check(logits.dim() >= 3, lambda: f"bce_dice: logits must be [..., C, H, W], got {tuple(logits.shape)}")
+    n = logits.numel() // (logits.shape[-1] * logits.shape[-2] * logits.shape[-3])
+    return logits.new_empty(()), logits.new_empty((n, 2))
+
+
+@torch.library.register_fake("dtc::bce_dice_backward")
+def _bce_dice_backward_fake(grad_loss, stats, logits, target, smooth):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::kd_loss")
+def _kd_loss_fake(student, teacher, tau):
+    return student.new_empty(())
+
+
+@torch.library.register_fake("dtc::kd_loss_backward")
+def _kd_loss_backward_fake(grad_loss, student, teacher, tau):
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::farneback")
+def _farneback_fake(prev, next, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
+                    gaussian_window=False, median=3):
+    torch._check(prev.dim() == 4 and prev.shape[1] == 1,
+                 lambda: f"farneback: prev must be a greyscale batch [N, 1, H, W], got {tuple(prev.shape)}")
+    torch._check(prev.shape == next.shape, lambda: "farneback: prev and next must have the same shape")
+    return prev.new_empty((prev.shape[0], 2, prev.shape[2], prev.shape[3]), dtype=torch.float32)

@@ -1,0 +1,240 @@
+#include "ops/losses.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+
+#include "dtc/ops.h"
+
+namespace dtc {
+namespace ops {
+namespace {
+
+void check_float(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+                   " must be float32 or float64, got ", t.scalar_type(),
+                   " (cast half-precision network outputs to float32 for the loss)");
+}
+
+void check_window(const char* op, const char* name, const at::Tensor& t, int64_t channels, bool temporal) {
+  TORCH_CHECK_VALUE(t.dim() == 5, op, ": ", name, " must be a window batch [B, T, C, H, W], got shape ", t.sizes());
+  check_float(op, name, t);
+  if (temporal) {
+    TORCH_CHECK_VALUE(t.size(1) >= 2, op, ": ", name, " must hold T >= 2 frames per window for the temporal terms, got T = ",
+                      t.size(1), " (shape ", t.sizes(), ")");
+  }
+  if (channels > 0) {
+    TORCH_CHECK_VALUE(t.size(2) == channels, op, ": ", name, " must have ", channels, " channel(s) [B, T, ", channels,
+                      ", H, W], got shape ", t.sizes());
+  }
+  TORCH_CHECK_VALUE(t.size(3) > 0 && t.size(4) > 0, op, ": ", name, " must have non-zero height and width, got shape ",
+                    t.sizes());
+}
+
+void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref,
+                bool spatial) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " must be on ", ref_name, "'s device ", ref.device(),
+                    ", got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name, "'s dtype ",
+                   ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.size(0) == ref.size(0) && t.size(1) == ref.size(1), op, ": ", name, " must have ", ref_name,
+                    "'s [B, T] = [", ref.size(0), ", ", ref.size(1), "], got shape ", t.sizes());
+  if (spatial) {
+    TORCH_CHECK_VALUE(t.size(3) == ref.size(3) && t.size(4) == ref.size(4), op, ": ", name, " must have ", ref_name,
+                      "'s spatial size [", ref.size(3), ", ", ref.size(4), "], got shape ", t.sizes());
+  }
+}
+
+// On the CPU the range check is one cheap pass; on CUDA it would cost a host sync every step, so
+// there the Python API checks (dtc.losses, check=True) and the raw op trusts its caller.
+void check_probabilities(const char* op, const char* name, const at::Tensor& t) {
+  if (!t.device().is_cpu() || t.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(t);
+  const double lo_v = lo.item<double>(), hi_v = hi.item<double>();
+  TORCH_CHECK_VALUE(lo_v >= 0.0 && hi_v <= 1.0, op, ": ", name, " must hold probabilities in [0, 1], got values in [",
+                    lo_v, ", ", hi_v, "]");
+}
+
+}  // namespace
+
+math::Residual check_consistency_args(const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+                                      const std::optional<at::Tensor>& flows_backward,
+                                      at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence) {
+  const char* op = "temporal_consistency";
+  math::Residual residual;
+  if (confidence == "abs_sum") {
+    residual = math::Residual::AbsSum;
+  } else if (confidence == "mean_abs") {
+    residual = math::Residual::MeanAbs;
+  } else {
+    TORCH_CHECK_VALUE(false, op, ": confidence must be 'abs_sum' or 'mean_abs', got '", confidence, "'");
+  }
+  check_window(op, "logits", logits, 1, true);
+  check_window(op, "images", images, -1, true);
+  check_window(op, "flows", flows, 2, true);
+  check_same(op, "images", images, "logits", logits, true);
+  check_same(op, "flows", flows, "logits", logits, true);
+  if (flows_backward.has_value() && flows_backward->defined()) {
+    check_window(op, "flows_backward", *flows_backward, 2, true);
+    check_same(op, "flows_backward", *flows_backward, "logits", logits, true);
+  }
+  TORCH_CHECK_VALUE(images.size(2) >= 1 && images.size(2) <= math::kMaxImageChannels, op,
+                    ": images must have 1 to ", math::kMaxImageChannels, " channels, got ", images.size(2));
+  TORCH_CHECK_VALUE(channel_scale.empty() || static_cast<int64_t>(channel_scale.size()) == images.size(2), op,
+                    ": channel_scale must be empty or have one entry per image channel (", images.size(2), "), got ",
+                    channel_scale.size());
+  TORCH_CHECK_VALUE(alpha >= 0, op, ": alpha must be >= 0, got ", alpha);
+  return residual;
+}
+
+void check_prototype_args(const char* op, const at::Tensor& probs, const at::Tensor& features, const at::Tensor* flows,
+                          const at::Tensor& threshold) {
+  check_window(op, "probs", probs, 1, true);
+  check_window(op, "features", features, -1, true);
+  check_same(op, "features", features, "probs", probs, false);
+  if (flows != nullptr) {
+    check_window(op, "flows", *flows, 2, true);
+    check_same(op, "flows", *flows, "probs", probs, true);
+  }
+  TORCH_CHECK_VALUE(threshold.dim() == 1 && threshold.size(0) == probs.size(1) - 1, op,
+                    ": threshold must have shape [T-1] = [", probs.size(1) - 1, "] (one per pair), got ",
+                    threshold.sizes());
+  TORCH_CHECK_VALUE(threshold.device() == probs.device(), op, ": threshold must be on probs' device ", probs.device(),
+                    ", got ", threshold.device());
+  TORCH_CHECK_TYPE(threshold.scalar_type() == probs.scalar_type(), op, ": threshold must have probs' dtype ",
+                   probs.scalar_type(), ", got ", threshold.scalar_type());
+  check_probabilities(op, "probs", probs);
+}
+
+void check_pointwise_loss_args(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
+                               const at::Tensor& b, bool b_is_prob) {
+  TORCH_CHECK_VALUE(a.dim() >= 3, op, ": ", a_name, " must be [..., C, H, W], got shape ", a.sizes());
+  check_float(op, a_name, a);
+  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), op, ": ", b_name, " must have ", a_name, "'s shape ", a.sizes(), ", got ",
+                    b.sizes());
+  TORCH_CHECK_VALUE(b.device() == a.device(), op, ": ", b_name, " must be on ", a_name, "'s device ", a.device(),
+                    ", got ", b.device());
+  TORCH_CHECK_TYPE(b.scalar_type() == a.scalar_type(), op, ": ", b_name, " must have ", a_name, "'s dtype ",
+                   a.scalar_type(), ", got ", b.scalar_type());
+  if (b_is_prob) check_probabilities(op, b_name, b);
+}
+
+void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type() && t.device() == like.device(), op, ": ", name,
+                   " must have dtype ", like.scalar_type(), " on ", like.device(), ", got ", t.scalar_type(), " on ",
+                   t.device());
+}
+
+}  // namespace ops
+
+namespace {
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+inline c10::string_view sv(std::string_view s) { return c10::string_view(s.data(), s.size()); }
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_consistency(
+    const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+    const std::optional<at::Tensor>& flows_backward, at::ArrayRef<double> channel_scale, double alpha,
+    std::string_view confidence, bool soft_target, bool normalise, bool return_maps) {
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::ArrayRef<double>,
+      double, c10::string_view, bool, bool, bool)>("dtc::temporal_consistency");
+  return op.call(logits, images, flows, flows_backward, channel_scale, alpha, sv(confidence), soft_target, normalise,
+                 return_maps);
+}
+
+at::Tensor temporal_consistency_backward(const at::Tensor& grad_loss, const at::Tensor& mass, const at::Tensor& logits,
+                                         const at::Tensor& images, const at::Tensor& flows,
+                                         const std::optional<at::Tensor>& flows_backward,
+                                         at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence,
+                                         bool soft_target, bool normalise) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const std::optional<at::Tensor>&, at::ArrayRef<double>, double,
+                                      c10::string_view, bool, bool)>("dtc::temporal_consistency_backward");
+  return op.call(grad_loss, mass, logits, images, flows, flows_backward, channel_scale, alpha, sv(confidence),
+                 soft_target, normalise);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes(const at::Tensor& probs, const at::Tensor& features,
+                                                                const at::Tensor& flows, const at::Tensor& threshold,
+                                                                bool rescale_flow) {
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>("dtc::local_prototypes");
+  return op.call(probs, features, flows, threshold, rescale_flow);
+}
+
+at::Tensor local_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur, const at::Tensor& mass,
+                                     const at::Tensor& probs, const at::Tensor& features, const at::Tensor& flows,
+                                     const at::Tensor& threshold, bool rescale_flow) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+      "dtc::local_prototypes_backward");
+  return op.call(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_prototypes(const at::Tensor& probs,
+                                                                             const at::Tensor& features,
+                                                                             const at::Tensor& threshold) {
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&)>("dtc::global_prototypes");
+  return op.call(probs, features, threshold);
+}
+
+at::Tensor global_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                      const at::Tensor& mass_prev, const at::Tensor& mass_cur, const at::Tensor& probs,
+                                      const at::Tensor& features, const at::Tensor& threshold) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+      "dtc::global_prototypes_backward");
+  return op.call(grad_prev, grad_cur, mass_prev, mass_cur, probs, features, threshold);
+}
+
+at::Tensor foreground_threshold(const at::Tensor& probs, double q) {
+  TORCH_CHECK_VALUE(probs.dim() == 5 && probs.size(2) == 1, "foreground_threshold: probs must be [B, T, 1, H, W], got ",
+                    probs.sizes());
+  TORCH_CHECK_VALUE(probs.size(1) >= 2, "foreground_threshold: probs must hold T >= 2 frames, got T = ", probs.size(1));
+  TORCH_CHECK_VALUE(q >= 0 && q <= 1, "foreground_threshold: q must lie in [0, 1], got ", q);
+  const int64_t n = probs.size(3) * probs.size(4);
+  TORCH_CHECK_VALUE(n > 0 && probs.size(0) > 0, "foreground_threshold: probs must not be empty, got ", probs.sizes());
+  // torch.quantile's linear interpolation between the order statistics around q (n - 1), found with
+  // two batched selections (kthvalue is O(n) per row, on the device, without a host round trip).
+  const at::Tensor cur = probs.detach().narrow(1, 1, probs.size(1) - 1).reshape({probs.size(0), probs.size(1) - 1, n});
+  const double rank = q * static_cast<double>(n - 1);
+  const int64_t below = static_cast<int64_t>(std::floor(rank));
+  const int64_t above = std::min<int64_t>(below + 1, n - 1);
+  const double weight = rank - static_cast<double>(below);
+  const at::Tensor lo = std::get<0>(at::kthvalue(cur, below + 1, 2));
+  if (weight == 0.0 || above == below) return lo.mean(0);
+  const at::Tensor hi = std::get<0>(at::kthvalue(cur, above + 1, 2));
+  return at::lerp(lo, hi, weight).mean(0);
+}
+
+std::tuple<at::Tensor, at::Tensor> bce_dice(const at::Tensor& logits, const at::Tensor& target, double smooth) {
+  static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>("dtc::bce_dice");
+  return op.call(logits, target, smooth);
+}
+
+at::Tensor bce_dice_backward(const at::Tensor& grad_loss, const at::Tensor& stats, const at::Tensor& logits,
+                             const at::Tensor& target, double smooth) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>(
+      "dtc::bce_dice_backward");
+  return op.call(grad_loss, stats, logits, target, smooth);
+}
+
+at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, double tau) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("dtc::kd_loss");
+  return op.call(student, teacher, tau);
+}
+
+at::Tensor kd_loss_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                            double tau) {
+  static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>(
+      "dtc::kd_loss_backward");
+  return op.call(grad_loss, student, teacher, tau);
+}
+
+}  // namespace dtc

@@ -1,0 +1,30 @@
+#pragma once
+// Shared by the DTC loss ops' kernels: argument validation with messages that name the argument and
+// the expectation (the raw torch.ops.dtc.* entry points get the same checks as the Python API).
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+
+#include "ops/common/loss_math.h"
+
+namespace dtc::ops {
+
+// logits [B, T, 1, H, W], images [B, T, C, H, W], flows (and flows_backward) [B, T, 2, H, W].
+math::Residual check_consistency_args(const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+                                      const std::optional<at::Tensor>& flows_backward,
+                                      at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence);
+
+// probs [B, T, 1, H, W] in [0, 1], features [B, T, C, h, w], threshold [T-1]; flows [B, T, 2, H, W]
+// when given (local prototypes).
+void check_prototype_args(const char* op, const at::Tensor& probs, const at::Tensor& features,
+                          const at::Tensor* flows, const at::Tensor& threshold);
+
+// a [..., C, H, W] and b of the same shape, dtype and device; b holds probabilities when `b_is_prob`.
+void check_pointwise_loss_args(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
+                               const at::Tensor& b, bool b_is_prob);
+
+// A gradient or saved tensor that must match `expected` in shape, dtype and device.
+void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like);
+
+}  // namespace dtc::ops
