@@ -1,0 +1,267 @@
+"""Flow providers: where the training step gets the flow of each adjacent frame pair from.
+
+Convention (every provider):
+    ``provider(images, batch) -> flows``; ``images`` ``(B, T, 3, H, W)`` float RGB in [0, 1];
+    ``flows`` ``(B, T, 2, H, W)`` float32 on ``images``' device, pixels, channel 0 = dx, 1 = dy;
+    ``flows[:, 0] = 0`` and ``flows[:, t]`` (t >= 1) is the flow of the pair (t−1, t) that the
+    losses use in the backward warp ``W(A)(p) = A(p − F(p))`` to carry frame t−1 into frame t
+    (METHOD.md §2.5).
+
+Direction. The authors computed ``calcOpticalFlowFarneback(prev=frame_{t−1}, next=frame_t)`` and
+used it directly in that warp: a first-order approximation, because that flow is sampled at frame
+t−1's pixels while the warp evaluates it at frame t's. ``direction="forward"`` (the default, the
+spec's) reproduces it; ``direction="backward"`` computes the exact backward flow
+``F = −farneback(frame_t, frame_{t−1})`` (same cost), whose convention equals the simulator's
+ground truth (``frame_t(p) ≈ frame_{t−1}(p − F(p))``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtc.flow.farneback import FARNEBACK_DEFAULTS, PRESETS, farneback, preprocess, reference_preprocess_frame
+
+__all__ = ["FlowProvider", "GroundTruthFlow", "FarnebackFlow", "OpenCVFlow", "CachedFlow", "make_flow_provider"]
+
+DIRECTIONS = ("forward", "backward")
+
+
+def _check_images(images) -> tuple[int, int, int, int]:
+    if not isinstance(images, torch.Tensor) or images.dim() != 5 or images.shape[2] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape (B, T, 3, H, W) (RGB in [0, 1]), got {shape}")
+    B, T, _, H, W = images.shape
+    if T < 1:
+        raise ValueError(f"images must hold at least one frame per window, got T={T}")
+    return B, T, H, W
+
+
+def _check_params(params: dict) -> dict:
+    unknown = sorted(set(params) - set(FARNEBACK_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown Farneback parameter(s) {unknown}; expected some of {sorted(FARNEBACK_DEFAULTS)}")
+    return {**FARNEBACK_DEFAULTS, **params}
+
+
+def _assemble(pair_flows: torch.Tensor, B: int, T: int, H: int, W: int, device) -> torch.Tensor:
+    flows = torch.zeros(B, T, 2, H, W, dtype=torch.float32, device=device)
+    if T > 1:
+        flows[:, 1:] = pair_flows.view(B, T - 1, 2, H, W).to(device)
+    return flows
+
+
+class FlowProvider:
+    """Base class: ``__call__(images (B,T,3,H,W), batch: dict) -> flows (B,T,2,H,W)``."""
+
+    def __call__(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cache_key(self) -> str:
+        """A string that identifies what this provider computes (used by :class:`CachedFlow`)."""
+        return type(self).__name__
+
+
+class GroundTruthFlow(FlowProvider):
+    """The dataset's ground-truth flow ``batch["flow"]`` (the simulator's is exactly the backward flow)."""
+
+    def __call__(self, images, batch):
+        B, T, H, W = _check_images(images)
+        if "flow" not in batch:
+            raise KeyError("GroundTruthFlow: the batch has no 'flow' entry; this dataset has no ground-truth flow "
+                           "(use flow provider 'farneback' or 'opencv')")
+        flow = batch["flow"]
+        if not isinstance(flow, torch.Tensor) or tuple(flow.shape) != (B, T, 2, H, W):
+            shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
+            raise ValueError(f"GroundTruthFlow: batch['flow'] must have shape {(B, T, 2, H, W)}, got {shape}")
+        return flow.to(device=images.device, dtype=torch.float32)
+
+
+class FarnebackFlow(FlowProvider):
+    """dtc's Farnebäck op on the images' device, all B·(T−1) pairs of a batch in one call.
+
+    Args:
+        preset: ``"dtc"`` (raw grey in [0, 1], stays on the device) or ``"reference"`` (the authors'
+            normalise/clip/bilateral/CLAHE/blur chain, computed with OpenCV on the CPU).
+        device: where the flow is computed (default: the images' device); returned on the images'.
+        direction: ``"forward"`` (the authors') or ``"backward"`` (exact); see the module docstring.
+        **params: Farnebäck parameters of :func:`dtc.flow.farneback` (defaults: the authors').
+    """
+
+    def __init__(self, preset: str = "dtc", device=None, direction: str = "forward", **params):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.preset, self.direction = preset, direction
+        self.device = torch.device(device) if device is not None else None
+        self.params = _check_params(params)
+
+    def cache_key(self) -> str:
+        return json.dumps({"provider": "farneback", "preset": self.preset, "direction": self.direction, **self.params},
+                          sort_keys=True)
+
+    def __call__(self, images, batch=None):
+        B, T, H, W = _check_images(images)
+        device = self.device or images.device
+        if T == 1:
+            return _assemble(None, B, T, H, W, images.device)
+        grey = preprocess(images.to(device).reshape(B * T, 3, H, W), self.preset).view(B, T, 1, H, W)
+        earlier = grey[:, :-1].reshape(B * (T - 1), 1, H, W)
+        later = grey[:, 1:].reshape(B * (T - 1), 1, H, W)
+        if self.direction == "forward":
+            pair = farneback(earlier, later, **self.params)
+        else:
+            pair = -farneback(later, earlier, **self.params)
+        return _assemble(pair, B, T, H, W, images.device)
+
+
+class OpenCVFlow(FlowProvider):
+    """The authors' path: OpenCV's ``calcOpticalFlowFarneback`` on the CPU, one pair at a time.
+
+    Same arguments as :class:`FarnebackFlow` (no ``device``). The baseline the op is measured against.
+    """
+
+    def __init__(self, preset: str = "dtc", direction: str = "forward", **params):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.preset, self.direction = preset, direction
+        self.params = _check_params(params)
+
+    def cache_key(self) -> str:
+        return json.dumps({"provider": "opencv", "preset": self.preset, "direction": self.direction, **self.params},
+                          sort_keys=True)
+
+    def _frame(self, rgb: np.ndarray) -> np.ndarray:
+        if self.preset == "reference":
+            return reference_preprocess_frame(rgb)
+        import cv2
+
+        # Same input as the op's dtc preset: grey [0, 1] on the 0..255 scale, not quantised.
+        return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY) * np.float32(255)
+
+    def pair(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Flow ``(2, H, W)`` of one pair of preprocessed frames, OpenCV convention ``a(p) ≈ b(p + F)``."""
+        import cv2
+
+        p = self.params
+        flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if p["gaussian_window"] else 0
+        f = cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
+                                         p["poly_n"], p["poly_sigma"], flags)
+        if p["median"] in (3, 5):
+            f = np.stack([cv2.medianBlur(np.ascontiguousarray(f[..., c]), p["median"]) for c in range(2)], -1)
+        return np.ascontiguousarray(f.transpose(2, 0, 1))
+
+    def __call__(self, images, batch=None):
+        B, T, H, W = _check_images(images)
+        frames = images.detach().to("cpu", torch.float32).permute(0, 1, 3, 4, 2).numpy()
+        out = np.zeros((B, T, 2, H, W), np.float32)
+        for b in range(B):
+            pre = [self._frame(frames[b, t]) for t in range(T)]
+            for t in range(1, T):
+                if self.direction == "forward":
+                    out[b, t] = self.pair(pre[t - 1], pre[t])
+                else:
+                    out[b, t] = -self.pair(pre[t], pre[t - 1])
+        return torch.from_numpy(out).to(images.device)
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class CachedFlow(FlowProvider):
+    """Computes flow once per (video, frame pair) with ``inner`` and reuses it on later epochs.
+
+    Files: ``root/<inner settings hash>/<video_id>/<frame_a>_<frame_b>_<H>x<W>.npy`` (float32
+    ``(2, H, W)``), written atomically. Needs ``batch["video_id"]`` (str or list of B str) and
+    ``batch["frame_index"]`` ``(B, T)``. A window with any pair missing is computed with ``inner``
+    (only those windows) and its pairs stored. Cached flows are only valid for unaugmented frames:
+    do not cache when the frames are augmented per epoch.
+    """
+
+    def __init__(self, root, inner: FlowProvider):
+        if not isinstance(inner, FlowProvider):
+            raise TypeError(f"inner must be a FlowProvider, got {type(inner).__name__}")
+        self.inner = inner
+        digest = hashlib.sha1(inner.cache_key().encode()).hexdigest()[:12]
+        self.root = Path(root) / digest
+        self.hits = 0
+        self.misses = 0
+
+    def cache_key(self) -> str:
+        return self.inner.cache_key()
+
+    def _paths(self, video_id: str, frames, H: int, W: int) -> list[Path]:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(video_id)) or "_"
+        return [self.root / safe / f"{int(frames[t - 1])}_{int(frames[t])}_{H}x{W}.npy" for t in range(1, len(frames))]
+
+    def __call__(self, images, batch):
+        B, T, H, W = _check_images(images)
+        for key in ("video_id", "frame_index"):
+            if key not in batch:
+                raise KeyError(f"CachedFlow: the batch has no {key!r} entry; caching needs video ids and frame indices")
+        ids = batch["video_id"]
+        ids = [ids] * B if isinstance(ids, str) else list(ids)
+        frame_index = torch.as_tensor(batch["frame_index"]).reshape(B, T).tolist()
+        if len(ids) != B:
+            raise ValueError(f"CachedFlow: batch['video_id'] has {len(ids)} entries for a batch of {B}")
+        out = np.zeros((B, T, 2, H, W), np.float32)
+        missing = []
+        for b in range(B):
+            try:
+                for t, path in enumerate(self._paths(ids[b], frame_index[b], H, W), start=1):
+                    arr = np.load(path)
+                    if arr.shape != (2, H, W):
+                        raise FileNotFoundError(path)
+                    out[b, t] = arr
+                self.hits += 1
+            except (FileNotFoundError, ValueError, OSError):
+                missing.append(b)
+        if missing:
+            self.misses += len(missing)
+            sub_batch = {k: v for k, v in batch.items() if k != "flow"}
+            if "flow" in batch:
+                sub_batch["flow"] = batch["flow"][missing]
+            computed = self.inner(images[missing], sub_batch).detach().to("cpu", torch.float32).numpy()
+            for j, b in enumerate(missing):
+                out[b] = computed[j]
+                for t, path in enumerate(self._paths(ids[b], frame_index[b], H, W), start=1):
+                    _atomic_save(path, np.ascontiguousarray(computed[j, t]))
+        return torch.from_numpy(out).to(images.device)
+
+
+def make_flow_provider(name: str, **kw) -> FlowProvider:
+    """``"gt"``, ``"farneback"``, ``"opencv"`` or ``"cached:<inner>"`` (needs ``root=``); ``kw`` go to the class."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name.startswith("cached:"):
+        if "root" not in kw:
+            raise ValueError("make_flow_provider('cached:...') needs root=<cache folder>")
+        root = kw.pop("root")
+        return CachedFlow(root, make_flow_provider(name[len("cached:"):], **kw))
+    if name == "gt":
+        if kw:
+            raise TypeError(f"flow provider 'gt' takes no options, got {sorted(kw)}")
+        return GroundTruthFlow()
+    if name == "farneback":
+        return FarnebackFlow(**kw)
+    if name == "opencv":
+        return OpenCVFlow(**kw)
+    raise ValueError(f"unknown flow provider {name!r}; expected 'gt', 'farneback', 'opencv' or 'cached:<inner>'")
