@@ -491,15 +491,20 @@ class TRUSScene:
         alpha = cv2.remap(self.alpha_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         ca, sa = math.cos(self.mix_angle[t]), math.sin(self.mix_angle[t])
         # out-of-plane decorrelation: rotate between the two realisations (keeps the variance)
-        mix = np.array([[ca, 0], [0, ca], [sa, 0], [0, sa]], np.float32)
-        iq = (s.reshape(-1, 4) @ mix).reshape(self.nd, self.nl, 2)
+        # Written out rather than as a BLAS matmul, whose rounding can depend on threads and alignment.
+        ca, sa = np.float32(ca), np.float32(sa)
+        iq = np.empty((self.nd, self.nl, 2), np.float32)
+        iq[..., 0] = ca * s[..., 0] + sa * s[..., 2]
+        iq[..., 1] = ca * s[..., 1] + sa * s[..., 3]
         iq = cv2.GaussianBlur(iq, (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
         # round trip attenuation along each beam, then electronic noise, then TGC
         trans = np.exp(-2.0 * self.dr * np.cumsum(alpha, axis=0))
         iq *= trans[..., None]
         oy, ox = self.noise_offsets[t]
         iq += (0.002 * cfg.noise * self.ref_rms) * self.noise_pool[oy:oy + self.nd, ox:ox + self.nl]
-        env = cv2.magnitude(iq[..., 0], iq[..., 1])
+        # Not cv2.magnitude: its SIMD path rounds differently with the buffer's alignment, and the
+        # simulator must be bitwise reproducible (an exact resume relies on it). sqrt is correctly rounded.
+        env = np.sqrt(iq[..., 0] * iq[..., 0] + iq[..., 1] * iq[..., 1])
         env *= self.tgc
         # log compression to the display range; tissue of unit echogenicity sits ~20 dB below white
         disp = np.log(env * (0.1 / self.ref_rms) + 1e-12)
