@@ -23,3 +23,4 @@ class Warp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"padding={self.padding!r}, align_corners={self.align_corners}, rescale={self.rescale}"
+from dtc.models.taps import FeatureTaps  # noqa: E402,F401  (re-exported: the model protocol wrapper)
