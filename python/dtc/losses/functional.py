@@ -56,7 +56,7 @@ def _check_like(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor):
 def _check_window(name: str, x, channels: Optional[int] = None, temporal: bool = True):
     _check_tensor(name, x)
     if x.dim() != 5:
-        raise ValueError(f"{name} must be a window batch (B, T, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be a window batch [B, T, C, H, W], got shape {list(x.shape)}")
     if temporal and x.shape[1] < 2:
         raise ValueError(f"{name} must hold T >= 2 frames per window for the temporal terms, got T = {x.shape[1]}")
     if channels is not None and x.shape[2] != channels:
@@ -69,10 +69,10 @@ def _check_window(name: str, x, channels: Optional[int] = None, temporal: bool =
 def _check_same_frames(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor, spatial: bool = True):
     _check_like(name, x, ref_name, ref)
     if x.shape[:2] != ref.shape[:2]:
-        raise ValueError(f"{name} must have {ref_name}'s (B, T) = {tuple(ref.shape[:2])}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have {ref_name}'s [B, T] = {list(ref.shape[:2])}, got shape {list(x.shape)}")
     if spatial and x.shape[-2:] != ref.shape[-2:]:
-        raise ValueError(f"{name} must have {ref_name}'s spatial size {tuple(ref.shape[-2:])}, got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"{name} must have {ref_name}'s spatial size {list(ref.shape[-2:])}, got shape "
+                         f"{list(x.shape)}")
 
 
 def check_probabilities(name: str, x: torch.Tensor) -> None:
@@ -101,7 +101,7 @@ def bce_dice(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5
     if logits.dim() < 3:
         raise ValueError(f"logits must be (..., C, H, W), got shape {tuple(logits.shape)}")
     if target.shape != logits.shape:
-        raise ValueError(f"target must have logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+        raise ValueError(f"target must have logits's shape {tuple(logits.shape)}, got {tuple(target.shape)}")
     _check_like("target", target, "logits", logits)
     if check:
         check_probabilities("target", target)
@@ -116,7 +116,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     _check_tensor("student_logits", student_logits)
     _check_tensor("teacher_logits", teacher_logits)
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher_logits must have student_logits' shape {tuple(student_logits.shape)}, got "
+        raise ValueError(f"teacher_logits must have student_logits's shape {tuple(student_logits.shape)}, got "
                          f"{tuple(teacher_logits.shape)}")
     _check_like("teacher_logits", teacher_logits, "student_logits", student_logits)
     if not tau > 0:

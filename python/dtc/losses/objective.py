@@ -93,7 +93,7 @@ class DTCObjective(nn.Module):
         if w > 0:
             target = need("pseudo_labels", pseudo_labels)
             if target.shape != student_logits.shape:
-                raise ValueError(f"pseudo_labels must have student_logits' shape {tuple(student_logits.shape)}, got "
+                raise ValueError(f"pseudo_labels must have student_logits's shape {tuple(student_logits.shape)}, got "
                                  f"{tuple(target.shape)}")
             terms["seg"] = LF.bce_dice(student_logits, target.detach(), smooth=cfg.dice_smooth, check=check, impl=impl)
             total = total + w * terms["seg"]
