@@ -1,4 +1,4 @@
-"""`dtc demo`: the README's main job."""
+"""`dtc demo`: the README's main job (see dtc.engine.demo)."""
 from __future__ import annotations
 
 import argparse
@@ -6,39 +6,20 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the end-to-end demo on embedded synthetic data",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    parser = subparsers.add_parser(
+        "demo", help="simulate TRUS video, train teacher + baseline + DTC students, evaluate, write a report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder")
+    parser.add_argument("--preset", default="small", choices=["small", "full"],
+                        help="small: 2 CPU cores in < 10 min; full: the paper's size, for a GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true", help="reuse finished stages in --out and continue")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import matplotlib
+    from dtc.engine.demo import run_demo
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from dtc import ops
-
-    # A smooth synthetic image and a rotational flow: the warped image must show the rotation.
-    H, W = 128, 224
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    image = (torch.sin(xs / 9) * torch.cos(ys / 7) + ((xs - W / 2) ** 2 + (ys - H / 2) ** 2 < 40**2).float())
-    angle = 0.15
-    cx, cy = W / 2, H / 2
-    flow = torch.stack([(xs - cx) - ((xs - cx) * torch.cos(torch.tensor(angle)) - (ys - cy) * torch.sin(torch.tensor(angle))),
-                        (ys - cy) - ((xs - cx) * torch.sin(torch.tensor(angle)) + (ys - cy) * torch.cos(torch.tensor(angle)))])
-    warped = ops.warp(image[None, None], flow[None])[0, 0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-    for ax, img, title in zip(axes, [image, flow.norm(dim=0), warped], ["image", "|flow| (px)", "dtc.ops.warp(image, flow)"]):
-        ax.imshow(img.numpy(), cmap="gray")
-        ax.set_title(title)
-        ax.axis("off")
-    path = args.out / "warp.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    tmp.replace(path)
-    print(f"wrote {path}")
+    run_demo(args.out, preset=args.preset, seed=args.seed, device=args.device, resume=args.resume)
     return 0
