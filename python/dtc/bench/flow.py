@@ -1,0 +1,91 @@
+"""`python -m dtc.bench flow`: dtc's Farneback op against OpenCV's, side by side in one run.
+
+For each size and batch it times dtc.flow.farneback on the chosen device (all pairs of the batch in
+one call) and OpenCV's calcOpticalFlowFarneback + 3x3 medianBlur on one CPU thread, one pair at a
+time (the authors' training loop), on the same simulator frames with the authors' parameters, and
+reports pairs per second and the mean difference between the two flows.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from dtc.bench._timing import device_name, median_ms
+from dtc.data.synth import SynthConfig, simulate_video
+from dtc.flow import FARNEBACK_DEFAULTS, farneback
+
+DEFAULT_SIZES = [(256, 448), (512, 512)]
+DEFAULT_BATCHES = [1, 16]
+
+
+def _frames(H: int, W: int, count: int) -> np.ndarray:
+    video = simulate_video(SynthConfig(height=H, width=W, frames=count), seed=3)
+    return np.round(video.frames * 255).astype(np.uint8)
+
+
+def _opencv_pair(a: np.ndarray, b: np.ndarray, p: dict) -> np.ndarray:
+    import cv2
+
+    flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if p["gaussian_window"] else 0
+    f = cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
+                                     p["poly_n"], p["poly_sigma"], flags)
+    if p["median"] in (3, 5):
+        f = np.stack([cv2.medianBlur(np.ascontiguousarray(f[..., c]), p["median"]) for c in range(2)], -1)
+    return f
+
+
+def run(device: str, sizes, batches, repeat: int = 5, opencv_pairs: int = 8):
+    import cv2
+
+    params = dict(FARNEBACK_DEFAULTS)
+    rows = []
+    for H, W in sizes:
+        frames = _frames(H, W, max(batches) + 1)
+        # OpenCV: one thread, one pair at a time; its per-pair cost does not depend on the batch.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            n = min(opencv_pairs, len(frames) - 1)
+            _opencv_pair(frames[0], frames[1], params)
+            times = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                _opencv_pair(frames[i], frames[i + 1], params)
+                times.append(time.perf_counter() - t0)
+            cv_ms = 1e3 * float(np.median(times))
+        finally:
+            cv2.setNumThreads(threads)
+        for B in batches:
+            prev = torch.from_numpy(frames[:B])[:, None].to(device)
+            nxt = torch.from_numpy(frames[1:B + 1])[:, None].to(device)
+            ours_ms = median_ms(lambda: farneback(prev, nxt, **params), device, warmup=1, repeat=repeat, min_time_s=0.0)
+            got = farneback(prev, nxt, **params).cpu().numpy()
+            ref = np.stack([_opencv_pair(frames[i], frames[i + 1], params).transpose(2, 0, 1) for i in range(B)])
+            diff = float(np.linalg.norm(got - ref, axis=1).mean())
+            rows.append(dict(size=(H, W), batch=B, ours_ms=ours_ms, cv_ms=cv_ms, diff=diff))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dtc.bench flow", description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", action="append", help="H,W (repeatable); default 256,448 and 512,512")
+    parser.add_argument("--batch", action="append", type=int, help="pairs per call (repeatable); default 1 and 16")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES
+    batches = args.batch or DEFAULT_BATCHES
+    device = torch.device(args.device)
+    print(f"Farneback benchmark: dtc on {device_name(device)} vs OpenCV {__import__('cv2').__version__} on 1 CPU "
+          f"thread; authors' parameters {FARNEBACK_DEFAULTS}")
+    print("| H×W | batch | dtc ms/call | dtc pairs/s | OpenCV ms/pair | OpenCV pairs/s | dtc / OpenCV | mean |dtc − OpenCV| px |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in run(str(device), sizes, batches, args.repeat):
+        ours_pps = r["batch"] / (r["ours_ms"] * 1e-3)
+        cv_pps = 1e3 / r["cv_ms"]
+        print(f"| {r['size'][0]}×{r['size'][1]} | {r['batch']} | {r['ours_ms']:.2f} | {ours_pps:.1f} | {r['cv_ms']:.2f} "
+              f"| {cv_pps:.1f} | {ours_pps / cv_pps:.2f}× | {r['diff']:.1e} |")
+    return 0
