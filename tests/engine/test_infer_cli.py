@@ -1,0 +1,70 @@
+"""`dtc infer` on a frame folder and a video file, and the training CLI's validation path."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from dtc.cli.main import main
+from dtc.data import SyntheticTRUSDataset
+from dtc.engine import train
+
+
+@pytest.fixture
+def frames_dir(tmp_path):
+    data = SyntheticTRUSDataset(num_videos=2, frames=5, size=(60, 90), T=1, split="all")
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"frame_{i:03d}.png"), np.round(data[i]["image"][0, 0].numpy() * 255).astype(np.uint8))
+    return folder
+
+
+@pytest.fixture
+def teacher_ckpt(tiny_config):
+    cfg = tiny_config("stage=teacher", "optim.epochs=1", out="t")
+    train(cfg)
+    return cfg.run.out_dir + "/last.pt"
+
+
+def test_infer_on_a_frame_folder_writes_masks_probs_overlay_and_nifti(teacher_ckpt, frames_dir, tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    out = tmp_path / "pred"
+    code = main(["infer", teacher_ckpt, str(frames_dir), "--out", str(out), "--probs", "--nifti",
+                 "--spacing", "0.2", "0.3"])
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "teacher network student" in said and "input size 48x64" in said
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == 5
+    # Outputs come back at the size of the user's frames (60x90), not the network's (48x64).
+    assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (60, 90)
+    prob = cv2.imread(str(sorted((out / "probs").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
+    assert prob.dtype == np.uint16
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    import nibabel as nib
+
+    vol = nib.load(str(out / "masks.nii.gz"))
+    assert vol.shape == (60, 90, 5)
+    assert vol.header.get_zooms()[:2] == pytest.approx((0.2, 0.3))
+
+
+def test_infer_reports_missing_and_corrupt_inputs(teacher_ckpt, tmp_path, capsys):
+    assert main(["infer", teacher_ckpt, str(tmp_path / "nothing")]) == 2
+    assert "input not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["infer", str(bad), str(tmp_path)]) == 2
+    assert "could not be read" in capsys.readouterr().err
+    assert main(["infer", str(tmp_path / "missing.pt"), str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_train_cli_dry_run_and_errors(tmp_path, capsys):
+    assert main(["train-teacher", "--dry-run", "optim.lr=0.02", "--out", str(tmp_path / "r")]) == 0
+    assert "lr: 0.02" in capsys.readouterr().out
+    assert main(["train-student", "--dry-run"]) == 2
+    assert "teacher_checkpoint is required" in capsys.readouterr().err
+    assert main(["train-teacher", "optim.bogus=1"]) == 2
+    assert "unknown config key(s) ['optim.bogus']" in capsys.readouterr().err
