@@ -2,8 +2,8 @@
 // curve), weighted F-measure, F-measure (adaptive + curve), MAE, and the Dice/sensitivity/specificity/IoU
 // curves over thresholds linspace(1, 0, 256).
 //
-// Mirrors python/dtc/metrics/reference.py operation by operation, in double precision, so the two agree
-// to rounding (the tests compare them). Layout: pred (H, W) float64 in [0, 1], row-major contiguous;
+// Computes the same quantities as python/dtc/metrics/reference.py in double precision, in a few fused
+// row-major passes, so the two agree to rounding (the tests compare them at 1e-12). Layout: pred (H, W) float64 in [0, 1], row-major contiguous;
 // gt (H, W) uint8/bool, nonzero = object. Curve entry i belongs to threshold (255 - i) / 255.
 #include "metrics/metrics_bindings.h"
 
@@ -26,6 +26,20 @@ struct Frame {
   int64_t h, w, n;
 };
 
+// Scratch memory reused across calls on the same thread: per-frame vectors of ~1 MB would otherwise be
+// fresh mmap'd pages (page faults + zeroing) on every call, a large share of the frame's cost.
+struct Scratch {
+  std::vector<double> err, dep, tmp, dist2, z;
+  std::vector<int32_t> col_row, arg, v;
+  std::vector<double> weight_of_d2;
+  std::vector<uint8_t> weight_known;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
 // ------------------------------------------------------------------------------------------ S-measure
 double object_similarity(double sum, double sumsq_dev, int64_t count) {
   const double mean = sum / count;
@@ -33,28 +47,16 @@ double object_similarity(double sum, double sumsq_dev, int64_t count) {
   return 2.0 * mean / (mean * mean + 1.0 + sd + kEps);
 }
 
-double ssim_block(const Frame& f, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-  const int64_t n = (r1 - r0) * (c1 - c0);
-  double sp = 0, sg = 0;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = c0; c < c1; ++c) {
-      sp += f.p[r * f.w + c];
-      sg += f.g[r * f.w + c] ? 1.0 : 0.0;
-    }
-  const double x = sp / n, y = sg / n;
-  double vx = 0, vy = 0, cxy = 0;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = c0; c < c1; ++c) {
-      const double dp = f.p[r * f.w + c] - x;
-      const double dg = (f.g[r * f.w + c] ? 1.0 : 0.0) - y;
-      vx += dp * dp;
-      vy += dg * dg;
-      cxy += dp * dg;
-    }
+// SSIM of one quadrant from its pixel count, GT count, prediction sum, centred sum of squares of the
+// prediction and centred prediction sum over its GT pixels. The GT terms are closed forms of a 0/1 map.
+double ssim_from_moments(int64_t n, int64_t n_g, double sum_p, double css_p, double cs_p_on_g) {
+  const double x = sum_p / n, y = double(n_g) / n;
   const double denom = n > 1 ? double(n - 1) : std::numeric_limits<double>::quiet_NaN();
-  vx /= denom;
-  vy /= denom;
-  cxy /= denom;
+  const double vx = css_p / denom;
+  // sum (g - y)^2 = n_g (1 - y)^2 + (n - n_g) y^2
+  const double vy = (double(n_g) * (1.0 - y) * (1.0 - y) + double(n - n_g) * y * y) / denom;
+  // sum (p - x)(g - y) = sum_{g} (p - x) - y * sum (p - x), and the last sum is 0
+  const double cxy = cs_p_on_g / denom;
   const double a = 4.0 * x * y * cxy;
   const double b = (x * x + y * y) * (vx + vy);
   if (a != 0) return a / (b + kEps);
@@ -62,52 +64,98 @@ double ssim_block(const Frame& f, int64_t r0, int64_t r1, int64_t c0, int64_t c1
   return 0.0;
 }
 
-double s_measure(const Frame& f, int64_t n_fg, double pred_sum) {
-  if (n_fg == 0) return 1.0 - pred_sum / f.n;
-  if (n_fg == f.n) return pred_sum / f.n;
-  // Object term: foreground values p, background values 1 - p.
-  double s_fg = 0, s_bg = 0;
+// Everything the first pass over the frame gathers.
+struct FirstPass {
+  int64_t n_fg = 0;
+  double pred_sum = 0, abs_err = 0;
+  double s_fg = 0, s_bg = 0;          // sum of p over object, sum of 1 - p over background
   double col_moment = 0, row_moment = 0;
-  for (int64_t r = 0; r < f.h; ++r)
-    for (int64_t c = 0; c < f.w; ++c) {
-      const int64_t i = r * f.w + c;
-      if (f.g[i]) {
-        s_fg += f.p[i];
-        col_moment += double(c);
-        row_moment += double(r);
-      } else {
-        s_bg += 1.0 - f.p[i];
-      }
-    }
-  const int64_t n_bg = f.n - n_fg;
-  const double m_fg = s_fg / n_fg, m_bg = s_bg / n_bg;
+  int64_t r_min = 0, r_max = -1, c_min = 0, c_max = -1;  // object bounding box
+};
+
+// S-measure with the passes it still needs after FirstPass: one for the object-term deviations and the
+// quadrant sums (both need results of the first pass), one for the quadrant deviations.
+double s_measure(const Frame& f, const FirstPass& fp) {
+  const int64_t n_fg = fp.n_fg;
+  if (n_fg == 0) return 1.0 - fp.pred_sum / f.n;
+  if (n_fg == f.n) return fp.pred_sum / f.n;
+  const int64_t h = f.h, w = f.w, n_bg = f.n - n_fg;
+  const double m_fg = fp.s_fg / n_fg, m_bg = fp.s_bg / n_bg;
+
+  // Split at the rounded centroid (half-to-even, as numpy), + 1 = size of the top-left block.
+  std::fesetround(FE_TONEAREST);
+  const int64_t x = int64_t(std::nearbyint(fp.col_moment / n_fg)) + 1;
+  const int64_t y = int64_t(std::nearbyint(fp.row_moment / n_fg)) + 1;
+  const int64_t xs = x, ys = y;  // 1 <= x <= w, 1 <= y <= h
+
+  // Quadrants: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+  double q_sum[4] = {0, 0, 0, 0};
+  int64_t q_g[4] = {0, 0, 0, 0};
   double d_fg = 0, d_bg = 0;
-  for (int64_t i = 0; i < f.n; ++i) {
-    if (f.g[i]) {
-      const double d = f.p[i] - m_fg;
-      d_fg += d * d;
-    } else {
-      const double d = (1.0 - f.p[i]) - m_bg;
-      d_bg += d * d;
+  for (int64_t r = 0; r < h; ++r) {
+    const double* p = f.p + r * w;
+    const uint8_t* g = f.g + r * w;
+    const int q0 = r < ys ? 0 : 2;
+    double sums[2] = {0, 0};
+    int64_t gs[2] = {0, 0};
+    for (int half = 0; half < 2; ++half) {
+      const int64_t c0 = half ? xs : 0, c1 = half ? w : xs;
+      double s = 0, dfg = 0, dbg = 0;
+      int64_t ng = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const double pv = p[c];
+        s += pv;
+        if (g[c]) {
+          const double d = pv - m_fg;
+          dfg += d * d;
+          ++ng;
+        } else {
+          const double d = (1.0 - pv) - m_bg;
+          dbg += d * d;
+        }
+      }
+      sums[half] = s;
+      gs[half] = ng;
+      d_fg += dfg;
+      d_bg += dbg;
     }
+    q_sum[q0] += sums[0];
+    q_sum[q0 + 1] += sums[1];
+    q_g[q0] += gs[0];
+    q_g[q0 + 1] += gs[1];
   }
   const double u = double(n_fg) / f.n;
-  const double object = u * object_similarity(s_fg, d_fg, n_fg) + (1.0 - u) * object_similarity(s_bg, d_bg, n_bg);
+  const double object = u * object_similarity(fp.s_fg, d_fg, n_fg) + (1.0 - u) * object_similarity(fp.s_bg, d_bg, n_bg);
 
-  // Region term: split at the rounded centroid (half-to-even, as numpy), + 1 = size of the top-left block.
-  std::fesetround(FE_TONEAREST);
-  const int64_t x = int64_t(std::nearbyint(col_moment / n_fg)) + 1;
-  const int64_t y = int64_t(std::nearbyint(row_moment / n_fg)) + 1;
-  const double area = double(f.h * f.w);
+  const int64_t q_n[4] = {ys * xs, ys * (w - xs), (h - ys) * xs, (h - ys) * (w - xs)};
+  double q_mean[4];
+  for (int k = 0; k < 4; ++k) q_mean[k] = q_n[k] > 0 ? q_sum[k] / q_n[k] : 0.0;
+  double q_css[4] = {0, 0, 0, 0}, q_cs_g[4] = {0, 0, 0, 0};
+  for (int64_t r = 0; r < h; ++r) {
+    const double* p = f.p + r * w;
+    const uint8_t* g = f.g + r * w;
+    const int q0 = r < ys ? 0 : 2;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t c0 = half ? xs : 0, c1 = half ? w : xs;
+      const double mean = q_mean[q0 + half];
+      double css = 0, csg = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const double d = p[c] - mean;
+        css += d * d;
+        csg += g[c] ? d : 0.0;
+      }
+      q_css[q0 + half] += css;
+      q_cs_g[q0 + half] += csg;
+    }
+  }
+  const double area = double(h * w);
   const double w1 = double(x * y) / area;
-  const double w2 = double(y * (f.w - x)) / area;
-  const double w3 = double((f.h - y) * x) / area;
-  const double w4 = 1.0 - w1 - w2 - w3;
+  const double w2 = double(y * (w - x)) / area;
+  const double w3 = double((h - y) * x) / area;
+  const double wq[4] = {w1, w2, w3, 1.0 - w1 - w2 - w3};
   double region = 0;
-  if (x * y > 0) region += w1 * ssim_block(f, 0, y, 0, x);
-  if (y * (f.w - x) > 0) region += w2 * ssim_block(f, 0, y, x, f.w);
-  if ((f.h - y) * x > 0) region += w3 * ssim_block(f, y, f.h, 0, x);
-  if ((f.h - y) * (f.w - x) > 0) region += w4 * ssim_block(f, y, f.h, x, f.w);
+  for (int k = 0; k < 4; ++k)
+    if (q_n[k] > 0) region += wq[k] * ssim_from_moments(q_n[k], q_g[k], q_sum[k], q_css[k], q_cs_g[k]);
   return std::max(0.0, 0.5 * object + 0.5 * region);
 }
 
@@ -140,15 +188,16 @@ double f_beta(double precision, double recall, double beta2) {
 
 // ------------------------------------------------------------------------------------------ weighted F
 // 1-D squared distance transform of f (Felzenszwalb & Huttenlocher 2012) with the argmin position.
-// `inf` entries are sites that do not exist; a line without sites keeps d = inf, arg = -1.
-void dt1d(const double* f, int64_t n, double* d, int64_t* arg, int64_t* v, double* z) {
+// `inf` entries are sites that do not exist; a line without sites keeps d = inf, arg = -1. Among
+// equidistant sites the leftmost wins, which is the choice scipy's EDT makes in our tests.
+void dt1d(const double* f, int64_t n, double* d, int32_t* arg, int32_t* v, double* z) {
   const double inf = std::numeric_limits<double>::infinity();
   int64_t k = -1;
   for (int64_t q = 0; q < n; ++q) {
     if (f[q] == inf) continue;
     if (k < 0) {
       k = 0;
-      v[0] = q;
+      v[0] = int32_t(q);
       z[0] = -inf;
       z[1] = inf;
       continue;
@@ -161,7 +210,7 @@ void dt1d(const double* f, int64_t n, double* d, int64_t* arg, int64_t* v, doubl
       --k;  // z[0] = -inf stops this before k < 0
     }
     ++k;
-    v[k] = q;
+    v[k] = int32_t(q);
     z[k] = k == 0 ? -inf : s;
     z[k + 1] = inf;
   }
@@ -181,44 +230,83 @@ void dt1d(const double* f, int64_t n, double* d, int64_t* arg, int64_t* v, doubl
   }
 }
 
-// Exact squared Euclidean distance of every pixel to the nearest object pixel, and that pixel's flat index.
-void edt_to_object(const Frame& f, std::vector<double>& dist2, std::vector<int64_t>& nearest) {
+// Exact squared Euclidean distance of every pixel to the nearest object pixel (dist2), and the error
+// `err` at that pixel (dep; object pixels keep their own error). Row-major throughout: the column pass
+// is two sweeps over rows carrying, per column, the last object row seen; the row pass runs the 1-D
+// lower-envelope transform on each contiguous row.
+void edt_dependency(const Frame& f, Scratch& s) {
   const double inf = std::numeric_limits<double>::infinity();
-  const int64_t h = f.h, w = f.w, m = std::max(h, w);
-  std::vector<double> col_d(h * w), line(m), out(m), z(m + 1);
-  std::vector<int64_t> col_arg(h * w), arg(m), v(m);
-  // Pass 1, along each column: distance to the nearest object pixel of that column.
-  for (int64_t c = 0; c < w; ++c) {
-    for (int64_t r = 0; r < h; ++r) line[r] = f.g[r * w + c] ? 0.0 : inf;
-    dt1d(line.data(), h, out.data(), arg.data(), v.data(), z.data());
+  const int64_t h = f.h, w = f.w, n = f.n;
+  s.dist2.resize(n);
+  s.col_row.resize(n);
+  s.dep.resize(n);
+  s.arg.resize(w);
+  s.v.resize(w);
+  s.z.resize(w + 1);
+  int32_t* up = s.col_row.data();  // first the nearest object row at or above, then the chosen row
+  double* col_d = s.dist2.data();  // column-pass squared distances, replaced row by row below
+  {
+    std::vector<int32_t> last(w, -1);
     for (int64_t r = 0; r < h; ++r) {
-      col_d[r * w + c] = out[r];
-      col_arg[r * w + c] = arg[r];
+      const uint8_t* g = f.g + r * w;
+      int32_t* u = up + r * w;
+      for (int64_t c = 0; c < w; ++c) {
+        if (g[c]) last[c] = int32_t(r);
+        u[c] = last[c];
+      }
+    }
+    std::fill(last.begin(), last.end(), -1);
+    for (int64_t r = h - 1; r >= 0; --r) {
+      const uint8_t* g = f.g + r * w;
+      int32_t* u = up + r * w;
+      double* d = col_d + r * w;
+      for (int64_t c = 0; c < w; ++c) {
+        if (g[c]) last[c] = int32_t(r);
+        const int32_t above = u[c], below = last[c];
+        // The nearer object pixel of the column; a tie goes to the upper one (the envelope's first site).
+        int32_t pick;
+        if (above < 0) pick = below;
+        else if (below < 0) pick = above;
+        else pick = (r - above <= below - r) ? above : below;
+        u[c] = pick;
+        const double dr = double(r - pick);
+        d[c] = pick < 0 ? inf : dr * dr;
+      }
     }
   }
-  // Pass 2, along each row over the column results.
-  dist2.resize(h * w);
-  nearest.resize(h * w);
+  std::vector<double> line(w), out(w);
   for (int64_t r = 0; r < h; ++r) {
-    dt1d(&col_d[r * w], w, out.data(), arg.data(), v.data(), z.data());
+    std::copy(col_d + r * w, col_d + (r + 1) * w, line.data());
+    dt1d(line.data(), w, out.data(), s.arg.data(), s.v.data(), s.z.data());
+    const uint8_t* g = f.g + r * w;
+    const double* e = s.err.data();
+    double* dep = s.dep.data() + r * w;
+    double* dist = col_d + r * w;
+    const int32_t* rows = up + r * w;
     for (int64_t c = 0; c < w; ++c) {
-      const int64_t cc = arg[c];
-      dist2[r * w + c] = out[c];
-      nearest[r * w + c] = col_arg[r * w + cc] * w + cc;
+      dist[c] = out[c];
+      if (g[c]) {
+        dep[c] = e[r * w + c];
+      } else {
+        const int32_t cc = s.arg[c];
+        dep[c] = e[int64_t(rows[cc]) * w + cc];
+      }
     }
   }
 }
 
-double weighted_f_measure(const Frame& f, int64_t n_fg) {
+double weighted_f_measure(const Frame& f, const FirstPass& fp) {
+  const int64_t n_fg = fp.n_fg;
   if (n_fg == 0) return 0.0;
   const int64_t h = f.h, w = f.w, n = f.n;
-  std::vector<double> dist2;
-  std::vector<int64_t> nearest;
-  edt_to_object(f, dist2, nearest);
-  std::vector<double> err(n), dep(n), tmp(n), blur(n);
-  for (int64_t i = 0; i < n; ++i) err[i] = std::fabs(f.p[i] - (f.g[i] ? 1.0 : 0.0));
-  for (int64_t i = 0; i < n; ++i) dep[i] = f.g[i] ? err[i] : err[nearest[i]];
-  // 7x7 Gaussian, sigma 5, normalised (MATLAB fspecial), zero padding; separable in two passes.
+  Scratch& s = scratch();
+  s.err.resize(n);
+  for (int64_t i = 0; i < n; ++i) s.err[i] = std::fabs(f.p[i] - (f.g[i] ? 1.0 : 0.0));
+  edt_dependency(f, s);
+
+  // 7x7 Gaussian, sigma 5, normalised (MATLAB fspecial), zero padding. The 2-D kernel is the outer
+  // product of this 1-D one (up to rounding), so two 1-D passes. The blur is only compared with the
+  // error on object pixels, so it is computed on the object's bounding box only.
   double k[7], ks = 0;
   for (int j = 0; j < 7; ++j) {
     const double x = j - 3;
@@ -226,39 +314,63 @@ double weighted_f_measure(const Frame& f, int64_t n_fg) {
     ks += k[j];
   }
   for (double& kj : k) kj /= ks;
-  for (int64_t r = 0; r < h; ++r)
-    for (int64_t c = 0; c < w; ++c) {
-      double s = 0;
-      for (int j = -3; j <= 3; ++j) {
-        const int64_t cc = c + j;
-        if (cc >= 0 && cc < w) s += k[j + 3] * dep[r * w + cc];
+  const int64_t r0 = fp.r_min, r1 = fp.r_max + 1, c0 = fp.c_min, c1 = fp.c_max + 1;
+  const int64_t tr0 = std::max<int64_t>(0, r0 - 3), tr1 = std::min<int64_t>(h, r1 + 3);
+  const int64_t bw = c1 - c0;
+  s.tmp.resize((tr1 - tr0) * bw);
+  const double* dep = s.dep.data();
+  for (int64_t r = tr0; r < tr1; ++r) {
+    const double* row = dep + r * w;
+    double* t = s.tmp.data() + (r - tr0) * bw;
+    for (int64_t c = c0; c < c1; ++c) {
+      double acc = 0;
+      if (c >= 3 && c + 3 < w) {
+        acc = k[0] * row[c - 3] + k[1] * row[c - 2] + k[2] * row[c - 1] + k[3] * row[c] + k[4] * row[c + 1] +
+              k[5] * row[c + 2] + k[6] * row[c + 3];
+      } else {
+        for (int j = -3; j <= 3; ++j) {
+          const int64_t cc = c + j;
+          if (cc >= 0 && cc < w) acc += k[j + 3] * row[cc];
+        }
       }
-      tmp[r * w + c] = s;
+      t[c - c0] = acc;
     }
-  for (int64_t r = 0; r < h; ++r)
-    for (int64_t c = 0; c < w; ++c) {
-      double s = 0;
+  }
+  double err_w_fg = 0;
+  const double* err = s.err.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* g = f.g + r * w;
+    for (int64_t c = c0; c < c1; ++c) {
+      if (!g[c]) continue;
+      double acc = 0;
       for (int j = -3; j <= 3; ++j) {
         const int64_t rr = r + j;
-        if (rr >= 0 && rr < h) s += k[j + 3] * tmp[rr * w + c];
+        if (rr >= tr0 && rr < tr1) acc += k[j + 3] * s.tmp[(rr - tr0) * bw + (c - c0)];
       }
-      blur[r * w + c] = s;
+      const double e = err[r * w + c];
+      err_w_fg += acc < e ? acc : e;
     }
+  }
+
+  // Background errors weighted by 2 - exp(ln(0.5)/5 * distance). Squared distances are integers and
+  // repeat a lot: memoise the weight per squared distance (same sqrt-then-exp as the reference).
   const double decay = std::log(0.5) / 5.0;
-  // Squared distances are integers and few distinct ones occur: memoise the importance weight
-  // (same sqrt-then-exp operations as the reference, so values are identical).
-  std::vector<double> weight_of_d2;
-  double err_w_fg = 0, err_w_bg = 0;
+  const size_t max_d2 = size_t(h - 1) * size_t(h - 1) + size_t(w - 1) * size_t(w - 1);
+  if (s.weight_known.size() < max_d2 + 1) {
+    s.weight_of_d2.resize(max_d2 + 1);
+    s.weight_known.resize(max_d2 + 1);
+  }
+  std::fill(s.weight_known.begin(), s.weight_known.begin() + max_d2 + 1, uint8_t(0));
+  double err_w_bg = 0;
+  const double* dist2 = s.dist2.data();
   for (int64_t i = 0; i < n; ++i) {
-    if (f.g[i]) {
-      err_w_fg += (blur[i] < err[i]) ? blur[i] : err[i];
-    } else {
-      const auto d2 = static_cast<size_t>(dist2[i]);
-      if (d2 >= weight_of_d2.size()) weight_of_d2.resize(d2 + 1, -1.0);
-      double& wgt = weight_of_d2[d2];
-      if (wgt < 0) wgt = 2.0 - std::exp(decay * std::sqrt(dist2[i]));
-      err_w_bg += err[i] * wgt;
+    if (f.g[i] || err[i] == 0.0) continue;  // a zero error adds nothing whatever its weight
+    const auto d2 = size_t(dist2[i]);
+    if (!s.weight_known[d2]) {
+      s.weight_of_d2[d2] = 2.0 - std::exp(decay * std::sqrt(dist2[i]));
+      s.weight_known[d2] = 1;
     }
+    err_w_bg += err[i] * s.weight_of_d2[d2];
   }
   const double tp_w = double(n_fg) - err_w_fg;
   const double recall = 1.0 - err_w_fg / n_fg;
@@ -275,6 +387,8 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   TORCH_CHECK(pred_in.numel() > 0, "sunseg_frame: pred must not be empty");
   TORCH_CHECK(pred_in.is_floating_point(), "sunseg_frame: pred must be a floating-point tensor, got ",
               pred_in.scalar_type());
+  TORCH_CHECK(pred_in.size(0) < (int64_t(1) << 30) && pred_in.size(1) < (int64_t(1) << 30),
+              "sunseg_frame: frame too large, got ", pred_in.sizes());
   const at::Tensor pred = pred_in.to(at::kDouble).contiguous();
   const at::Tensor gt = gt_in.to(at::kByte).contiguous();
   Frame f{pred.data_ptr<double>(), gt.data_ptr<uint8_t>(), pred.size(0), pred.size(1), pred.numel()};
@@ -285,30 +399,62 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   for (int i = 0; i < kBins; ++i) thr[i] = double(i) * step + 1.0;
   thr[kBins - 1] = 0.0;
 
-  // One pass: counts, sums, and the four histograms every curve is a cumulative sum of.
-  int64_t lvl_fg[kBins] = {0}, lvl_bg[kBins] = {0}, med_fg[kBins] = {0}, med_bg[kBins] = {0};
-  int64_t n_fg = 0;
-  double pred_sum = 0, abs_err = 0;
-  for (int64_t i = 0; i < f.n; ++i) {
-    const double p = f.p[i];
-    TORCH_CHECK(p >= 0.0 && p <= 1.0, "sunseg_frame: pred must hold probabilities in [0, 1], got ", p);
-    const bool g = f.g[i] != 0;
-    n_fg += g;
-    pred_sum += p;
-    abs_err += std::fabs(p - (g ? 1.0 : 0.0));
-    const int level = int(p * 255.0);  // truncation, as uint8(255 * pred)
-    // first index i0 with thr[i0] <= p (the thresholds descend): guess, then settle exactly
-    int i0 = std::min(kBins - 1, std::max(0, int(std::ceil((1.0 - p) * (kBins - 1)))));
-    while (i0 > 0 && thr[i0 - 1] <= p) --i0;
-    while (i0 < kBins - 1 && thr[i0] > p) ++i0;
-    if (g) {
-      ++lvl_fg[level];
-      ++med_fg[i0];
-    } else {
-      ++lvl_bg[level];
-      ++med_bg[i0];
+  // One pass: counts, sums, moments, bounding box, and the four histograms every curve is a cumulative
+  // sum of. Histograms are indexed [level][g] so one increment serves both classes.
+  int64_t lvl[kBins][2] = {}, med[kBins][2] = {};
+  FirstPass fp;
+  bool in_range = true;
+  for (int64_t r = 0; r < f.h; ++r) {
+    const double* prow = f.p + r * f.w;
+    const uint8_t* grow = f.g + r * f.w;
+    int64_t row_fg = 0;
+    double col_moment = 0;
+    int64_t c_first = -1, c_last = -1;
+    for (int64_t c = 0; c < f.w; ++c) {
+      const double p = prow[c];
+      in_range &= (p >= 0.0) & (p <= 1.0);  // also false for NaN
+      const int g = grow[c] != 0;
+      fp.pred_sum += p;
+      const int level = int(p * 255.0) & 255;  // truncation, as uint8(255 * pred); the mask only guards bad input
+      // First index i0 with thr[i0] <= p (the thresholds descend). thr[255 - level] is level / 255 up to
+      // rounding, so start there and settle exactly.
+      int i0 = kBins - 1 - level;
+      while (i0 > 0 && thr[i0 - 1] <= p) --i0;
+      while (i0 < kBins - 1 && thr[i0] > p) ++i0;
+      ++lvl[level][g];
+      ++med[i0][g];
+      if (g) {
+        fp.abs_err += 1.0 - p;
+        fp.s_fg += p;
+        col_moment += double(c);
+        ++row_fg;
+        if (c_first < 0) c_first = c;
+        c_last = c;
+      } else {
+        fp.abs_err += p;
+        fp.s_bg += 1.0 - p;
+      }
+    }
+    if (row_fg) {
+      fp.n_fg += row_fg;
+      fp.col_moment += col_moment;
+      fp.row_moment += double(r) * double(row_fg);
+      if (fp.r_max < 0) {
+        fp.r_min = r;
+        fp.c_min = c_first;
+        fp.c_max = c_last;
+      }
+      fp.r_max = r;
+      fp.c_min = std::min(fp.c_min, c_first);
+      fp.c_max = std::max(fp.c_max, c_last);
     }
   }
+  if (!in_range) {
+    for (int64_t i = 0; i < f.n; ++i)
+      TORCH_CHECK(f.p[i] >= 0.0 && f.p[i] <= 1.0, "sunseg_frame: pred must hold probabilities in [0, 1], got ",
+                  f.p[i]);
+  }
+  const int64_t n_fg = fp.n_fg;
   const double n = double(f.n), nf = double(n_fg);
 
   at::Tensor curves = at::zeros({6, kBins}, at::kDouble);
@@ -318,15 +464,15 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   double* spe = sen + kBins;
   double* dice = spe + kBins;
   double* iou = dice + kBins;
-  double tp = 0, fp = 0, mtp = 0, mfp = 0;
+  double tp = 0, fpos = 0, mtp = 0, mfp = 0;
   for (int i = 0; i < kBins; ++i) {
-    tp += double(lvl_fg[kBins - 1 - i]);
-    fp += double(lvl_bg[kBins - 1 - i]);
-    em[i] = enhanced_sum(tp, fp, nf, n) / (n - 1 + kEps);
-    const double predicted = tp + fp;
+    tp += double(lvl[kBins - 1 - i][1]);
+    fpos += double(lvl[kBins - 1 - i][0]);
+    em[i] = enhanced_sum(tp, fpos, nf, n) / (n - 1 + kEps);
+    const double predicted = tp + fpos;
     fm[i] = f_beta(tp / (predicted == 0 ? 1.0 : predicted), tp / std::max(nf, 1.0), 0.3);
-    mtp += double(med_fg[i]);
-    mfp += double(med_bg[i]);
+    mtp += double(med[i][1]);
+    mfp += double(med[i][0]);
     if (mtp > 0) {
       const double n_pred = mtp + mfp, fn = nf - mtp, tn = n - n_pred - fn;
       sen[i] = mtp / nf;
@@ -337,18 +483,22 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   }
 
   // Adaptive threshold 2 * mean, capped at 1.
-  const double adaptive = std::min(2.0 * pred_sum / n, 1.0);
-  double atp = 0, afp = 0;
-  for (int64_t i = 0; i < f.n; ++i)
-    if (f.p[i] >= adaptive) (f.g[i] ? atp : afp) += 1.0;
-  const double adp_em = enhanced_sum(atp, afp, nf, n) / (n - 1 + kEps);
-  const double adp_fm = atp == 0 ? 0.0 : f_beta(atp / (atp + afp), atp / nf, 0.3);
+  const double adaptive = std::min(2.0 * fp.pred_sum / n, 1.0);
+  int64_t atp = 0, afp = 0;
+  for (int64_t i = 0; i < f.n; ++i) {
+    const int64_t hit = f.p[i] >= adaptive;
+    const int64_t g = f.g[i] != 0;
+    atp += hit & g;
+    afp += hit & (1 - g);
+  }
+  const double adp_em = enhanced_sum(double(atp), double(afp), nf, n) / (n - 1 + kEps);
+  const double adp_fm = atp == 0 ? 0.0 : f_beta(double(atp) / double(atp + afp), double(atp) / nf, 0.3);
 
   at::Tensor scalars = at::empty({5}, at::kDouble);
   double* s = scalars.data_ptr<double>();
-  s[0] = s_measure(f, n_fg, pred_sum);
-  s[1] = weighted_f_measure(f, n_fg);
-  s[2] = abs_err / n;
+  s[0] = s_measure(f, fp);
+  s[1] = weighted_f_measure(f, fp);
+  s[2] = fp.abs_err / n;
   s[3] = adp_em;
   s[4] = adp_fm;
   return {scalars, curves};
