@@ -18,7 +18,7 @@ import torch
 
 from dtc.io import atomic_write_text
 
-__all__ = ["DEMO_PRESETS", "run_demo"]
+__all__ = ["DEMO_PRESETS", "run_demo", "stage_finished", "train_stage", "evaluate_checkpoint", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ def run_demo(out: str | Path = "runs/demo", *, preset: str = "small", seed: int 
     With ``resume`` finished stages are reused (their ``last.pt`` says they completed) and an
     interrupted stage continues from its last epoch.
     """
-    from dtc.engine import Trainer, load_config
-    from dtc.engine.checkpoint import load_run_checkpoint
+    from dtc.engine import load_config
 
     if preset not in DEMO_PRESETS:
         raise ValueError(f"preset must be one of {sorted(DEMO_PRESETS)}, got {preset!r}")
@@ -78,13 +77,8 @@ def run_demo(out: str | Path = "runs/demo", *, preset: str = "small", seed: int 
 
     def stage(name: str, overrides: list[str], epochs: int) -> Path:
         run_dir = out / name
-        last = run_dir / "last.pt"
-        if last.exists() and load_run_checkpoint(last)["epoch"] >= epochs:
-            print(f"[demo] {name}: already trained ({last})")
-            return run_dir
         cfg = load_config(None, [*base, *overrides, f"optim.epochs={epochs}", f"run.out_dir={run_dir}"])
-        print(f"[demo] training {name} ...", flush=True)
-        Trainer(cfg, resume=last.exists()).fit()
+        train_stage(cfg, label=f"[demo] {name}")
         return run_dir
 
     teacher_dir = stage("teacher", ["stage=teacher", f"optim.lr={p.teacher_lr}", "optim.scheduler=poly",
@@ -112,8 +106,46 @@ def _test_dataset(p: DemoPreset, seed: int):
                                 seed=seed, split="test")
 
 
-def _fps(model, p: DemoPreset, device) -> float:
-    x = torch.rand(1, 3, p.height, p.width, device=device)
+def stage_finished(last_path: str | Path, epochs: int) -> bool:
+    """True when the run whose ``last.pt`` is ``last_path`` needs no more training: it recorded
+    ``epochs`` epochs, or it stopped early (its patience was used up) before that."""
+    from dtc.engine.checkpoint import load_run_checkpoint
+
+    last_path = Path(last_path)
+    if not last_path.exists():
+        return False
+    ckpt = load_run_checkpoint(last_path)
+    if ckpt["epoch"] >= epochs:
+        return True
+    patience = (ckpt.get("config") or {}).get("optim", {}).get("early_stop_patience")
+    return patience is not None and ckpt.get("bad_epochs", 0) >= patience
+
+
+def train_stage(cfg, *, label: str = "[dtc]", on_step=None) -> str:
+    """Train the run ``cfg`` describes unless its ``run.out_dir`` already holds a finished one; an
+    interrupted run continues from its ``last.pt``. Returns ``"skipped"``, ``"resumed"`` or ``"trained"``."""
+    from dtc.engine import Trainer
+
+    last = Path(cfg.run.out_dir) / "last.pt"
+    if stage_finished(last, cfg.optim.epochs):
+        print(f"{label}: already trained ({last})")
+        return "skipped"
+    resume = last.exists()
+    print(f"{label}: {'resuming' if resume else 'training'} ...", flush=True)
+    Trainer(cfg, resume=resume, on_step=on_step).fit()
+    return "resumed" if resume else "trained"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _fps(model, size: tuple[int, int], device) -> float:
+    """Frames per second at batch 1 (fp32, no autocast), after 3 warm-up passes."""
+    x = torch.rand(1, 3, *size, device=device)
     model.eval()
     with torch.no_grad():
         for _ in range(3):
@@ -126,34 +158,52 @@ def _fps(model, p: DemoPreset, device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def evaluate_runs(runs: dict[str, Path], out: Path, p: DemoPreset, seed: int, device: str) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, dataset, *, out_dir: str | Path | None, device,
+                        batch_size: int = 8) -> tuple[dict, dict]:
+    """Evaluate one checkpoint on every frame of ``dataset`` (single frames, ``T=1``, e.g. the test split).
+
+    Returns ``(scores, videos)``: ``videos`` as :func:`dtc.engine.inference.predict_videos` gives them;
+    ``scores`` holds ``epoch``, ``Dice`` (at 0.5, per video then mean), ``TC``, ``area_flicker``,
+    ``dice_flicker``, the SUN-SEG columns ``S_alpha``, ``E_mean``, ``F_w``, ``Dice_sunseg`` and ``Sen``
+    (threshold-averaged), ``HD95`` and ``FPS`` (batch 1 on ``device`` at the dataset's frame size).
+    With ``out_dir`` the full metric tables and plots go there.
+    """
     from dtc.engine.checkpoint import model_from_checkpoint
     from dtc.engine.inference import predict_videos, video_scores
     from dtc.metrics import evaluate_predictions
 
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    device = torch.device(device)
+    model, ckpt = model_from_checkpoint(checkpoint)
+    model = model.to(device)
+    videos = predict_videos(model, dataset, device=device, batch_size=batch_size)
+    if not videos:
+        raise ValueError(f"the evaluation dataset holds no frames (checkpoint {checkpoint})")
+    scores = {vid: video_scores(v) for vid, v in videos.items()}
+    frames = ((vid, v["frame"][k], v["prob"][k].numpy(), v["mask"][k].numpy())
+              for vid, v in videos.items() for k in range(len(v["frame"])))
+    suite = evaluate_predictions(frames, out_dir=out_dir, progress=False)
+    size = tuple(next(iter(videos.values()))["prob"].shape[-2:])
+    result = {
+        "epoch": ckpt["epoch"],
+        "Dice": float(np.mean([s["dice"] for s in scores.values()])),
+        "TC": float(np.mean([s["tc"] for s in scores.values()])),
+        "area_flicker": float(np.mean([s["area_flicker"] for s in scores.values()])),
+        "dice_flicker": float(suite.overall["dice_flicker"]),
+        "S_alpha": float(suite.overall["Sα"]), "E_mean": float(suite.overall["E^mn_φ"]),
+        "F_w": float(suite.overall["F^w_β"]), "Dice_sunseg": float(suite.overall["Dice"]),
+        "Sen": float(suite.overall["Sen"]), "HD95": float(suite.overall["HD95"]),
+        "FPS": _fps(model, size, device),
+    }
+    return result, videos
+
+
+def evaluate_runs(runs: dict[str, Path], out: Path, p: DemoPreset, seed: int, device: str) -> dict:
+    device = resolve_device(device)
     dataset = _test_dataset(p, seed)
     results, predictions = {}, {}
     for name, run_dir in runs.items():
-        model, ckpt = model_from_checkpoint(run_dir / "best.pt")
-        model = model.to(device)
-        videos = predict_videos(model, dataset, device=device, batch_size=p.batch_size)
-        predictions[name] = videos
-        scores = {vid: video_scores(v) for vid, v in videos.items()}
-        frames = ((vid, v["frame"][k], v["prob"][k].numpy(), v["mask"][k].numpy())
-                  for vid, v in videos.items() for k in range(len(v["frame"])))
-        suite = evaluate_predictions(frames, out_dir=out / "eval" / name, progress=False)
-        results[name] = {
-            "epoch": ckpt["epoch"],
-            "Dice": float(np.mean([s["dice"] for s in scores.values()])),
-            "TC": float(np.mean([s["tc"] for s in scores.values()])),
-            "area_flicker": float(np.mean([s["area_flicker"] for s in scores.values()])),
-            "dice_flicker": float(suite.overall["dice_flicker"]),
-            "S_alpha": float(suite.overall["Sα"]), "E_mean": float(suite.overall["E^mn_φ"]),
-            "F_w": float(suite.overall["F^w_β"]), "HD95": float(suite.overall["HD95"]),
-            "FPS": _fps(model, p, device),
-        }
+        results[name], predictions[name] = evaluate_checkpoint(run_dir / "best.pt", dataset, out_dir=out / "eval" / name,
+                                                               device=device, batch_size=p.batch_size)
     _plot(predictions, out)
     _overlay(predictions, out)
     return {"device": str(device), "test_videos": sorted(predictions["dtc"]), "results": results}

@@ -1,0 +1,159 @@
+"""Figures of experiments and notebooks: the ablation bars, flicker over time, the training signals.
+
+Each function returns a matplotlib Figure (notebooks display it; :func:`figure_png` turns it into PNG
+bytes for files). Nothing here trains or evaluates.
+"""
+from __future__ import annotations
+
+import math
+from io import BytesIO
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["figure_png", "ablation_figure", "flicker_figure", "flicker_series", "signal_maps_figure"]
+
+_NAMES = {"Dice_sunseg": "Dice ↑", "S_alpha": "Sα ↑", "E_mean": "E^mn_φ ↑", "F_w": "F^w_β ↑", "Sen": "Sen ↑",
+          "Dice": "Dice@0.5 ↑", "TC": "TC ↑", "area_flicker": "area flicker ↓", "dice_flicker": "Dice flicker ↓",
+          "FPS": "FPS"}
+
+
+def _plt():
+    # The backend is left alone: notebooks use their inline one, headless sessions fall back to Agg.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    plt = _plt()
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def ablation_figure(table: list[dict], *, metrics=("Dice_sunseg", "S_alpha", "TC", "area_flicker"),
+                    title: Optional[str] = None):
+    """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per arm (rows of
+    :func:`dtc.experiments.results.aggregate` or :func:`~dtc.experiments.results.load_results`)."""
+    if not table:
+        raise ValueError("table is empty: no evaluated run to plot")
+    missing = [m for m in metrics if f"{m}_mean" not in table[0]]
+    if missing:
+        raise ValueError(f"metrics {missing} are not in the table (columns like 'Dice_sunseg_mean')")
+    plt = _plt()
+    labels = [r["label"] for r in table]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
+    colours = ["0.6" if r["arm"] == "teacher" else f"C{i}" for i, r in enumerate(table)]
+    for ax, metric in zip(axes[0], metrics):
+        means = np.array([r[f"{metric}_mean"] for r in table], float)
+        stds = np.array([r[f"{metric}_std"] for r in table], float)
+        stds = np.where(np.isnan(stds), 0, stds)
+        ax.bar(range(len(table)), means, yerr=stds, color=colours, capsize=3)
+        finite = means[np.isfinite(means)]
+        if len(finite) and metric != "FPS":
+            lo, hi = float(np.min(finite - stds[np.isfinite(means)])), float(np.max(finite + stds[np.isfinite(means)]))
+            # Differences between arms are small next to the values: zoom on them, never below zero.
+            pad = 0.15 * (hi - lo) if hi > lo else max(0.05 * abs(hi), 1e-4)
+            ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        ax.set_xticks(range(len(table)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(_NAMES.get(metric, metric))
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def flicker_series(video: dict) -> dict:
+    """Per-frame series of one predicted video (a value of ``predict_videos``): ``frame``, predicted and
+    ground-truth ``area`` (fraction of the frame at 0.5), ``dice`` at 0.5 and ``change``
+    ``mean|P_t - P_{t-1}|`` (NaN at the first frame)."""
+    from dtc.engine.inference import video_scores
+
+    prob, mask = video["prob"].numpy(), video["mask"].numpy()
+    change = np.abs(np.diff(prob, axis=0)).reshape(len(prob) - 1, -1).mean(1) if len(prob) > 1 else np.zeros(0)
+    return {"frame": np.asarray(video["frame"]), "area": (prob > 0.5).reshape(len(prob), -1).mean(1),
+            "gt_area": (mask > 0.5).reshape(len(mask), -1).mean(1),
+            "dice": np.asarray(video_scores(video)["dice_per_frame"], float),
+            "change": np.concatenate([[math.nan], change])}
+
+
+def flicker_figure(predictions: dict, video_id: Optional[str] = None, *, title: Optional[str] = None):
+    """Flicker over time of several models on one video: predicted area against the ground truth, Dice
+    per frame and the frame-to-frame change ``mean|P_t - P_{t-1}|``.
+
+    ``predictions`` maps a model name to ``predict_videos`` output; ``video_id`` defaults to the first
+    video (sorted) they share."""
+    if not predictions:
+        raise ValueError("predictions is empty: pass {model name: predict_videos(...)}")
+    shared = sorted(set.intersection(*(set(v) for v in predictions.values())))
+    if not shared:
+        raise ValueError("the models' predictions share no video id")
+    if video_id is None:
+        video_id = shared[0]
+    if video_id not in shared:
+        raise ValueError(f"video_id {video_id!r} is not predicted by every model; shared ids: {shared}")
+    plt = _plt()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    for i, (name, videos) in enumerate(predictions.items()):
+        s = flicker_series(videos[video_id])
+        if i == 0:
+            axes[0].plot(s["frame"], s["gt_area"], color="k", lw=2, alpha=0.5, label="ground truth")
+        style = dict(color=f"C{i}", label=f"{name} (area std {np.std(s['area']):.4f})")
+        axes[0].plot(s["frame"], s["area"], **style)
+        axes[1].plot(s["frame"], s["dice"], color=f"C{i}", label=f"{name} (Dice std {np.std(s['dice']):.3f})")
+        axes[2].plot(s["frame"], s["change"], color=f"C{i}", label=f"{name} (mean {np.nanmean(s['change']):.4f})")
+    axes[0].set(ylabel="area (fraction)", title=title or f"flicker over time, video {video_id}")
+    axes[1].set(ylabel="Dice@0.5")
+    axes[2].set(ylabel="mean|P_t − P_t−1|", xlabel="frame")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def signal_maps_figure(maps: dict, pair: int = 0):
+    """One pair ``(t-1, t)`` of :func:`dtc.experiments.inspect.training_signal_maps`: the frames, flow,
+    prediction, pseudo-label, warped target, confidence M and the prototypes' masks."""
+    from dtc.flow import flow_to_rgb
+
+    T = maps["prob"].shape[0]
+    if not 0 <= pair < T - 1:
+        raise ValueError(f"pair must be in [0, {T - 2}], got {pair}")
+    t = pair + 1
+    plt = _plt()
+    panels = [
+        (maps["image"][t - 1], f"frame t-1={t - 1}", "gray", None),
+        (maps["image"][t], f"frame t={t} (GT contour)", "gray", maps["mask"][t]),
+        (flow_to_rgb(maps["flow"][pair]), "flow (t-1 → t), colour wheel", None, None),
+        (maps["prob"][t], "prediction P_t", "magma", None),
+        (maps["pseudo"][t], "flip pseudo-label Ŷ_t", "magma", None),
+        (maps["warped_target"][pair], "warped target W(P_t-1)", "magma", None),
+        (maps["confidence"][pair], "confidence M", "viridis", None),
+        (maps["local_mask"][pair], "local prototype mask", "gray", None),
+    ]
+    if "global_bg_cur" in maps:
+        panels.append((maps["global_bg_cur"][pair], "global (background) mask, bottleneck", "gray", None))
+    cols = 3
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows))
+    for ax, (img, name, cmap, contour) in zip(axes.flat, panels):
+        kwargs = {"cmap": cmap} if cmap else {}
+        if cmap in ("magma", "viridis") or name.endswith("mask"):
+            kwargs.update(vmin=0, vmax=1)
+        im = ax.imshow(img, **kwargs)
+        if contour is not None:
+            ax.contour(contour, levels=[0.5], colors="yellow", linewidths=1)
+        if cmap in ("magma", "viridis"):
+            fig.colorbar(im, ax=ax, fraction=0.035)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"training signals, pair ({t - 1}, {t}); L_con = {maps['loss_con']:.4f}")
+    fig.tight_layout()
+    return fig
