@@ -153,9 +153,9 @@ class TrainConfig:
                 DTCLossConfig.from_preset(self.preset, **self.loss)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"loss: {exc}") from exc
-        from dtc.models import available_models
+        from dtc.models import names
 
-        _choice("model.name", self.model.name, tuple(available_models()))
+        _choice("model.name", self.model.name, tuple(names()))
         return self
 
 

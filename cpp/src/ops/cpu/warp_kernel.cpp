@@ -128,6 +128,60 @@ void grad_flow_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::T
   });
 }
 
+// Both gradients in one pass when there are enough samples to keep every thread busy: a thread
+// owns whole samples, so its scatter into grad_x cannot race, and the taps are computed once per
+// pixel instead of once per pass.
+template <typename T>
+void grad_both_by_sample_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& flow,
+                              at::Tensor& grad_x, at::Tensor& grad_flow, math::Padding padding) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const T* gp = grad_out.const_data_ptr<T>();
+  const T* xp = x.const_data_ptr<T>();
+  const T* fp = flow.const_data_ptr<T>();
+  T* gxp = grad_x.mutable_data_ptr<T>();
+  T* gfp = grad_flow.mutable_data_ptr<T>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<BilinearTaps<T>> taps(W);
+    std::vector<T> acc_x(W), acc_y(W);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t y = 0; y < H; ++y) {
+        const T* fx = fp + (n * 2) * HW + y * W;
+        taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
+        std::fill(acc_x.begin(), acc_x.end(), T(0));
+        std::fill(acc_y.begin(), acc_y.end(), T(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const T* plane = xp + (n * C + c) * HW;
+          const T* grow = gp + (n * C + c) * HW + y * W;
+          T* dst = gxp + (n * C + c) * HW;
+          auto load = [plane](int64_t i) { return plane[i]; };
+          for (int64_t xi = 0; xi < W; ++xi) {
+            const auto& t = taps[xi];
+            if (!t.finite) continue;
+            const T go = grow[xi];
+            const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
+            const int64_t i00 = t.y0 * W + t.x0;
+            if (t.in_y0 && t.in_x0) dst[i00] += wy0 * wx0 * go;
+            if (t.in_y0 && t.in_x1) dst[i00 + 1] += wy0 * t.wx1 * go;
+            if (t.in_y1 && t.in_x0) dst[i00 + W] += t.wy1 * wx0 * go;
+            if (t.in_y1 && t.in_x1) dst[i00 + W + 1] += t.wy1 * t.wx1 * go;
+            T v00, v01, v10, v11, d_sx, d_sy;
+            math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
+            math::interpolate_grad_coords(t, v00, v01, v10, v11, &d_sx, &d_sy);
+            acc_x[xi] += go * d_sx;
+            acc_y[xi] += go * d_sy;
+          }
+        }
+        T* gx = gfp + (n * 2) * HW + y * W;
+        T* gy = gx + HW;
+        for (int64_t xi = 0; xi < W; ++xi) {
+          gx[xi] = -acc_x[xi];
+          gy[xi] = -acc_y[xi];
+        }
+      }
+    }
+  });
+}
+
 at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in, c10::string_view padding) {
   const auto mode = check_warp_args(x_in, flow_in, std::string_view(padding.data(), padding.size()));
   const at::Tensor x = x_in.contiguous();
@@ -147,19 +201,29 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
   const at::Tensor x = x_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   at::Tensor grad_x, grad_flow;
+  const auto contiguous = x.options().memory_format(at::MemoryFormat::Contiguous);
   if (output_mask[0]) {
-    grad_x = at::zeros(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-    if (grad_x.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward x (CPU)",
-                                 [&] { grad_x_impl<scalar_t>(grad_out, flow, grad_x, mode); });
-    }
+    grad_x = at::zeros(x.sizes(), contiguous);  // scattered into
   }
   if (output_mask[1]) {
-    grad_flow = at::zeros(flow.sizes(), flow.options().memory_format(at::MemoryFormat::Contiguous));
-    if (x.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward flow (CPU)",
-                                 [&] { grad_flow_impl<scalar_t>(grad_out, x, flow, grad_flow, mode); });
-    }
+    grad_flow = at::empty(flow.sizes(), contiguous);  // every element is written
+    if (x.numel() == 0) grad_flow.zero_();
+  }
+  if (x.numel() == 0) {
+    return {grad_x, grad_flow};
+  }
+  if (output_mask[0] && output_mask[1] && x.size(0) >= at::get_num_threads()) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward (CPU)",
+                               [&] { grad_both_by_sample_impl<scalar_t>(grad_out, x, flow, grad_x, grad_flow, mode); });
+    return {grad_x, grad_flow};
+  }
+  if (output_mask[0]) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward x (CPU)",
+                               [&] { grad_x_impl<scalar_t>(grad_out, flow, grad_x, mode); });
+  }
+  if (output_mask[1]) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward flow (CPU)",
+                               [&] { grad_flow_impl<scalar_t>(grad_out, x, flow, grad_flow, mode); });
   }
   return {grad_x, grad_flow};
 }
