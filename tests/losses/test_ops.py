@@ -254,3 +254,21 @@ def test_bad_input_prototypes_and_probabilities():
         torch.ops.dtc.kd_loss(d["z"], d["zt"], 0.0)
     with pytest.raises(ValueError, match=r"pseudo_labels must have student_logits's shape"):
         losses.DTCObjective()(d["z"], d["loc"], d["glob"], d["zt"], d["y"][:, :2], d["images"], d["flows"])
+
+
+def test_objective_accepts_half_precision_network_outputs():
+    d = make_case("random", dtype=torch.float32)
+    z = d["z"].bfloat16().requires_grad_(True)
+    total, _ = losses.DTCObjective("dtc")(z, d["loc"].bfloat16(), d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+    assert total.dtype == torch.float32
+    (g,) = torch.autograd.grad(total, z)
+    assert g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all()
+
+
+def test_losses_import_does_not_load_the_core():
+    import subprocess
+    import sys
+
+    code = "import sys, dtc.losses; print('dtc._C' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -74,6 +74,11 @@ class DTCObjective(nn.Module):
         """
         cfg = self.config
         impl, check = cfg.implementation, cfg.check_inputs
+        # Under AMP the networks emit half-precision tensors; the loss is computed in float32.
+        low = (torch.float16, torch.bfloat16)
+        student_logits, local, global_, teacher_logits, pseudo_labels, images, flows, flows_backward = (
+            t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t
+            for t in (student_logits, local, global_, teacher_logits, pseudo_labels, images, flows, flows_backward))
         LF._check_window("student_logits", student_logits, channels=1, temporal=False)
         zero = student_logits.new_zeros(())
         terms = {name: zero for name in LOGGED}
