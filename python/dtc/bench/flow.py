@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     parser.add_argument("--size", action="append", help="H,W (repeatable); default 256,448 and 512,512")
     parser.add_argument("--batch", action="append", type=int, help="pairs per call (repeatable); default 1 and 16")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="CPU threads for dtc (torch.set_num_threads); default torch's")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES
     batches = args.batch or DEFAULT_BATCHES
     device = torch.device(args.device)

@@ -73,6 +73,17 @@ DTC_FB_HD int reflect101_index(int i, int n) {
 // Pyramid pre-smoothing, one separable pass (vertical when `vertical`), reflect-101 border.
 DTC_FB_HD float smooth_at(const float* plane, int h, int w, int y, int x, const SmoothKernel& k, bool vertical) {
   float acc = k.taps[0] * plane[y * w + x];
+  // Interior pixels (almost all of them) skip the border arithmetic.
+  if (vertical && y >= k.radius && y + k.radius < h) {
+    const float* c = plane + y * w + x;
+    for (int r = 1; r <= k.radius; ++r) acc += k.taps[r] * (c[-r * w] + c[r * w]);
+    return acc;
+  }
+  if (!vertical && x >= k.radius && x + k.radius < w) {
+    const float* c = plane + y * w + x;
+    for (int r = 1; r <= k.radius; ++r) acc += k.taps[r] * (c[-r] + c[r]);
+    return acc;
+  }
   for (int r = 1; r <= k.radius; ++r) {
     float a, b;
     if (vertical) {
@@ -236,6 +247,16 @@ DTC_FB_HD void window_at(const float* M, int h, int w, int y, int x, const Windo
   const int64_t plane = int64_t(h) * w;
   const int64_t c = int64_t(y) * w + x;
   for (int ch = 0; ch < 5; ++ch) out[ch] = k.taps[0] * M[ch * plane + c];
+  const int64_t stride = vertical ? w : 1;
+  if (vertical ? (y >= k.radius && y + k.radius < h) : (x >= k.radius && x + k.radius < w)) {
+    for (int ch = 0; ch < 5; ++ch) {
+      const float* m = M + ch * plane + c;
+      float acc = out[ch];
+      for (int r = 1; r <= k.radius; ++r) acc += k.taps[r] * (m[-r * stride] + m[r * stride]);
+      out[ch] = acc;
+    }
+    return;
+  }
   for (int r = 1; r <= k.radius; ++r) {
     int64_t a, b;
     if (vertical) {
