@@ -1,0 +1,56 @@
+"""CUDA twins: the same oracle and the CPU kernels as references (skipped without a GPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtc import losses, ops
+from . import oracle
+from .cases import CASES, make_case
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("preset", ["dtc", "reference"])
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_objective_matches_oracle(case, preset, dtype, rtol):
+    d = make_case(case, dtype=dtype, seed=3, device="cuda")
+    total, terms = losses.DTCObjective(preset)(d["z"], d["loc"], d["glob"], d["zt"], d["y"], d["images"], d["flows"])
+    expected = oracle.total(*(d[k].double().cpu() for k in ("z", "loc", "glob", "zt", "y", "images", "flows")), preset)
+    torch.testing.assert_close(total.double().cpu(), expected["total"], rtol=rtol, atol=rtol * 1e-2)
+    for name in ("seg", "kd", "con", "proto", "loc", "glob"):
+        torch.testing.assert_close(terms[name].double().cpu(), expected[name], rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cuda_gradients_match_cpu(soft):
+    d = make_case("random", T=4, local_size=(6, 7), seed=4)
+    objective = losses.DTCObjective("reference", warped_target="soft" if soft else "hard", occlusion_check=True)
+    grads = []
+    for device in ("cpu", "cuda"):
+        x = {k: v.to(device) for k, v in d.items()}
+        leaves = [x[k].clone().requires_grad_(True) for k in ("z", "loc", "glob")]
+        total, _ = objective(leaves[0], leaves[1], leaves[2], x["zt"], x["y"], x["images"], x["flows"], x["flows_bw"])
+        grads.append([g.cpu() for g in torch.autograd.grad(total, leaves)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_gradcheck_and_opcheck():
+    d = make_case("random", B=2, T=3, H=6, W=7, Cl=3, Cg=4, global_size=(2, 3), device="cuda")
+    flows = d["flows"] + 0.123
+    z = d["z"].requires_grad_(True)
+    fn = lambda z: ops.temporal_consistency(z, d["images"], flows, None, [], 13.3, "mean_abs", True, False)[0]
+    assert torch.autograd.gradcheck(fn, (z,), nondet_tol=1e-12)
+    p = torch.sigmoid(d["z"].detach())
+    thr = torch.tensor([0.5, 0.45], dtype=torch.float64, device="cuda")
+    loc = d["loc"].requires_grad_(True)
+    glob = d["glob"].requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, flows, thr, True)[:2], (loc,), nondet_tol=1e-12)
+    assert torch.autograd.gradcheck(lambda f: ops.global_prototypes(p, f, thr)[:2], (glob,))
+    assert torch.autograd.gradcheck(lambda z: ops.bce_dice(z, d["y"], 1e-5)[0], (z,))
+    assert torch.autograd.gradcheck(lambda z: ops.kd_loss(z, d["zt"], 4.0), (z,))
+    torch.library.opcheck(torch.ops.dtc.local_prototypes.default, (p.float(), loc.float(), flows.float(), thr.float(), True))
+    with pytest.raises(ValueError, match="same device|device"):
+        torch.ops.dtc.kd_loss(d["z"].detach(), d["zt"].cpu(), 4.0)
