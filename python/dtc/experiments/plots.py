@@ -11,7 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["figure_png", "ablation_figure", "flicker_figure", "flicker_series", "signal_maps_figure"]
+__all__ = ["figure_png", "ablation_figure", "flicker_figure", "flicker_series", "flicker_comparison_figure",
+           "signal_maps_figure", "video_strip_figure"]
 
 _NAMES = {"Dice_sunseg": "Dice ↑", "S_alpha": "Sα ↑", "E_mean": "E^mn_φ ↑", "F_w": "F^w_β ↑", "Sen": "Sen ↑",
           "Dice": "Dice@0.5 ↑", "TC": "TC ↑", "area_flicker": "area flicker ↓", "dice_flicker": "Dice flicker ↓",
@@ -35,9 +36,10 @@ def figure_png(fig, dpi: int = 110) -> bytes:
 
 
 def ablation_figure(table: list[dict], *, metrics=("Dice_sunseg", "S_alpha", "TC", "area_flicker"),
-                    title: Optional[str] = None):
+                    title: Optional[str] = None, runs: Optional[list[dict]] = None):
     """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per arm (rows of
-    :func:`dtc.experiments.results.aggregate` or :func:`~dtc.experiments.results.load_results`)."""
+    :func:`dtc.experiments.results.aggregate` or :func:`~dtc.experiments.results.load_results`); with
+    ``runs`` (the per-run rows) every seed is drawn as a dot on its arm's bar."""
     if not table:
         raise ValueError("table is empty: no evaluated run to plot")
     missing = [m for m in metrics if f"{m}_mean" not in table[0]]
@@ -52,6 +54,10 @@ def ablation_figure(table: list[dict], *, metrics=("Dice_sunseg", "S_alpha", "TC
         stds = np.array([r[f"{metric}_std"] for r in table], float)
         stds = np.where(np.isnan(stds), 0, stds)
         ax.bar(range(len(table)), means, yerr=stds, color=colours, capsize=3)
+        if runs:
+            for i, r in enumerate(table):
+                values = [run[metric] for run in runs if run["arm"] == r["arm"]]
+                ax.plot([i] * len(values), values, "k.", ms=5, alpha=0.7)
         finite = means[np.isfinite(means)]
         if len(finite) and metric != "FPS":
             lo, hi = float(np.min(finite - stds[np.isfinite(means)])), float(np.max(finite + stds[np.isfinite(means)]))
@@ -155,5 +161,76 @@ def signal_maps_figure(maps: dict, pair: int = 0):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"training signals, pair ({t - 1}, {t}); L_con = {maps['loss_con']:.4f}")
+    fig.tight_layout()
+    return fig
+
+
+def flicker_comparison_figure(predictions: dict):
+    """Per test video, each model's area flicker and TC side by side (``predictions``: model name ->
+    ``predict_videos`` output)."""
+    from dtc.engine.inference import video_scores
+
+    if not predictions:
+        raise ValueError("predictions is empty: pass {model name: predict_videos(...)}")
+    videos = sorted(set.intersection(*(set(v) for v in predictions.values())))
+    if not videos:
+        raise ValueError("the models' predictions share no video id")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / len(predictions)
+    for i, (name, preds) in enumerate(predictions.items()):
+        scores = [video_scores(preds[v]) for v in videos]
+        x = np.arange(len(videos)) + (i - (len(predictions) - 1) / 2) * width
+        axes[0].bar(x, [s["area_flicker"] for s in scores], width, color=f"C{i}", label=name)
+        axes[1].bar(x, [s["tc"] for s in scores], width, color=f"C{i}", label=name)
+    axes[0].set(title="area flicker per video ↓", ylabel="std of area over time")
+    axes[1].set(title="TC per video ↑", ylabel="1 − mean|P_t − P_t−1|")
+    tc = [video_scores(p[v])["tc"] for p in predictions.values() for v in videos]
+    lo = min(tc)
+    axes[1].set_ylim(max(0.0, lo - 0.2 * (1 - lo) - 1e-4), 1.0)
+    for ax in axes:
+        ax.set_xticks(range(len(videos)), videos, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _grey(images) -> np.ndarray:
+    a = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return a.mean(1) if a.ndim == 4 else a
+
+
+def video_strip_figure(video: dict, frames=None, *, predictions: Optional[dict] = None, title: Optional[str] = None):
+    """Frames of one video with the ground-truth contour (yellow) and each prediction's contour.
+
+    ``video`` has ``image`` ``(F, H, W)`` or ``(F, 3, H, W)`` and ``mask`` ``(F, H, W)`` or ``(F, 1, H, W)``
+    (a dataset window or a ``predict_videos`` value, whose own ``prob`` is drawn unless ``predictions``
+    (name -> ``(F, H, W)`` probabilities) is given). ``frames``: indices to show (default up to 4, spread)."""
+    images, masks = _grey(video["image"]), _grey(video["mask"])
+    if images.ndim != 3 or masks.shape != images.shape:
+        raise ValueError(f"video needs image (F, H, W) and a mask of the same shape, got {images.shape} and {masks.shape}")
+    n = len(images)
+    if frames is None:
+        frames = sorted(set(np.linspace(0, n - 1, min(4, n)).round().astype(int).tolist()))
+    if not frames or any(not 0 <= f < n for f in frames):
+        raise ValueError(f"frames must be indices in [0, {n - 1}], got {frames}")
+    if predictions is None and "prob" in video:
+        predictions = {"prediction": video["prob"]}
+    predictions = {k: _grey(v) for k, v in (predictions or {}).items()}
+    numbers = video.get("frame", list(range(n)))
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 2.6), squeeze=False)
+    for ax, f in zip(axes[0], frames):
+        ax.imshow(images[f], cmap="gray", vmin=0, vmax=1)
+        if masks[f].any():
+            ax.contour(masks[f], levels=[0.5], colors="yellow", linewidths=1.2)
+        for i, (name, prob) in enumerate(predictions.items()):
+            if (prob[f] > 0.5).any():
+                ax.contour(prob[f], levels=[0.5], colors=[f"C{i}"], linewidths=1.2)
+        ax.set_title(f"frame {int(numbers[f])}", fontsize=9)
+        ax.axis("off")
+    legend = ["yellow: ground truth"] + [f"C{i}: {name}" for i, name in enumerate(predictions)]
+    fig.suptitle((title + " — " if title else "") + ", ".join(legend), fontsize=9)
     fig.tight_layout()
     return fig

@@ -89,7 +89,7 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     from dtc.engine.demo import evaluate_checkpoint, resolve_device, train_stage
 
     cfg = run.train_config()
-    _check_unchanged(run, cfg)
+    _check_unchanged(run, cfg)  # again: a child process of a parallel run starts here
     if run.depends_on is not None and not Path(cfg.teacher_checkpoint).is_file():
         raise ExperimentError(f"run {run.run_id} needs its teacher {cfg.teacher_checkpoint}; run {run.depends_on} first")
     def hook(trainer, epoch, step):
@@ -202,6 +202,8 @@ def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs",
     experiment.validate(out_root)
     plan = experiment.plan(out_root)
     chosen = select_runs(plan, only)
+    for run in chosen:  # finished runs too: their results would silently stand for another setting
+        _check_unchanged(run, run.train_config())
     states = {r.run_id: run_state(r) for r in chosen}
     summary: dict = {"folder": str(experiment.folder(out_root)), "runs": {}, "table": None}
     if dry_run:
