@@ -106,6 +106,18 @@ DTC_HOST_DEVICE T interpolate(const BilinearTaps<T>& t, T v00, T v01, T v10, T v
   return wy0 * (wx0 * v00 + t.wx1 * v01) + t.wy1 * (wx0 * v10 + t.wx1 * v11);
 }
 
+// The adjoint of interpolate: spreads `go` over the in-image taps; `add(index, value)` accumulates
+// (a plain += on the CPU, an atomic on the GPU).
+template <typename T, typename Add>
+DTC_HOST_DEVICE void scatter_taps(const BilinearTaps<T>& t, int64_t width, T go, Add add) {
+  const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
+  const int64_t i00 = t.y0 * width + t.x0;
+  if (t.in_y0 && t.in_x0) add(i00, wy0 * wx0 * go);
+  if (t.in_y0 && t.in_x1) add(i00 + 1, wy0 * t.wx1 * go);
+  if (t.in_y1 && t.in_x0) add(i00 + width, t.wy1 * wx0 * go);
+  if (t.in_y1 && t.in_x1) add(i00 + width + 1, t.wy1 * t.wx1 * go);
+}
+
 // Gradient of one interpolated value with respect to the raw sample coordinates (sx, sy).
 template <typename T>
 DTC_HOST_DEVICE void interpolate_grad_coords(const BilinearTaps<T>& t, T v00, T v01, T v10, T v11, T* d_sx, T* d_sy) {

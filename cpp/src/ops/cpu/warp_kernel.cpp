@@ -23,6 +23,15 @@ void taps_for_row(const T* flow_x, const T* flow_y, int64_t y, int64_t W, int64_
   }
 }
 
+template <typename T, typename Load>
+inline void accumulate_coord_grad(const BilinearTaps<T>& t, int64_t W, Load load, T go, T* acc_x, T* acc_y) {
+  T v00, v01, v10, v11, d_sx, d_sy;
+  math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
+  math::interpolate_grad_coords(t, v00, v01, v10, v11, &d_sx, &d_sy);
+  *acc_x += go * d_sx;
+  *acc_y += go * d_sy;
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& flow, at::Tensor& out, math::Padding padding) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
@@ -73,13 +82,7 @@ void grad_x_impl(const at::Tensor& grad_out, const at::Tensor& flow, at::Tensor&
         for (int64_t xi = 0; xi < W; ++xi) {
           const auto& t = taps[xi];
           if (!t.finite) continue;
-          const T go = g[y * W + xi];
-          const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
-          const int64_t i00 = t.y0 * W + t.x0;
-          if (t.in_y0 && t.in_x0) dst[i00] += wy0 * wx0 * go;
-          if (t.in_y0 && t.in_x1) dst[i00 + 1] += wy0 * t.wx1 * go;
-          if (t.in_y1 && t.in_x0) dst[i00 + W] += t.wy1 * wx0 * go;
-          if (t.in_y1 && t.in_x1) dst[i00 + W + 1] += t.wy1 * t.wx1 * go;
+          math::scatter_taps(t, W, g[y * W + xi], [dst](int64_t i, T v) { dst[i] += v; });
         }
       }
     }
@@ -110,11 +113,7 @@ void grad_flow_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::T
         for (int64_t xi = 0; xi < W; ++xi) {
           const auto& t = taps[xi];
           if (!t.finite) continue;
-          T v00, v01, v10, v11, d_sx, d_sy;
-          math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
-          math::interpolate_grad_coords(t, v00, v01, v10, v11, &d_sx, &d_sy);
-          acc_x[xi] += grow[xi] * d_sx;
-          acc_y[xi] += grow[xi] * d_sy;
+          accumulate_coord_grad(t, W, load, grow[xi], &acc_x[xi], &acc_y[xi]);
         }
       }
       // The sample point is p - F(p), so the flow gradient is the negated coordinate gradient.
@@ -158,17 +157,8 @@ void grad_both_by_sample_impl(const at::Tensor& grad_out, const at::Tensor& x, c
             const auto& t = taps[xi];
             if (!t.finite) continue;
             const T go = grow[xi];
-            const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
-            const int64_t i00 = t.y0 * W + t.x0;
-            if (t.in_y0 && t.in_x0) dst[i00] += wy0 * wx0 * go;
-            if (t.in_y0 && t.in_x1) dst[i00 + 1] += wy0 * t.wx1 * go;
-            if (t.in_y1 && t.in_x0) dst[i00 + W] += t.wy1 * wx0 * go;
-            if (t.in_y1 && t.in_x1) dst[i00 + W + 1] += t.wy1 * t.wx1 * go;
-            T v00, v01, v10, v11, d_sx, d_sy;
-            math::load_taps(t, W, load, &v00, &v01, &v10, &v11);
-            math::interpolate_grad_coords(t, v00, v01, v10, v11, &d_sx, &d_sy);
-            acc_x[xi] += go * d_sx;
-            acc_y[xi] += go * d_sy;
+            math::scatter_taps(t, W, go, [dst](int64_t i, T v) { dst[i] += v; });
+            accumulate_coord_grad(t, W, load, go, &acc_x[xi], &acc_y[xi]);
           }
         }
         T* gx = gfp + (n * 2) * HW + y * W;

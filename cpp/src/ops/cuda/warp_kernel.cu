@@ -63,8 +63,6 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
                                                padding);
   opmath_t acc_x = 0, acc_y = 0;
   if (t.finite) {
-    const opmath_t wx0 = opmath_t(1) - t.wx1, wy0 = opmath_t(1) - t.wy1;
-    const index_t i00 = static_cast<index_t>(t.y0 * W + t.x0);
     const index_t numel = N * C * HW;
     for (index_t c = 0; c < C; ++c) {
       const index_t plane_offset = (n * C + c) * HW;
@@ -72,10 +70,9 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
       if (grad_x != nullptr) {
         // Several output pixels may sample the same source pixel: atomics make this backward
         // non-deterministic (flagged through alertNotDeterministic on the host side).
-        if (t.in_y0 && t.in_x0) at::native::fastAtomicAdd(grad_x, plane_offset + i00, numel, scalar_t(wy0 * wx0 * go), true);
-        if (t.in_y0 && t.in_x1) at::native::fastAtomicAdd(grad_x, plane_offset + i00 + 1, numel, scalar_t(wy0 * t.wx1 * go), true);
-        if (t.in_y1 && t.in_x0) at::native::fastAtomicAdd(grad_x, plane_offset + i00 + W, numel, scalar_t(t.wy1 * wx0 * go), true);
-        if (t.in_y1 && t.in_x1) at::native::fastAtomicAdd(grad_x, plane_offset + i00 + W + 1, numel, scalar_t(t.wy1 * t.wx1 * go), true);
+        math::scatter_taps(t, static_cast<int64_t>(W), go, [=](int64_t i, opmath_t v) {
+          at::native::fastAtomicAdd(grad_x, static_cast<index_t>(plane_offset + i), numel, static_cast<scalar_t>(v), true);
+        });
       }
       if (grad_flow != nullptr) {
         const scalar_t* plane = x + plane_offset;
