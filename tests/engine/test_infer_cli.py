@@ -68,3 +68,22 @@ def test_train_cli_dry_run_and_errors(tmp_path, capsys):
     assert "teacher_checkpoint is required" in capsys.readouterr().err
     assert main(["train-teacher", "optim.bogus=1"]) == 2
     assert "unknown config key(s) ['optim.bogus']" in capsys.readouterr().err
+
+
+def test_evaluate_checkpoint_on_its_test_split(teacher_ckpt, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", teacher_ckpt, "--split", "test", "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "| videos | frames | Sα |" in said and "FPS (batch 1" in said
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] > 0 and summary["FPS"] > 0 and 0 <= summary["Dice@0.5"] <= 1
+    assert (out / "per_frame.csv").is_file() and (out / "overall.md").is_file()
+    cap = cv2.VideoCapture(str(out / "worst_frames.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == min(16, summary["frames"])
+    # Another dataset through data overrides; a bad one is refused by name.
+    assert main(["evaluate", "--checkpoint", teacher_ckpt, "-o", str(tmp_path / "e2"), "data.source=sunseg",
+                 f"data.root={tmp_path / 'missing'}"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["evaluate", "-o", str(tmp_path / "e3"), "only-one-folder"]) == 2

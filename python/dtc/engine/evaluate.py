@@ -1,0 +1,122 @@
+"""Evaluating a trained network on a dataset split: the metric suite, speed and pictures."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dtc.io import atomic_write_text
+
+__all__ = ["evaluate_model", "evaluate_checkpoint", "measure_fps", "resolve_device"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA device is available")
+    return device
+
+
+@torch.no_grad()
+def measure_fps(model, size: tuple[int, int], device, *, repeat: int = 20) -> float:
+    """Frames per second at batch 1 (what a bedside stream sees), after warm-up."""
+    x = torch.rand(1, 3, *size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(3):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        model.train(was_training)
+    return repeat / (time.perf_counter() - t0)
+
+
+def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, worst: int = 16,
+                   progress: bool = True, amp_dtype: Optional[torch.dtype] = None) -> dict:
+    """Predicts every frame of ``dataset`` (single frames, ``T=1``) and writes under ``out_dir``: the
+    metric tables and plots of :func:`dtc.metrics.evaluate_predictions`, ``summary.json`` (overall
+    metrics, FPS) and ``worst_frames.mp4`` (the ``worst`` frames by Dice, prediction green, truth yellow).
+    Returns ``{"summary", "videos", "suite"}``."""
+    from dtc.engine.inference import predict_videos, video_scores
+    from dtc.metrics import evaluate_predictions
+
+    out_dir = Path(out_dir)
+    videos = predict_videos(model, dataset, device=device, batch_size=batch_size, amp_dtype=amp_dtype,
+                            progress=progress)
+    if not videos:
+        raise ValueError("the dataset split has no frames to evaluate")
+    frames = ((vid, v["frame"][k], v["prob"][k].numpy(), v["mask"][k].numpy())
+              for vid, v in videos.items() for k in range(len(v["frame"])) if v["valid"][k])
+    suite = evaluate_predictions(frames, out_dir=out_dir, progress=progress)
+    scores = {vid: video_scores(v) for vid, v in videos.items()}
+    size = tuple(next(iter(videos.values()))["prob"].shape[-2:])
+    summary = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in suite.overall.items()}
+    summary.update({
+        "Dice_per_video": float(np.nanmean([s["dice"] for s in scores.values()])),
+        "TC_per_video": float(np.nanmean([s["tc"] for s in scores.values()])),
+        "FPS": measure_fps(model, size, torch.device(device)),
+        "device": str(device), "size": list(size),
+    })
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+    if worst > 0:
+        write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst)
+    return {"summary": summary, "videos": videos, "suite": suite}
+
+
+def write_worst_frames(videos: dict, scores: dict, path: Path, count: int) -> Path:
+    import cv2
+
+    from dtc.engine.infer import overlay_frame, write_overlay_video
+
+    ranked = sorted(((d, vid, k) for vid, s in scores.items() for k, d in enumerate(s["dice_per_frame"])
+                     if videos[vid]["valid"][k]), key=lambda r: (r[0], r[1], r[2]))[:count]
+    frames = []
+    for dice, vid, k in ranked:
+        v = videos[vid]
+        f = overlay_frame(v["image"][k].numpy(), v["prob"][k].numpy())
+        gt, _ = cv2.findContours((v["mask"][k].numpy() > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                 cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(f, gt, -1, (0, 255, 255), 1)
+        f = cv2.resize(f, (f.shape[1] * 2, f.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(f, f"{vid} #{v['frame'][k]} Dice {dice:.3f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        frames.append(f)
+    return write_overlay_video(path, frames, fps=2)
+
+
+def evaluate_checkpoint(checkpoint, out_dir, *, split: str = "test", device: str = "auto",
+                        data_overrides: Optional[list[str]] = None, batch_size: Optional[int] = None,
+                        progress: bool = True) -> dict:
+    """Evaluates a checkpoint on ``split`` of the dataset it was trained on (its saved ``data``
+    section, optionally overridden, e.g. ``["data.source=sunseg", "data.root=/data/SUN"]``)."""
+    from dtc.engine.checkpoint import model_from_checkpoint
+    from dtc.engine.config import TrainConfig, apply_overrides
+    from dtc.engine.data import build_dataset
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    model, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
+    device = resolve_device(device)
+    model = model.to(device)
+    saved = dict(ckpt.get("config") or {})
+    cfg = TrainConfig.from_dict(apply_overrides(saved, list(data_overrides or [])))
+    dataset = build_dataset(cfg, split, T=1, stride=1)
+    result = evaluate_model(model, dataset, out_dir, device=device,
+                            batch_size=batch_size or cfg.data.batch_size, progress=progress)
+    result["checkpoint"] = {"stage": ckpt["stage"], "model": ckpt["model"]["name"], "epoch": ckpt["epoch"],
+                            "best_val_dice": ckpt["best"] if math.isfinite(ckpt["best"]) else None}
+    return result
