@@ -102,6 +102,22 @@ def test_ablation_switches_terms_off(tiny_config, tiny_teacher):
     assert row["train_con"] == 0 and row["train_proto"] == 0 and row["train_kd"] > 0
 
 
+def test_occlusion_check_with_estimated_flow(tiny_config, tiny_teacher):
+    cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "optim.epochs=1",
+                      "flow.provider=farneback", "loss.occlusion_check=true", "data.max_windows=4", out="occ")
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer.loader))
+    images = batch["image"]
+    backward = trainer.backward_flows(images, batch)
+    for t in range(1, images.shape[1]):
+        pair = torch.stack([images[:, t], images[:, t - 1]], dim=1)
+        expected = trainer.flow_provider(pair, {**batch, "frame_index": batch["frame_index"][:, [t, t - 1]]})[:, 1]
+        torch.testing.assert_close(backward[:, t], expected)
+    loss, terms = trainer._student_loss(batch)
+    assert torch.isfinite(loss) and terms["con"] > 0
+    loss.backward()
+
+
 def test_corrupt_teacher_checkpoint_is_reported(tiny_config, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -150,9 +150,12 @@ class TrainConfig:
             from dtc.losses import DTCLossConfig
 
             try:
-                DTCLossConfig.from_preset(self.preset, **self.loss)
+                loss = DTCLossConfig.from_preset(self.preset, **self.loss)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"loss: {exc}") from exc
+            if loss.occlusion_check and base == "gt":
+                raise ConfigError("loss.occlusion_check needs backward flows, which flow.provider='gt' cannot give; "
+                                  "use flow.provider=farneback or opencv")
         from dtc.models import names
 
         _choice("model.name", self.model.name, tuple(names()))
