@@ -1,6 +1,7 @@
 """Dense optical flow for training and inspection.
 
 - :func:`farneback`: Farnebäck flow (OpenCV's algorithm) on batched tensors, CPU or CUDA.
+- :func:`farneback_opencv`: OpenCV's own implementation, batched in C++ (when built with OpenCV C++).
 - :func:`preprocess`: the flow input of the two presets (``"dtc"``: raw grey in [0, 1];
   ``"reference"``: the authors' normalise/clip/bilateral/CLAHE/blur chain).
 - :func:`forward_backward_consistency`: occlusion mask from a forward and a backward flow.
@@ -14,7 +15,16 @@ does not load the compiled core; the first :func:`farneback` call does.
 """
 from __future__ import annotations
 
-from dtc.flow.farneback import FARNEBACK_DEFAULTS, PRESETS, farneback, preprocess, reference_preprocess_frame, to_grey
+from dtc.flow.farneback import (
+    FARNEBACK_DEFAULTS,
+    PRESETS,
+    farneback,
+    farneback_opencv,
+    opencv_cpp_available,
+    preprocess,
+    reference_preprocess_frame,
+    to_grey,
+)
 from dtc.flow.occlusion import forward_backward_consistency, sample_flow
 from dtc.flow.providers import (
     CachedFlow,
@@ -27,7 +37,7 @@ from dtc.flow.providers import (
 from dtc.flow.visualise import colour_wheel, flow_to_rgb, plot_flow_arrows
 
 __all__ = [
-    "farneback", "preprocess", "reference_preprocess_frame", "to_grey", "FARNEBACK_DEFAULTS", "PRESETS",
+    "farneback", "farneback_opencv", "opencv_cpp_available", "preprocess", "reference_preprocess_frame", "to_grey", "FARNEBACK_DEFAULTS", "PRESETS",
     "forward_backward_consistency", "sample_flow", "colour_wheel", "flow_to_rgb", "plot_flow_arrows",
     "FlowProvider", "GroundTruthFlow", "FarnebackFlow", "OpenCVFlow", "CachedFlow", "make_flow_provider",
 ]

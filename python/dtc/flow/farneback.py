@@ -11,6 +11,8 @@ import torch
 
 __all__ = [
     "farneback",
+    "farneback_opencv",
+    "opencv_cpp_available",
     "to_grey",
     "preprocess",
     "reference_preprocess_frame",
@@ -110,6 +112,52 @@ def farneback(
     n = _to_opencv_scale(next, "next")
     return torch.ops.dtc.farneback(p, n, float(pyr_scale), int(levels), int(winsize), int(iterations), int(poly_n),
                                    float(poly_sigma), bool(gaussian_window), int(median))
+
+
+def opencv_cpp_available() -> bool:
+    """Whether the compiled core has ``dtc::farneback_opencv`` (it was built with OpenCV C++ found)."""
+    import dtc
+
+    return bool(dtc.build_info()["opencv"])
+
+
+def farneback_opencv(
+    prev: torch.Tensor,
+    next: torch.Tensor,
+    *,
+    pyr_scale: float = 0.5,
+    levels: int = 3,
+    winsize: int = 15,
+    iterations: int = 3,
+    poly_n: int = 5,
+    poly_sigma: float = 1.2,
+    gaussian_window: bool = False,
+    median: int = 3,
+) -> torch.Tensor:
+    """OpenCV's own ``calcOpticalFlowFarneback`` (+ ``medianBlur``) for a batch of pairs, in C++.
+
+    Same arguments, input scaling and result as :func:`farneback`, computed by the OpenCV C++
+    library dtc was built against: all pairs in one call, parallel over the pairs on the CPU, with
+    the GIL released. Inputs on another device are copied to the CPU; the result is returned on
+    ``prev``'s device.
+
+    Raises:
+        RuntimeError: dtc was built without OpenCV C++ (see :func:`opencv_cpp_available`).
+
+    Convention:
+        As :func:`farneback`: ``(N, 2, H, W)`` float32, channel 0 = dx, 1 = dy, in pixels,
+        ``prev(y, x) ≈ next(y + dy, x + dx)``.
+    """
+    _load_core()
+    if not opencv_cpp_available():
+        raise RuntimeError("farneback_opencv needs dtc built with OpenCV C++ (dtc.build_info()['opencv'] is False); "
+                           "install libopencv-dev and rebuild dtc, or use dtc.flow.farneback")
+    p = _to_opencv_scale(prev, "prev")
+    n = _to_opencv_scale(next, "next")
+    flow = torch.ops.dtc.farneback_opencv(p.cpu(), n.cpu(), float(pyr_scale), int(levels), int(winsize),
+                                          int(iterations), int(poly_n), float(poly_sigma), bool(gaussian_window),
+                                          int(median))
+    return flow.to(prev.device)
 
 
 def reference_preprocess_frame(image: np.ndarray) -> np.ndarray:

@@ -20,16 +20,26 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dtc.flow.farneback import FARNEBACK_DEFAULTS, PRESETS, farneback, preprocess, reference_preprocess_frame
+from dtc.flow.farneback import (
+    FARNEBACK_DEFAULTS,
+    PRESETS,
+    farneback,
+    farneback_opencv,
+    opencv_cpp_available,
+    preprocess,
+    reference_preprocess_frame,
+)
 
 __all__ = ["FlowProvider", "GroundTruthFlow", "FarnebackFlow", "OpenCVFlow", "CachedFlow", "make_flow_provider"]
 
 DIRECTIONS = ("forward", "backward")
+OPENCV_BACKENDS = ("auto", "cpp", "python")
 
 
 def _check_images(images) -> tuple[int, int, int, int]:
@@ -47,6 +57,16 @@ def _check_params(params: dict) -> dict:
     if unknown:
         raise TypeError(f"unknown Farneback parameter(s) {unknown}; expected some of {sorted(FARNEBACK_DEFAULTS)}")
     return {**FARNEBACK_DEFAULTS, **params}
+
+
+def _window_pairs(grey: torch.Tensor, B: int, T: int, H: int, W: int, direction: str, flow_fn, params: dict):
+    """Flows of the B·(T−1) adjacent pairs of ``grey`` ``(B·T, 1, H, W)`` in one call of ``flow_fn``."""
+    grey = grey.view(B, T, 1, H, W)
+    earlier = grey[:, :-1].reshape(B * (T - 1), 1, H, W)
+    later = grey[:, 1:].reshape(B * (T - 1), 1, H, W)
+    if direction == "forward":
+        return flow_fn(earlier, later, **params)
+    return -flow_fn(later, earlier, **params)
 
 
 def _assemble(pair_flows: torch.Tensor, B: int, T: int, H: int, W: int, device) -> torch.Tensor:
@@ -111,29 +131,54 @@ class FarnebackFlow(FlowProvider):
         device = self.device or images.device
         if T == 1:
             return _assemble(None, B, T, H, W, images.device)
-        grey = preprocess(images.to(device).reshape(B * T, 3, H, W), self.preset).view(B, T, 1, H, W)
-        earlier = grey[:, :-1].reshape(B * (T - 1), 1, H, W)
-        later = grey[:, 1:].reshape(B * (T - 1), 1, H, W)
-        if self.direction == "forward":
-            pair = farneback(earlier, later, **self.params)
-        else:
-            pair = -farneback(later, earlier, **self.params)
+        grey = preprocess(images.to(device).reshape(B * T, 3, H, W), self.preset)
+        pair = _window_pairs(grey, B, T, H, W, self.direction, farneback, self.params)
         return _assemble(pair, B, T, H, W, images.device)
 
 
 class OpenCVFlow(FlowProvider):
-    """The authors' path: OpenCV's ``calcOpticalFlowFarneback`` on the CPU, one pair at a time.
+    """The authors' path: OpenCV's ``calcOpticalFlowFarneback`` (+ median) on the CPU.
 
-    Same arguments as :class:`FarnebackFlow` (no ``device``). The baseline the op is measured against.
+    Args:
+        preset, direction, **params: as :class:`FarnebackFlow`.
+        backend: ``"cpp"``: dtc's C++ op over OpenCV C++ (:func:`dtc.flow.farneback_opencv`), all
+            B·(T−1) pairs of a batch in one call, parallel over the pairs, GIL released; needs dtc
+            built with OpenCV C++. ``"python"``: the ``cv2`` loop, one pair at a time in Python.
+            ``"auto"`` (default): ``"cpp"`` when ``dtc.build_info()["opencv"]`` is true, else
+            ``"python"`` with a warning that says so. :attr:`backend_used` tells which ran.
+
+    Both backends compute the same flow up to float rounding (they may link different OpenCV
+    versions), so they share one cache key.
     """
 
-    def __init__(self, preset: str = "dtc", direction: str = "forward", **params):
+    def __init__(self, preset: str = "dtc", direction: str = "forward", backend: str = "auto", **params):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        self.preset, self.direction = preset, direction
+        if backend not in OPENCV_BACKENDS:
+            raise ValueError(f"backend must be one of {OPENCV_BACKENDS}, got {backend!r}")
+        self.preset, self.direction, self.backend = preset, direction, backend
         self.params = _check_params(params)
+        self.backend_used: str | None = None  # resolved on the first call (needs the compiled core)
+
+    def _resolve_backend(self) -> str:
+        if self.backend_used is None:
+            if self.backend == "python":
+                self.backend_used = "python"
+            elif self.backend == "cpp":
+                if not opencv_cpp_available():
+                    raise RuntimeError("OpenCVFlow(backend='cpp') needs dtc built with OpenCV C++ "
+                                       "(dtc.build_info()['opencv'] is False); install libopencv-dev and rebuild "
+                                       "dtc, or use backend='python'")
+                self.backend_used = "cpp"
+            else:
+                self.backend_used = "cpp" if opencv_cpp_available() else "python"
+                if self.backend_used == "python":
+                    warnings.warn("OpenCVFlow: dtc was built without OpenCV C++ (dtc.build_info()['opencv'] is "
+                                  "False), so flow is computed by the Python cv2 loop, one pair at a time (slower); "
+                                  "install libopencv-dev and rebuild dtc for the batched C++ path", stacklevel=3)
+        return self.backend_used
 
     def cache_key(self) -> str:
         return json.dumps({"provider": "opencv", "preset": self.preset, "direction": self.direction, **self.params},
@@ -161,6 +206,12 @@ class OpenCVFlow(FlowProvider):
 
     def __call__(self, images, batch=None):
         B, T, H, W = _check_images(images)
+        if self._resolve_backend() == "cpp":
+            if T == 1:
+                return _assemble(None, B, T, H, W, images.device)
+            grey = preprocess(images.detach().to("cpu").reshape(B * T, 3, H, W), self.preset)
+            pair = _window_pairs(grey, B, T, H, W, self.direction, farneback_opencv, self.params)
+            return _assemble(pair, B, T, H, W, images.device)
         frames = images.detach().to("cpu", torch.float32).permute(0, 1, 3, 4, 2).numpy()
         out = np.zeros((B, T, 2, H, W), np.float32)
         for b in range(B):
@@ -248,7 +299,13 @@ class CachedFlow(FlowProvider):
 
 
 def make_flow_provider(name: str, **kw) -> FlowProvider:
-    """``"gt"``, ``"farneback"``, ``"opencv"`` or ``"cached:<inner>"`` (needs ``root=``); ``kw`` go to the class."""
+    """A flow provider by name; ``kw`` go to the class.
+
+    Names: ``"gt"`` (:class:`GroundTruthFlow`), ``"farneback"`` (:class:`FarnebackFlow`, dtc's op on
+    the images' device), ``"opencv"`` (:class:`OpenCVFlow`: OpenCV's Farnebäck on the CPU, through
+    the batched C++ op when dtc was built with OpenCV C++, else the Python cv2 loop; ``backend=``
+    forces one), ``"cached:<inner>"`` (:class:`CachedFlow` around ``<inner>``; needs ``root=``).
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name.startswith("cached:"):

@@ -100,3 +100,14 @@ def _farneback_fake(prev, next, pyr_scale=0.5, levels=3, winsize=15, iterations=
                  lambda: f"farneback: prev must be a greyscale batch [N, 1, H, W], got {tuple(prev.shape)}")
     torch._check(prev.shape == next.shape, lambda: "farneback: prev and next must have the same shape")
     return prev.new_empty((prev.shape[0], 2, prev.shape[2], prev.shape[3]), dtype=torch.float32)
+
+
+# Registered only when the core was built with OpenCV C++ (the op then exists); register_fake on a
+# missing op would raise at import and break every build without OpenCV.
+if hasattr(torch.ops.dtc, "farneback_opencv"):
+
+    @torch.library.register_fake("dtc::farneback_opencv")
+    def _farneback_opencv_fake(prev, next, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5,
+                               poly_sigma=1.2, gaussian_window=False, median=3):
+        return _farneback_fake(prev, next, pyr_scale, levels, winsize, iterations, poly_n, poly_sigma,
+                               gaussian_window, median)
