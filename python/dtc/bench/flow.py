@@ -4,6 +4,10 @@ For each size and batch it times dtc.flow.farneback on the chosen device (all pa
 one call) and OpenCV's calcOpticalFlowFarneback + 3x3 medianBlur on one CPU thread, one pair at a
 time (the authors' training loop), on the same simulator frames with the authors' parameters, and
 reports pairs per second and the mean difference between the two flows.
+
+When dtc was built with OpenCV C++, a second table puts the batched C++ op over OpenCV
+(dtc.flow.farneback_opencv, one call for the whole batch, parallel over pairs) beside the Python
+loop over cv2 (OpenCVFlow's fallback: one pair at a time, cv2's default threads), at batch 16.
 """
 from __future__ import annotations
 
@@ -69,6 +73,28 @@ def run(device: str, sizes, batches, repeat: int = 5, opencv_pairs: int = 8):
     return rows
 
 
+def run_opencv_cpp(sizes, batch: int, repeat: int = 3):
+    """The C++ OpenCV op on a batch against the Python cv2 loop over the same pairs."""
+    from dtc.flow import farneback_opencv
+
+    params = dict(FARNEBACK_DEFAULTS)
+    rows = []
+    for H, W in sizes:
+        frames = _frames(H, W, batch + 1)
+        prev = torch.from_numpy(frames[:batch])[:, None]
+        nxt = torch.from_numpy(frames[1:batch + 1])[:, None]
+
+        def python_loop():
+            return np.stack([_opencv_pair(frames[i], frames[i + 1], params).transpose(2, 0, 1) for i in range(batch)])
+
+        loop_ms = median_ms(python_loop, "cpu", warmup=1, repeat=repeat, min_time_s=0.0)
+        cpp_ms = median_ms(lambda: farneback_opencv(prev, nxt, **params), "cpu", warmup=1, repeat=repeat,
+                           min_time_s=0.0)
+        diff = float(np.linalg.norm(farneback_opencv(prev, nxt, **params).numpy() - python_loop(), axis=1).mean())
+        rows.append(dict(size=(H, W), batch=batch, loop_ms=loop_ms, cpp_ms=cpp_ms, diff=diff))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dtc.bench flow", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -76,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", action="append", type=int, help="pairs per call (repeatable); default 1 and 16")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, help="CPU threads for dtc (torch.set_num_threads); default torch's")
+    parser.add_argument("--opencv-batch", type=int, default=16,
+                        help="pairs per call in the OpenCV C++ op vs Python cv2 loop table (0: skip it)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,4 +119,20 @@ def main(argv=None) -> int:
         cv_pps = 1e3 / r["cv_ms"]
         print(f"| {r['size'][0]}×{r['size'][1]} | {r['batch']} | {r['ours_ms']:.2f} | {ours_pps:.1f} | {r['cv_ms']:.2f} "
               f"| {cv_pps:.1f} | {ours_pps / cv_pps:.2f}× | {r['diff']:.1e} |")
+    if args.opencv_batch > 0:
+        from dtc.flow import opencv_cpp_available
+
+        if not opencv_cpp_available():
+            print("\nOpenCV C++ op: not built (dtc.build_info()['opencv'] is False); table skipped")
+            return 0
+        import cv2
+
+        print(f"\nOpenCV C++ op (dtc.flow.farneback_opencv, OpenCV {__import__('dtc').build_info()['opencv_version']}, "
+              f"{torch.get_num_threads()} torch threads over pairs) vs Python loop over cv2 {cv2.__version__} "
+              f"({cv2.getNumThreads()} cv2 threads), same pairs")
+        print("| H×W | batch | Python cv2 loop ms | C++ op ms | C++ pairs/s | C++ / loop speed-up | mean |C++ − cv2| px |")
+        print("|---|---|---|---|---|---|---|")
+        for r in run_opencv_cpp(sizes, args.opencv_batch, args.repeat):
+            print(f"| {r['size'][0]}×{r['size'][1]} | {r['batch']} | {r['loop_ms']:.1f} | {r['cpp_ms']:.1f} "
+                  f"| {r['batch'] / (r['cpp_ms'] * 1e-3):.1f} | {r['loop_ms'] / r['cpp_ms']:.2f}× | {r['diff']:.1e} |")
     return 0
