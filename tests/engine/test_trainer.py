@@ -95,6 +95,18 @@ def test_student_stage_computes_every_term_and_saves_a_loadable_student(tiny_con
     assert model(x)[0].shape == (2, 1, 48, 64)
 
 
+def test_channels_last_bf16_student_step_matches_the_loss_terms(tiny_config, tiny_teacher):
+    # The fast CPU configuration of the demo: NHWC activations and bf16 autocast.
+    cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "optim.epochs=1", "run.channels_last=true",
+                      "optim.amp=bf16", out="cl")
+    trainer = Trainer(cfg)
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in trainer.model.parameters())
+    row = trainer.fit()["history"][0]
+    for term in ("seg", "kd", "con", "proto"):
+        assert math.isfinite(row[f"train_{term}"]) and row[f"train_{term}"] > 0, term
+
+
 def test_ablation_switches_terms_off(tiny_config, tiny_teacher):
     cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "optim.epochs=1", "loss.ablation=seg+kd",
                       out="baseline")

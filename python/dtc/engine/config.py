@@ -82,6 +82,7 @@ class RunConfig:
     val_every: int = 1                 # epochs between validations
     progress: bool = True
     threads: Optional[int] = None      # torch CPU threads
+    channels_last: bool = False        # NHWC activations: much faster convolutions on CPUs (oneDNN)
 
 
 @dataclass

@@ -129,7 +129,7 @@ class Trainer:
 
         from dtc.models import create
 
-        self.model = create(cfg.model.name, **cfg.model.kwargs).to(self.device)
+        self.model = self._place(create(cfg.model.name, **cfg.model.kwargs))
         self.teacher = None
         self.objective = None
         self.flow_provider = None
@@ -171,7 +171,7 @@ class Trainer:
 
         cfg = self.cfg
         teacher, ckpt = model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
-        self.teacher = teacher.to(self.device).eval()
+        self.teacher = self._place(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         same_arch = ckpt["model"]["name"] == cfg.model.name and ckpt["model"]["kwargs"] == cfg.model.kwargs
@@ -187,6 +187,10 @@ class Trainer:
             kwargs["cache_dir"] = cfg.flow.cache_dir
         self.flow_provider = make_flow_provider(provider, **kwargs)
 
+    def _place(self, model):
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cfg.run.channels_last else model
+
     def _make_scheduler(self):
         o = self.cfg.optim
         if o.scheduler == "cosine_restarts":
@@ -200,7 +204,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return normalise_images(images)
+        x = normalise_images(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.run.channels_last and x.dim() == 4 else x
 
     def _autocast(self):
         if self.amp_dtype is None:
