@@ -5,10 +5,13 @@ SHELL := /bin/bash
 VENV ?= $(HOME)/.cache/dtc/venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-APT_PACKAGES := libeigen3-dev libopencv-dev cmake g++ ninja-build
+APT_PACKAGES := libeigen3-dev libopencv-dev cmake g++ ninja-build ccache
 # Rebuild quickly when only a few files changed (scikit-build-core keeps its build dir).
 BUILD_STAMP := $(VENV)/.dtc-installed
 JOBS ?= $(shell nproc)
+# Let ccache (used by CMakeLists when installed) hit across clones in different folders.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := true
 PYTEST_ARGS ?=
 
 .PHONY: env install demo test dev bench clean-build
