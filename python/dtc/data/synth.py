@@ -159,19 +159,31 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return up[_COARSE:_COARSE + shape[0], _COARSE:_COARSE + shape[1]]
 
 
-def _bilinear(fields: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
-    """Bilinear interpolation of 2-D `fields` at fractional indices (x: column, y: row), in float
-    arithmetic; outside the grid the border cell is extended linearly (not clamped)."""
-    h, w = fields[0].shape
+def _bilinear_taps(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]):
+    """Flat indices and weights of the bilinear interpolation of a `shape` grid at fractional indices
+    (x: column, y: row); outside the grid the border cell is extended linearly (not clamped).
+
+    The weights are complex64 with zero imaginary part, to be applied by `_interpolate_pairs` to
+    (x, y) pairs viewed as complex numbers: one gather then serves both coordinates, and a product
+    with a zero imaginary part rounds exactly like the real one.
+    """
+    h, w = shape
+    x = np.ravel(x)
+    y = np.ravel(y)
     x0 = np.clip(np.floor(x), 0, w - 2)
     y0 = np.clip(np.floor(y), 0, h - 2)
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     i = y0.astype(np.intp) * w + x0.astype(np.intp)
-    w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
-    out = []
-    for f in fields:
-        flat = f.ravel()
-        out.append(flat.take(i) * w00 + flat.take(i + 1) * w01 + flat.take(i + w) * w10 + flat.take(i + w + 1) * w11)
+    weights = ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
+    return [i, i + 1, i + w, i + w + 1], [wt.astype(np.complex64) for wt in weights]
+
+
+def _interpolate_pairs(pairs: np.ndarray, taps) -> np.ndarray:
+    """Apply `_bilinear_taps` to a complex64 array of (x, y) pairs."""
+    idx, wts = taps
+    out = pairs.take(idx[0]) * wts[0]
+    for i, wt in zip(idx[1:], wts[1:]):
+        out += pairs.take(i) * wt
     return out
 
 
@@ -244,6 +256,9 @@ class TRUSScene:
         # samples are interpolated from the image grid's exact inverse: rendering only)
         off = (_COARSE - 1) / 2 - _COARSE
         self.beam_in_cart = ((bx - off) / _COARSE, (by - off) / _COARSE)
+        self._beam_taps = _bilinear_taps(*self.beam_in_cart, self.cart_nodes.shape[:2])
+        self._node_x = np.ascontiguousarray(self.cart_nodes[..., 0]).ravel()
+        self._node_y = np.ascontiguousarray(self.cart_nodes[..., 1]).ravel()
         # outside the field of view the scan conversion samples far outside the beam grid -> 0
         self.scan_map_i[~self.fov] = -1e4
         self.scan_map_j[~self.fov] = -1e4
@@ -395,8 +410,8 @@ class TRUSScene:
             raise ValueError(f"motion={cfg.motion} is too strong: the deformation's Lipschitz bound {lips:.2f} "
                              "must stay below 0.9 for it to be invertible; lower motion")
         self.lipschitz_bound = lips
-        self.deform_table = np.ascontiguousarray(np.stack(tab, axis=0))  # (6, Hd, Wd), 4-px nodes
-        self._dcache = (None, None, None)
+        self.deform_table = np.ascontiguousarray(np.stack(tab, axis=0), dtype=np.float32)  # (6, Hd, Wd), 4-px nodes
+        self._cell_cache: dict[int, np.ndarray] = {}
         # time coefficients: breathing (quasi-periodic), pressure (slow push in [0, 1])
         breath_period = rng.uniform(40, 80)
         ph = rng.uniform(0, 2 * math.pi)
@@ -420,56 +435,109 @@ class TRUSScene:
     def _ty(self):
         return np.arange(self.tissue_shape[0], dtype=np.float32)[:, None] - self.margin + np.zeros(self.tissue_shape, np.float32)
 
-    def _displacement(self, u: np.ndarray, t: int) -> np.ndarray:
-        # Bilinear interpolation in float arithmetic: cv2.remap rounds positions to 1/32 px, which
-        # would make the displacement piecewise constant and stall the fixed-point inverse.
-        if self._dcache[0] != t:
-            c = self._coef(t)
+    def _cells(self, t: int) -> np.ndarray:
+        """Per-cell polynomial coefficients of the displacement at frame t, (8, cells) float32.
+
+        Within a 4-px cell the bilinear displacement is ``a + b fx + (c + d fx) fy`` (fx, fy: cell
+        fractions); rows are (a, b, c, d) of dx then of dy, so one gather per point serves the value
+        and the Jacobian. Rendering frame t also needs frame t-1's map (for the flow), so the last few
+        frames are kept.
+        """
+        rec = self._cell_cache.get(t)
+        if rec is None:
+            c = [np.float32(v) for v in self._coef(t)]
             tab = self.deform_table
-            self._dcache = (t, (c[0] * tab[0] + c[1] * tab[2] + c[2] * tab[4]).astype(np.float32),
-                            (c[0] * tab[1] + c[1] * tab[3] + c[2] * tab[5]).astype(np.float32))
-        _, dx_tab, dy_tab = self._dcache
-        Hd, Wd = dx_tab.shape
+            planes = []
+            for ch in (0, 1):
+                f = c[0] * tab[ch] + c[1] * tab[2 + ch] + c[2] * tab[4 + ch]
+                f00, f01, f10, f11 = f[:-1, :-1], f[:-1, 1:], f[1:, :-1], f[1:, 1:]
+                planes += [f00, f01 - f00, f10 - f00, (f11 - f10) - (f01 - f00)]
+            rec = np.stack(planes).reshape(8, -1)
+            if len(self._cell_cache) >= 4:
+                self._cell_cache.pop(next(iter(self._cell_cache)))
+            self._cell_cache[t] = rec
+        return rec
+
+    def _eval_displacement(self, ux: np.ndarray, uy: np.ndarray, t: int, jacobian: bool = False):
+        """Displacement (dx, dy) at tissue points given as flat float32 arrays, and with `jacobian`
+        also its derivatives (ddx/dx, ddx/dy, ddy/dx, ddy/dy).
+
+        Float arithmetic throughout: cv2.remap rounds positions to 1/32 px, which would make the
+        displacement piecewise constant and stall the inverse.
+        """
+        rec = self._cells(t)
+        Hd, Wd = self.deform_table.shape[1:]
+        q = np.float32(1.0 / _COARSE)
+        m = np.float32(self.margin)
         # clamped to the table (the margin keeps visible tissue well inside it)
-        x = np.clip((u[..., 0] + self.margin) * (1.0 / _COARSE), 0, Wd - 1.001)
-        y = np.clip((u[..., 1] + self.margin) * (1.0 / _COARSE), 0, Hd - 1.001)
+        x = np.clip((ux + m) * q, 0, np.float32(Wd - 1.001))
+        y = np.clip((uy + m) * q, 0, np.float32(Hd - 1.001))
         x0, y0 = x.astype(np.intp), y.astype(np.intp)  # truncation == floor: x, y >= 0
         fx, fy = x - x0, y - y0
-        i = y0 * Wd + x0
-        w11 = fx * fy
-        w10 = fy - w11
-        w01 = fx - w11
-        w00 = 1 - fx - w10
-        out = np.empty(u.shape, np.float32)
-        for ch, tab in enumerate((dx_tab, dy_tab)):
-            flat = tab.ravel()
-            out[..., ch] = flat.take(i) * w00 + flat.take(i + 1) * w01 + flat.take(i + Wd) * w10 + flat.take(i + Wd + 1) * w11
-        return out
+        a, b, c, d, a2, b2, c2, d2 = rec.take(y0 * (Wd - 1) + x0, axis=1)
+        cx_ = c + d * fx
+        cy_ = c2 + d2 * fx
+        dx = a + b * fx + cx_ * fy
+        dy = a2 + b2 * fx + cy_ * fy
+        if not jacobian:
+            return dx, dy
+        return dx, dy, q * (b + d * fy), q * cx_, q * (b2 + d2 * fy), q * cy_
+
+    def _displacement(self, u: np.ndarray, t: int) -> np.ndarray:
+        dx, dy = self._eval_displacement(np.ravel(u[..., 0]).astype(np.float32), np.ravel(u[..., 1]).astype(np.float32), t)
+        return np.stack([dx, dy], axis=-1).reshape(u.shape)
+
+    def _forward_xy(self, ux: np.ndarray, uy: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = self._eval_displacement(ux, uy, t)
+        ang, tx, ty = self._rigid(t)
+        ca, sa = math.cos(ang), math.sin(ang)
+        ox, oy = self.pivot
+        x = ux + dx - np.float32(ox)
+        y = uy + dy - np.float32(oy)
+        return (ca * x - sa * y + (ox + tx)).astype(np.float32), (sa * x + ca * y + (oy + ty)).astype(np.float32)
+
+    def _inverse_xy(self, px: np.ndarray, py: np.ndarray, t: int, tol: float = 2e-4, max_iter: int = 30):
+        """Phi_t^-1 of flat float32 image coordinates, by Newton's method on u + D(u) = v.
+
+        The deformation's Lipschitz bound (< 0.9) keeps I + J(u) invertible everywhere, and D is
+        bilinear within a cell, so Newton converges in 3-4 steps where plain fixed-point iteration
+        needed 5-7. Stops when the largest step is below `tol` px.
+        """
+        ang, tx, ty = self._rigid(t)
+        ca, sa = math.cos(ang), math.sin(ang)
+        ox, oy = self.pivot
+        x = px - np.float32(ox + tx)
+        y = py - np.float32(oy + ty)
+        vx = (ca * x + sa * y + ox).astype(np.float32)
+        vy = (-sa * x + ca * y + oy).astype(np.float32)
+        ux, uy = vx.copy(), vy.copy()
+        for _ in range(max_iter):
+            dx, dy, jxx, jxy, jyx, jyy = self._eval_displacement(ux, uy, t, jacobian=True)
+            rx = ux + dx - vx
+            ry = uy + dy - vy
+            jxx += 1
+            jyy += 1
+            det = jxx * jyy - jxy * jyx
+            sx = (jyy * rx - jxy * ry) / det
+            sy = (jxx * ry - jyx * rx) / det
+            ux -= sx
+            uy -= sy
+            step = max(float(np.abs(sx).max()), float(np.abs(sy).max()))
+            if step < tol:
+                return ux, uy
+        raise RuntimeError(f"deformation inverse did not converge at frame {t} (last step {step:.2e} px)")
 
     def forward_map(self, u: np.ndarray, t: int) -> np.ndarray:
         """Phi_t: tissue coordinates (..., 2) -> image coordinates at frame t."""
-        v = u + self._displacement(u, t)
-        ang, tx, ty = self._rigid(t)
-        ca, sa = math.cos(ang), math.sin(ang)
-        ox, oy = self.pivot
-        x, y = v[..., 0] - ox, v[..., 1] - oy
-        return np.stack([ca * x - sa * y + ox + tx, sa * x + ca * y + oy + ty], axis=-1).astype(np.float32)
+        u = np.asarray(u, dtype=np.float32)
+        x, y = self._forward_xy(np.ravel(u[..., 0]), np.ravel(u[..., 1]), t)
+        return np.stack([x, y], axis=-1).reshape(u.shape)
 
-    def inverse_map(self, p: np.ndarray, t: int, tol: float = 2e-4, max_iter: int = 60) -> np.ndarray:
-        """Phi_t^-1: image coordinates (..., 2) -> tissue coordinates, by fixed-point iteration."""
-        ang, tx, ty = self._rigid(t)
-        ca, sa = math.cos(ang), math.sin(ang)
-        ox, oy = self.pivot
-        x, y = p[..., 0] - ox - tx, p[..., 1] - oy - ty
-        v = np.stack([ca * x + sa * y + ox, -sa * x + ca * y + oy], axis=-1).astype(np.float32)
-        u = v.copy()
-        for _ in range(max_iter):
-            new = v - self._displacement(u, t)
-            step = float(np.abs(new - u).max())
-            u = new
-            if step < tol:
-                return u
-        raise RuntimeError(f"deformation inverse did not converge at frame {t} (last step {step:.2e} px)")
+    def inverse_map(self, p: np.ndarray, t: int, tol: float = 2e-4, max_iter: int = 30) -> np.ndarray:
+        """Phi_t^-1: image coordinates (..., 2) -> tissue coordinates (Newton's method, to `tol` px)."""
+        p = np.asarray(p, dtype=np.float32)
+        x, y = self._inverse_xy(np.ravel(p[..., 0]), np.ravel(p[..., 1]), t, tol, max_iter)
+        return np.stack([x, y], axis=-1).reshape(p.shape)
 
     # -- rendering -----------------------------------------------------------------------------
     def render(self, t: int, flow_from: int | None = -1):
@@ -483,10 +551,16 @@ class TRUSScene:
         if not 0 <= t < cfg.frames:
             raise ValueError(f"frame index must be in [0, {cfg.frames}), got {t}")
         m = self.margin
-        uc = self.inverse_map(self.cart_nodes, t)  # exact tissue coordinates of the image nodes
+        # exact tissue coordinates of the image nodes, as (x, y) indices into the tissue tables
+        ux, uy = self._inverse_xy(self._node_x, self._node_y, t)
+        hc, wc = self.cart_nodes.shape[:2]
+        uc = np.empty((hc, wc, 2), np.float32)
+        uc[..., 0] = (ux + np.float32(m)).reshape(hc, wc)
+        uc[..., 1] = (uy + np.float32(m)).reshape(hc, wc)
         # beam domain: sample the tissue tables where each beam sample sits in the tissue
-        ubx, uby = _bilinear([uc[..., 0], uc[..., 1]], *self.beam_in_cart)
-        ub = _upsample(np.stack([ubx + m, uby + m], axis=-1), (self.nd, self.nl))
+        hb, wb = self.beam_in_cart[0].shape
+        ubn = _interpolate_pairs(uc.reshape(-1).view(np.complex64), self._beam_taps)
+        ub = _upsample(ubn.view(np.float32).reshape(hb, wb, 2), (self.nd, self.nl))
         s = cv2.remap(self.scatter_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         alpha = cv2.remap(self.alpha_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         ca, sa = math.cos(self.mix_angle[t]), math.sin(self.mix_angle[t])
@@ -514,8 +588,7 @@ class TRUSScene:
         frame = cv2.remap(disp, self.scan_map_j, self.scan_map_i, cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # image domain: exact mask and flow from the same maps
-        ui = _upsample(uc, (H, W))
-        level = cv2.remap(self.level_table, ui[..., 0] + m, ui[..., 1] + m, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        level = cv2.remap(self.level_table, _upsample(uc, (H, W)), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mask = ((level < 0) & self.fov).astype(np.uint8)
         flow = None
         if flow_from is not None:
@@ -525,8 +598,10 @@ class TRUSScene:
             else:
                 if not 0 <= src < cfg.frames:
                     raise ValueError(f"flow_from must be a frame index in [0, {cfg.frames}), got {src}")
-                fc = self.cart_nodes - self.forward_map(uc, src)
-                flow = np.ascontiguousarray(_upsample(np.ascontiguousarray(fc), (H, W)).transpose(2, 0, 1))
+                fx, fy = self._forward_xy(ux, uy, src)
+                flow = np.empty((2, H, W), np.float32)
+                flow[0] = _upsample((self._node_x - fx).reshape(hc, wc), (H, W))
+                flow[1] = _upsample((self._node_y - fy).reshape(hc, wc), (H, W))
         return frame, mask, flow, env
 
 
