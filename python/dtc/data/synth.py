@@ -355,6 +355,7 @@ class TRUSScene:
         # two complex scatterer realisations, already weighted by the echogenicity
         self.scatter_table = np.ascontiguousarray(scat * amp[..., None].astype(np.float32))
         self.alpha_table = np.ascontiguousarray(alpha.astype(np.float32))
+        self.log_trans_table = np.ascontiguousarray((-2.0 * self.dr * alpha).astype(np.float32))
         self.level_table = level
         # PSF in beam samples (axial along depth, lateral across lines)
         self.psf_sigma = (0.9 * H / 256 * 256 / self.nd, 1.3)
@@ -362,6 +363,7 @@ class TRUSScene:
         probe = cv2.GaussianBlur(scat[:96, :96, :2], (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
         self.ref_rms = float(np.sqrt((probe**2).sum(-1).mean()))
         self.noise_pool = rng.standard_normal((self.nd + 32, self.nl + 32, 2)).astype(np.float32)
+        self.noise_pool *= np.float32(0.002 * cfg.noise * self.ref_rms)  # complex electronic noise, ready to add
         # a wider transition for motion damping keeps the deformation gradient (and so its
         # invertibility bound) moderate at the gland boundary
         self.gland_weight = (1.0 / (1.0 + np.exp(np.clip(level / (0.04 * H), -30, 30)))).astype(np.float32)
@@ -561,28 +563,33 @@ class TRUSScene:
         hb, wb = self.beam_in_cart[0].shape
         ubn = _interpolate_pairs(uc.reshape(-1).view(np.complex64), self._beam_taps)
         ub = _upsample(ubn.view(np.float32).reshape(hb, wb, 2), (self.nd, self.nl))
-        s = cv2.remap(self.scatter_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        alpha = cv2.remap(self.alpha_table, ub[..., 0], ub[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        s = cv2.remap(self.scatter_table, ub, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        # the attenuation table is stored as -2 dr alpha: its column sums are log round-trip transmissions
+        log_trans = cv2.remap(self.log_trans_table, ub, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         ca, sa = math.cos(self.mix_angle[t]), math.sin(self.mix_angle[t])
-        # out-of-plane decorrelation: rotate between the two realisations (keeps the variance)
+        # out-of-plane decorrelation: rotate between the two realisations (keeps the variance).
         # Written out rather than as a BLAS matmul, whose rounding can depend on threads and alignment.
-        ca, sa = np.float32(ca), np.float32(sa)
-        iq = np.empty((self.nd, self.nl, 2), np.float32)
-        iq[..., 0] = ca * s[..., 0] + sa * s[..., 2]
-        iq[..., 1] = ca * s[..., 1] + sa * s[..., 3]
-        iq = cv2.GaussianBlur(iq, (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
+        # The (re, im) pairs are viewed as complex64: products with a real factor (zero imaginary
+        # part) round exactly like the real products, and numpy then loops over whole pixels.
+        pairs = s.view(np.complex64)  # (nd, nl, 2): realisation a, realisation b
+        iq = pairs[..., 0] * np.float32(ca)
+        iq += pairs[..., 1] * np.float32(sa)
+        iq = cv2.GaussianBlur(iq.view(np.float32).reshape(self.nd, self.nl, 2), (0, 0), sigmaX=self.psf_sigma[1], sigmaY=self.psf_sigma[0])
         # round trip attenuation along each beam, then electronic noise, then TGC
-        trans = np.exp(-2.0 * self.dr * np.cumsum(alpha, axis=0))
-        iq *= trans[..., None]
+        iqc = iq.view(np.complex64)[..., 0]
+        iqc *= np.exp(np.cumsum(log_trans, axis=0))
         oy, ox = self.noise_offsets[t]
-        iq += (0.002 * cfg.noise * self.ref_rms) * self.noise_pool[oy:oy + self.nd, ox:ox + self.nl]
+        iq += self.noise_pool[oy:oy + self.nd, ox:ox + self.nl]
         # Not cv2.magnitude: its SIMD path rounds differently with the buffer's alignment, and the
         # simulator must be bitwise reproducible (an exact resume relies on it). sqrt is correctly rounded.
-        env = np.sqrt(iq[..., 0] * iq[..., 0] + iq[..., 1] * iq[..., 1])
+        sq = iq * iq
+        env = np.sqrt(sq[..., 0] + sq[..., 1])
         env *= self.tgc
         # log compression to the display range; tissue of unit echogenicity sits ~20 dB below white
-        disp = np.log(env * (0.1 / self.ref_rms) + 1e-12)
-        disp *= 20.0 / math.log(10.0) / cfg.dynamic_range_db
+        disp = env * np.float32(0.1 / self.ref_rms)
+        disp += np.float32(1e-12)
+        np.log(disp, out=disp)
+        disp *= np.float32(20.0 / math.log(10.0) / cfg.dynamic_range_db)
         disp += 1.0
         np.clip(disp, 0.0, 1.0, out=disp)
         frame = cv2.remap(disp, self.scan_map_j, self.scan_map_i, cv2.INTER_LINEAR,
