@@ -300,10 +300,10 @@ class TRUSScene:
         boundary = np.ones_like(rho)
         for k in range(2, 6):
             boundary += rng.uniform(0.01, 0.035) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
-        posterior = np.angle(np.exp(1j * (theta - math.pi / 2)))  # 0 towards the probe
+        posterior = np.remainder(theta + math.pi / 2, 2 * math.pi) - math.pi  # angle from the probe direction, wrapped to [-pi, pi)
         boundary -= 0.10 * np.exp(-posterior**2 / (2 * 0.3**2))  # the walnut's concave back
         if self.view == "sagittal":
-            boundary *= 1 + 0.15 * np.cos(theta) * rng.choice([-1, 1])  # tear-drop towards the apex
+            boundary *= 1 + 0.15 * np.cos(theta) * int(rng.choice([-1, 1]))  # tear-drop towards the apex
         level = ((rho - boundary) * min(ax, ay)).astype(np.float32)
         self.gland_level = level
         self.gland_centre = (gx, gy)
@@ -381,7 +381,7 @@ class TRUSScene:
         fields = []
         for _ in range(2):
             fx = _smooth_noise(rng, (Ht, Wt), 0.45 * H)
-            fy = _smooth_noise(rng, (Ht, Wt), 0.45 * H) + 1.5 * rng.choice([-1, 1])
+            fy = _smooth_noise(rng, (Ht, Wt), 0.45 * H) + 1.5 * int(rng.choice([-1, 1]))
             fields.append((fx * 0.5, fy))
         # probe pressure: tissue pushed away from the probe, decaying with depth
         if self.view == "axial":
@@ -401,10 +401,9 @@ class TRUSScene:
             fx = (fx * w * damp).astype(np.float32)
             fy = (fy * w * damp).astype(np.float32)
             peak = float(np.sqrt(fx**2 + fy**2).max()) + 1e-12
-            fx, fy = fx * (a / peak), fy * (a / peak)
             # the deformation is the bilinear interpolant of these fields on a 4-px grid; its
             # Lipschitz constant is bounded by the grid's finite differences
-            fx, fy = fx[::_COARSE, ::_COARSE], fy[::_COARSE, ::_COARSE]
+            fx, fy = fx[::_COARSE, ::_COARSE] * float(a / peak), fy[::_COARSE, ::_COARSE] * float(a / peak)
             g = [np.abs(np.diff(f, axis=a)).max() / _COARSE for f in (fx, fy) for a in (0, 1)]
             lips += float(math.sqrt(sum(v * v for v in g)))
             tab += [fx, fy]
