@@ -30,6 +30,21 @@ def cases():
     single[7, 11] = True
     out.append(("one_pixel_object", soft, single))
     out.append(("object_on_border", soft, np.pad(np.ones((10, 10), bool), ((0, 30), (0, 50)))))
+    # Many background pixels equidistant from several object pixels: the nearest-pixel choice (and so the
+    # weighted F) depends on the distance transform's tie-breaking, which must be scipy's.
+    grid = np.zeros(shape, bool)
+    grid[2::6, 3::8] = True
+    out.append(("equidistant_ties", soft, grid))
+    diamond = np.zeros(shape, bool)
+    diamond[20, 30] = diamond[10, 30] = diamond[15, 25] = diamond[15, 35] = True
+    out.append(("diamond_ties", soft, diamond))
+    # The blur is computed on the object's bounding box only: thin objects on the edges and corners.
+    line = np.zeros(shape, bool)
+    line[5:35, 0] = True
+    out.append(("edge_line", soft, line))
+    corners = np.zeros(shape, bool)
+    corners[0, 0] = corners[-1, -1] = corners[0, -1] = True
+    out.append(("corner_pixels", soft, corners))
     return out
 
 

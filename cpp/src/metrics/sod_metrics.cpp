@@ -29,10 +29,14 @@ struct Frame {
 // Scratch memory reused across calls on the same thread: per-frame vectors of ~1 MB would otherwise be
 // fresh mmap'd pages (page faults + zeroing) on every call, a large share of the frame's cost.
 struct Scratch {
-  std::vector<double> err, dep, tmp, dist2, z;
-  std::vector<int32_t> col_row, arg, v;
+  std::vector<double> err, dep, tmp;
+  std::vector<int64_t> col_d2, line_d2, z_num, z_den;
+  std::vector<int32_t> col_row, arg, v, last;
+  // Memo of the background weight per squared distance; an entry is valid when its stamp equals the
+  // current call's generation, so nothing needs clearing between calls.
   std::vector<double> weight_of_d2;
-  std::vector<uint8_t> weight_known;
+  std::vector<uint32_t> weight_stamp;
+  uint32_t generation = 0;
 };
 
 Scratch& scratch() {
@@ -73,12 +77,28 @@ struct FirstPass {
   int64_t r_min = 0, r_max = -1, c_min = 0, c_max = -1;  // object bounding box
 };
 
+// Counts of object (tp) and background (fp) pixels with p >= threshold.
+void count_at_threshold(const Frame& f, double threshold, int64_t& tp, int64_t& fp) {
+  int64_t hits = 0, hits_on_object = 0;
+  for (int64_t i = 0; i < f.n; ++i) {
+    const int64_t hit = f.p[i] >= threshold;
+    hits += hit;
+    hits_on_object += hit & int64_t(f.g[i] != 0);
+  }
+  tp = hits_on_object;
+  fp = hits - hits_on_object;
+}
+
 // S-measure with the passes it still needs after FirstPass: one for the object-term deviations and the
-// quadrant sums (both need results of the first pass), one for the quadrant deviations.
-double s_measure(const Frame& f, const FirstPass& fp) {
+// quadrant sums (both need results of the first pass), one for the quadrant deviations. The first of
+// them also counts the pixels at or above the adaptive threshold (tp/fp), which needs the mean too.
+double s_measure_and_adaptive_counts(const Frame& f, const FirstPass& fp, double adaptive, int64_t& atp,
+                                     int64_t& afp) {
   const int64_t n_fg = fp.n_fg;
-  if (n_fg == 0) return 1.0 - fp.pred_sum / f.n;
-  if (n_fg == f.n) return fp.pred_sum / f.n;
+  if (n_fg == 0 || n_fg == f.n) {
+    count_at_threshold(f, adaptive, atp, afp);
+    return n_fg == 0 ? 1.0 - fp.pred_sum / f.n : fp.pred_sum / f.n;
+  }
   const int64_t h = f.h, w = f.w, n_bg = f.n - n_fg;
   const double m_fg = fp.s_fg / n_fg, m_bg = fp.s_bg / n_bg;
 
@@ -92,6 +112,7 @@ double s_measure(const Frame& f, const FirstPass& fp) {
   double q_sum[4] = {0, 0, 0, 0};
   int64_t q_g[4] = {0, 0, 0, 0};
   double d_fg = 0, d_bg = 0;
+  int64_t hits = 0, hits_on_object = 0;
   for (int64_t r = 0; r < h; ++r) {
     const double* p = f.p + r * w;
     const uint8_t* g = f.g + r * w;
@@ -104,11 +125,14 @@ double s_measure(const Frame& f, const FirstPass& fp) {
       int64_t ng = 0;
       for (int64_t c = c0; c < c1; ++c) {
         const double pv = p[c];
+        const int64_t hit = pv >= adaptive;
+        hits += hit;
         s += pv;
         if (g[c]) {
           const double d = pv - m_fg;
           dfg += d * d;
           ++ng;
+          hits_on_object += hit;
         } else {
           const double d = (1.0 - pv) - m_bg;
           dbg += d * d;
@@ -124,6 +148,8 @@ double s_measure(const Frame& f, const FirstPass& fp) {
     q_g[q0] += gs[0];
     q_g[q0 + 1] += gs[1];
   }
+  atp = hits_on_object;
+  afp = hits - hits_on_object;
   const double u = double(n_fg) / f.n;
   const double object = u * object_similarity(fp.s_fg, d_fg, n_fg) + (1.0 - u) * object_similarity(fp.s_bg, d_bg, n_bg);
 
@@ -187,122 +213,149 @@ double f_beta(double precision, double recall, double beta2) {
 }
 
 // ------------------------------------------------------------------------------------------ weighted F
-// 1-D squared distance transform of f (Felzenszwalb & Huttenlocher 2012) with the argmin position.
-// `inf` entries are sites that do not exist; a line without sites keeps d = inf, arg = -1. Among
-// equidistant sites the leftmost wins, which is the choice scipy's EDT makes in our tests.
-void dt1d(const double* f, int64_t n, double* d, int32_t* arg, int32_t* v, double* z) {
-  const double inf = std::numeric_limits<double>::infinity();
+// 1-D squared distance transform of f (Felzenszwalb & Huttenlocher 2012) with the argmin position, in
+// exact integer arithmetic: f holds integer squared distances, or -1 where there is no site (a line
+// without sites gets d = -1, arg = -1). The parabola intersections are rationals num / den (den > 0)
+// compared by cross-multiplying, so ties are decided exactly; among equidistant sites the leftmost
+// wins, which is the choice scipy's EDT makes. Needs (f + q^2) * 2n < 2^63: checked by the caller.
+void dt1d(const int64_t* f, int64_t n, int64_t* d, int32_t* arg, int32_t* v, int64_t* z_num, int64_t* z_den) {
+  // Envelope: sites v[0..k]; site v[j] is the lowest parabola on (z[j], z[j+1]], z[0] = -inf, z[k+1] = +inf.
   int64_t k = -1;
   for (int64_t q = 0; q < n; ++q) {
-    if (f[q] == inf) continue;
-    if (k < 0) {
-      k = 0;
-      v[0] = int32_t(q);
-      z[0] = -inf;
-      z[1] = inf;
-      continue;
-    }
-    double s;
-    while (true) {
+    if (f[q] < 0) continue;
+    const int64_t fq = f[q] + q * q;
+    int64_t num = 0, den = 1;
+    while (k >= 0) {
       const int64_t p = v[k];
-      s = ((f[q] + double(q) * q) - (f[p] + double(p) * p)) / (2.0 * double(q - p));
-      if (s > z[k]) break;
-      --k;  // z[0] = -inf stops this before k < 0
+      num = fq - (f[p] + p * p);
+      den = 2 * (q - p);
+      if (k == 0 || num * z_den[k] > z_num[k] * den) break;  // s > z[k]
+      --k;
     }
     ++k;
     v[k] = int32_t(q);
-    z[k] = k == 0 ? -inf : s;
-    z[k + 1] = inf;
+    z_num[k] = num;
+    z_den[k] = den;
   }
   if (k < 0) {
     for (int64_t q = 0; q < n; ++q) {
-      d[q] = inf;
+      d[q] = -1;
       arg[q] = -1;
     }
     return;
   }
   int64_t j = 0;
   for (int64_t q = 0; q < n; ++q) {
-    while (z[j + 1] < q) ++j;
-    const double dq = double(q - v[j]);
-    d[q] = dq * dq + f[v[j]];
-    arg[q] = v[j];
+    while (j < k && z_num[j + 1] < q * z_den[j + 1]) ++j;  // z[j + 1] < q
+    const int64_t p = v[j], dq = q - p;
+    d[q] = dq * dq + f[p];
+    arg[q] = int32_t(p);
   }
 }
 
-// Exact squared Euclidean distance of every pixel to the nearest object pixel (dist2), and the error
-// `err` at that pixel (dep; object pixels keep their own error). Row-major throughout: the column pass
-// is two sweeps over rows carrying, per column, the last object row seen; the row pass runs the 1-D
-// lower-envelope transform on each contiguous row.
-void edt_dependency(const Frame& f, Scratch& s) {
-  const double inf = std::numeric_limits<double>::infinity();
+// Exact Euclidean distance transform to the object fused with what weighted F needs from it: the
+// pixel-dependency map `dep` (each background pixel takes the error of its nearest object pixel; object
+// pixels keep their own) and the sum of background errors weighted by 2 - exp(ln(0.5)/5 * distance).
+// Row-major throughout: the column pass is two sweeps over rows carrying, per column, the last object
+// row seen; the row pass runs the 1-D lower-envelope transform on each contiguous row.
+double edt_dependency(const Frame& f, Scratch& s) {
   const int64_t h = f.h, w = f.w, n = f.n;
-  s.dist2.resize(n);
-  s.col_row.resize(n);
+  s.err.resize(n);
   s.dep.resize(n);
+  s.col_d2.resize(n);
+  s.col_row.resize(n);
+  s.last.resize(w);
+  s.line_d2.resize(w);
   s.arg.resize(w);
   s.v.resize(w);
-  s.z.resize(w + 1);
-  int32_t* up = s.col_row.data();  // first the nearest object row at or above, then the chosen row
-  double* col_d = s.dist2.data();  // column-pass squared distances, replaced row by row below
-  {
-    std::vector<int32_t> last(w, -1);
-    for (int64_t r = 0; r < h; ++r) {
-      const uint8_t* g = f.g + r * w;
-      int32_t* u = up + r * w;
-      for (int64_t c = 0; c < w; ++c) {
-        if (g[c]) last[c] = int32_t(r);
-        u[c] = last[c];
-      }
-    }
-    std::fill(last.begin(), last.end(), -1);
-    for (int64_t r = h - 1; r >= 0; --r) {
-      const uint8_t* g = f.g + r * w;
-      int32_t* u = up + r * w;
-      double* d = col_d + r * w;
-      for (int64_t c = 0; c < w; ++c) {
-        if (g[c]) last[c] = int32_t(r);
-        const int32_t above = u[c], below = last[c];
-        // The nearer object pixel of the column; a tie goes to the upper one (the envelope's first site).
-        int32_t pick;
-        if (above < 0) pick = below;
-        else if (below < 0) pick = above;
-        else pick = (r - above <= below - r) ? above : below;
-        u[c] = pick;
-        const double dr = double(r - pick);
-        d[c] = pick < 0 ? inf : dr * dr;
-      }
-    }
-  }
-  std::vector<double> line(w), out(w);
+  s.z_num.resize(w);
+  s.z_den.resize(w);
+  double* err = s.err.data();
+  double* dep = s.dep.data();
+  int64_t* col_d2 = s.col_d2.data();
+  int32_t* col_row = s.col_row.data();  // nearest object row at or above; then the chosen row of the column
+  int32_t* last = s.last.data();
+  int64_t* line_d2 = s.line_d2.data();
+  int32_t* arg = s.arg.data();
+
+  std::fill(last, last + w, -1);
   for (int64_t r = 0; r < h; ++r) {
-    std::copy(col_d + r * w, col_d + (r + 1) * w, line.data());
-    dt1d(line.data(), w, out.data(), s.arg.data(), s.v.data(), s.z.data());
+    const double* p = f.p + r * w;
     const uint8_t* g = f.g + r * w;
-    const double* e = s.err.data();
-    double* dep = s.dep.data() + r * w;
-    double* dist = col_d + r * w;
-    const int32_t* rows = up + r * w;
+    int32_t* u = col_row + r * w;
+    double* e = err + r * w;
     for (int64_t c = 0; c < w; ++c) {
-      dist[c] = out[c];
-      if (g[c]) {
-        dep[c] = e[r * w + c];
-      } else {
-        const int32_t cc = s.arg[c];
-        dep[c] = e[int64_t(rows[cc]) * w + cc];
-      }
+      e[c] = g[c] ? 1.0 - p[c] : p[c];  // |p - g|
+      if (g[c]) last[c] = int32_t(r);
+      u[c] = last[c];
     }
   }
+  std::fill(last, last + w, -1);
+  for (int64_t r = h - 1; r >= 0; --r) {
+    const uint8_t* g = f.g + r * w;
+    int32_t* u = col_row + r * w;
+    int64_t* d = col_d2 + r * w;
+    for (int64_t c = 0; c < w; ++c) {
+      if (g[c]) last[c] = int32_t(r);
+      const int32_t above = u[c], below = last[c];
+      // The nearer object pixel of the column; a tie goes to the upper one (the envelope's first site).
+      int32_t pick;
+      if (above < 0) pick = below;
+      else if (below < 0) pick = above;
+      else pick = (r - above <= below - r) ? above : below;
+      u[c] = pick;
+      d[c] = pick < 0 ? -1 : (r - pick) * (r - pick);
+    }
+  }
+
+  // Squared distances are integers and repeat a lot: memoise the weight per squared distance (same
+  // sqrt-then-exp as the reference, so identical values).
+  const double decay = std::log(0.5) / 5.0;
+  const size_t n_d2 = size_t(h - 1) * size_t(h - 1) + size_t(w - 1) * size_t(w - 1) + 1;
+  if (s.weight_stamp.size() < n_d2) {
+    s.weight_of_d2.resize(n_d2);
+    s.weight_stamp.resize(n_d2, 0);
+  }
+  if (++s.generation == 0) {  // wrapped: old stamps could look current
+    std::fill(s.weight_stamp.begin(), s.weight_stamp.end(), 0u);
+    s.generation = 1;
+  }
+  const uint32_t gen = s.generation;
+  double* weight_of_d2 = s.weight_of_d2.data();
+  uint32_t* weight_stamp = s.weight_stamp.data();
+
+  double err_w_bg = 0;
+  for (int64_t r = 0; r < h; ++r) {
+    dt1d(col_d2 + r * w, w, line_d2, arg, s.v.data(), s.z_num.data(), s.z_den.data());
+    const uint8_t* g = f.g + r * w;
+    const int32_t* rows = col_row + r * w;
+    const double* e = err + r * w;
+    double* dp = dep + r * w;
+    for (int64_t c = 0; c < w; ++c) {
+      if (g[c]) {
+        dp[c] = e[c];
+        continue;
+      }
+      const int32_t cc = arg[c];
+      dp[c] = err[int64_t(rows[cc]) * w + cc];
+      if (e[c] == 0.0) continue;  // a zero error adds nothing whatever its weight
+      const auto d2 = size_t(line_d2[c]);
+      if (weight_stamp[d2] != gen) {
+        weight_of_d2[d2] = 2.0 - std::exp(decay * std::sqrt(double(line_d2[c])));
+        weight_stamp[d2] = gen;
+      }
+      err_w_bg += e[c] * weight_of_d2[d2];
+    }
+  }
+  return err_w_bg;
 }
 
 double weighted_f_measure(const Frame& f, const FirstPass& fp) {
   const int64_t n_fg = fp.n_fg;
   if (n_fg == 0) return 0.0;
-  const int64_t h = f.h, w = f.w, n = f.n;
+  const int64_t h = f.h, w = f.w;
   Scratch& s = scratch();
-  s.err.resize(n);
-  for (int64_t i = 0; i < n; ++i) s.err[i] = std::fabs(f.p[i] - (f.g[i] ? 1.0 : 0.0));
-  edt_dependency(f, s);
+  const double err_w_bg = edt_dependency(f, s);
 
   // 7x7 Gaussian, sigma 5, normalised (MATLAB fspecial), zero padding. The 2-D kernel is the outer
   // product of this 1-D one (up to rounding), so two 1-D passes. The blur is only compared with the
@@ -318,60 +371,42 @@ double weighted_f_measure(const Frame& f, const FirstPass& fp) {
   const int64_t tr0 = std::max<int64_t>(0, r0 - 3), tr1 = std::min<int64_t>(h, r1 + 3);
   const int64_t bw = c1 - c0;
   s.tmp.resize((tr1 - tr0) * bw);
+  double* tmp = s.tmp.data();
   const double* dep = s.dep.data();
+  const double* err = s.err.data();
   for (int64_t r = tr0; r < tr1; ++r) {
     const double* row = dep + r * w;
-    double* t = s.tmp.data() + (r - tr0) * bw;
-    for (int64_t c = c0; c < c1; ++c) {
-      double acc = 0;
-      if (c >= 3 && c + 3 < w) {
-        acc = k[0] * row[c - 3] + k[1] * row[c - 2] + k[2] * row[c - 1] + k[3] * row[c] + k[4] * row[c + 1] +
-              k[5] * row[c + 2] + k[6] * row[c + 3];
-      } else {
-        for (int j = -3; j <= 3; ++j) {
-          const int64_t cc = c + j;
-          if (cc >= 0 && cc < w) acc += k[j + 3] * row[cc];
-        }
-      }
-      t[c - c0] = acc;
-    }
-  }
-  double err_w_fg = 0;
-  const double* err = s.err.data();
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* g = f.g + r * w;
-    for (int64_t c = c0; c < c1; ++c) {
-      if (!g[c]) continue;
+    double* t = tmp + (r - tr0) * bw;
+    // Columns within 3 of the image edge see zero padding; the interior loop has no tests (vectorises).
+    const int64_t in0 = std::min(std::max<int64_t>(c0, 3), c1), in1 = std::max(std::min<int64_t>(c1, w - 3), in0);
+    auto edge = [&](int64_t c) {
       double acc = 0;
       for (int j = -3; j <= 3; ++j) {
-        const int64_t rr = r + j;
-        if (rr >= tr0 && rr < tr1) acc += k[j + 3] * s.tmp[(rr - tr0) * bw + (c - c0)];
+        const int64_t cc = c + j;
+        if (cc >= 0 && cc < w) acc += k[j + 3] * row[cc];
       }
+      t[c - c0] = acc;
+    };
+    for (int64_t c = c0; c < in0; ++c) edge(c);
+    for (int64_t c = in0; c < in1; ++c)
+      t[c - c0] = k[0] * row[c - 3] + k[1] * row[c - 2] + k[2] * row[c - 1] + k[3] * row[c] + k[4] * row[c + 1] +
+                  k[5] * row[c + 2] + k[6] * row[c + 3];
+    for (int64_t c = in1; c < c1; ++c) edge(c);
+  }
+  double err_w_fg = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* g = f.g + r * w;
+    const int64_t j0 = std::max<int64_t>(-3, tr0 - r), j1 = std::min<int64_t>(3, tr1 - 1 - r);
+    for (int64_t c = c0; c < c1; ++c) {
+      if (!g[c]) continue;
+      const double* t = tmp + (r - tr0) * bw + (c - c0);
+      double acc = 0;
+      for (int64_t j = j0; j <= j1; ++j) acc += k[j + 3] * t[j * bw];
       const double e = err[r * w + c];
       err_w_fg += acc < e ? acc : e;
     }
   }
 
-  // Background errors weighted by 2 - exp(ln(0.5)/5 * distance). Squared distances are integers and
-  // repeat a lot: memoise the weight per squared distance (same sqrt-then-exp as the reference).
-  const double decay = std::log(0.5) / 5.0;
-  const size_t max_d2 = size_t(h - 1) * size_t(h - 1) + size_t(w - 1) * size_t(w - 1);
-  if (s.weight_known.size() < max_d2 + 1) {
-    s.weight_of_d2.resize(max_d2 + 1);
-    s.weight_known.resize(max_d2 + 1);
-  }
-  std::fill(s.weight_known.begin(), s.weight_known.begin() + max_d2 + 1, uint8_t(0));
-  double err_w_bg = 0;
-  const double* dist2 = s.dist2.data();
-  for (int64_t i = 0; i < n; ++i) {
-    if (f.g[i] || err[i] == 0.0) continue;  // a zero error adds nothing whatever its weight
-    const auto d2 = size_t(dist2[i]);
-    if (!s.weight_known[d2]) {
-      s.weight_of_d2[d2] = 2.0 - std::exp(decay * std::sqrt(dist2[i]));
-      s.weight_known[d2] = 1;
-    }
-    err_w_bg += err[i] * s.weight_of_d2[d2];
-  }
   const double tp_w = double(n_fg) - err_w_fg;
   const double recall = 1.0 - err_w_fg / n_fg;
   const double precision = tp_w / (tp_w + err_w_bg + kEps);
@@ -387,7 +422,8 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   TORCH_CHECK(pred_in.numel() > 0, "sunseg_frame: pred must not be empty");
   TORCH_CHECK(pred_in.is_floating_point(), "sunseg_frame: pred must be a floating-point tensor, got ",
               pred_in.scalar_type());
-  TORCH_CHECK(pred_in.size(0) < (int64_t(1) << 30) && pred_in.size(1) < (int64_t(1) << 30),
+  // Exact integer distance transform: (h^2 + w^2) * 2w must stay far below 2^63.
+  TORCH_CHECK(pred_in.size(0) < (int64_t(1) << 18) && pred_in.size(1) < (int64_t(1) << 18),
               "sunseg_frame: frame too large, got ", pred_in.sizes());
   const at::Tensor pred = pred_in.to(at::kDouble).contiguous();
   const at::Tensor gt = gt_in.to(at::kByte).contiguous();
@@ -418,9 +454,10 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
       const int level = int(p * 255.0) & 255;  // truncation, as uint8(255 * pred); the mask only guards bad input
       // First index i0 with thr[i0] <= p (the thresholds descend). thr[255 - level] is level / 255 up to
       // rounding, so start there and settle exactly.
+      // The two differ by rounding only (the thresholds are 1/255 apart), so one step at most each way.
       int i0 = kBins - 1 - level;
-      while (i0 > 0 && thr[i0 - 1] <= p) --i0;
-      while (i0 < kBins - 1 && thr[i0] > p) ++i0;
+      i0 -= (i0 > 0) && (thr[i0 - 1] <= p);
+      i0 += (i0 < kBins - 1) && (thr[i0] > p);
       ++lvl[level][g];
       ++med[i0][g];
       if (g) {
@@ -485,18 +522,13 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
   // Adaptive threshold 2 * mean, capped at 1.
   const double adaptive = std::min(2.0 * fp.pred_sum / n, 1.0);
   int64_t atp = 0, afp = 0;
-  for (int64_t i = 0; i < f.n; ++i) {
-    const int64_t hit = f.p[i] >= adaptive;
-    const int64_t g = f.g[i] != 0;
-    atp += hit & g;
-    afp += hit & (1 - g);
-  }
+  const double s_measure = s_measure_and_adaptive_counts(f, fp, adaptive, atp, afp);
   const double adp_em = enhanced_sum(double(atp), double(afp), nf, n) / (n - 1 + kEps);
   const double adp_fm = atp == 0 ? 0.0 : f_beta(double(atp) / double(atp + afp), double(atp) / nf, 0.3);
 
   at::Tensor scalars = at::empty({5}, at::kDouble);
   double* s = scalars.data_ptr<double>();
-  s[0] = s_measure(f, fp);
+  s[0] = s_measure;
   s[1] = weighted_f_measure(f, fp);
   s[2] = fp.abs_err / n;
   s[3] = adp_em;

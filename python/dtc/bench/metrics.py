@@ -1,6 +1,12 @@
 """Per-frame cost of the SUN-SEG metric suite: C++ kernels vs the numpy reference, one CPU core.
 
     python -m dtc.bench metrics [--height 256 --width 448 --repeat 30]
+
+Wall time on a shared machine moves with its load; instruction counts do not. For those, run only the
+C++ kernel N times under callgrind, counting inside it only, and take the difference of two N:
+
+    valgrind --tool=callgrind --toggle-collect='*sunseg_frame*' \
+        python -m dtc.bench metrics --kernel-calls 11   # minus the same with --kernel-calls 1
 """
 from __future__ import annotations
 
@@ -37,7 +43,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=448)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--kernel-calls", type=int, default=0,
+                        help="only call the C++ kernel this many times, untimed (for callgrind instruction counts)")
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.height < 2 or args.width < 2 or args.kernel_calls < 0:
+        parser.error("--repeat must be >= 1, --height/--width >= 2, --kernel-calls >= 0")
 
     import torch
 
@@ -46,6 +56,16 @@ def main(argv: list[str]) -> int:
     from dtc.metrics.functional import _cpp_module, cpp_available, sunseg_frame
 
     pred, gt = _frame(args.height, args.width)
+    if args.kernel_calls:
+        if not cpp_available():
+            print("dtc._C is not built (make dev): no C++ kernel to call")
+            return 1
+        core = _cpp_module()
+        tp, tg = torch.from_numpy(pred), torch.from_numpy(gt.astype(np.uint8))
+        for _ in range(args.kernel_calls):
+            core.sunseg_frame(tp, tg)
+        print(f"called dtc._C.sunseg_frame {args.kernel_calls} times on a {args.height}x{args.width} frame")
+        return 0
     rows = []
     parts = [
         ("S-measure", lambda: ref.s_measure(pred, gt)),
