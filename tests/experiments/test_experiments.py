@@ -226,6 +226,16 @@ def test_interrupted_experiment_redoes_only_what_is_missing_and_a_finished_one_d
     other = load_experiment(TINY, "tiny", ["optim.lr=0.5"])
     with pytest.raises(ExperimentError, match=r"trained with another configuration \(optim.lr"):
         run_experiment(other, tmp_path, only=["seed0/teacher"], progress=False)
+    with pytest.raises(ExperimentError, match=r"loss.alpha: None in the run, 2.0 in the plan"):
+        run_experiment(load_experiment(TINY, "tiny", ["loss.alpha=2.0"]), tmp_path, only=["seed0/full"])
+    # A config field that a newer dtc added after the run was trained is not a change (it had the default).
+    import yaml
+
+    saved_path = folder / "seed0" / "teacher" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    del saved["run"]["deterministic"]
+    saved_path.write_text(yaml.safe_dump(saved))
+    assert run_experiment(exp, tmp_path, only=["seed0/teacher"], progress=False)["runs"] == {"seed0/teacher": "skipped"}
 
 
 def test_cli_dry_run_status_and_errors(tmp_path, capsys):

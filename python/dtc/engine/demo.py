@@ -144,18 +144,22 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _fps(model, size: tuple[int, int], device) -> float:
-    """Frames per second at batch 1 (fp32, no autocast), after 3 warm-up passes."""
+    """Frames per second at batch 1 (fp32, no autocast): 1 / the median of 20 timed passes after 3
+    warm-up passes. The median, not the mean, so that passes preempted by other processes on a shared
+    machine do not dominate."""
     x = torch.rand(1, 3, *size, device=device)
     model.eval()
+    times = []
     with torch.no_grad():
         for _ in range(3):
             model(x)
-        n, t0 = 20, time.perf_counter()
-        for _ in range(n):
+        for _ in range(20):
+            t0 = time.perf_counter()
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return 1.0 / float(np.median(times))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset, *, out_dir: str | Path | None, device,

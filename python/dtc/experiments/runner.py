@@ -55,12 +55,20 @@ def select_runs(plan: list[RunSpec], only: Optional[list[str]]) -> list[RunSpec]
     return [r for r in plan if r.run_id in chosen]
 
 
+_MISSING = object()
+
+
 def _diff(saved, planned, prefix=()) -> list[str]:
     if isinstance(saved, dict) and isinstance(planned, dict):
         out = []
         for key in sorted(set(saved) | set(planned)):
-            out += _diff(saved.get(key), planned.get(key), prefix + (key,))
+            out += _diff(saved.get(key, _MISSING), planned.get(key, _MISSING), prefix + (key,))
         return out
+    if saved is _MISSING and prefix[:-1] != ("loss",):
+        # A config field added by a newer dtc after the run was trained: the run used its default.
+        return []
+    saved = None if saved is _MISSING else saved
+    planned = None if planned is _MISSING else planned
     if prefix in _VOLATILE or saved == planned:
         return []
     # YAML round trips turn tuples into lists.
