@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dtc.io import atomic_write_npy
 
 from dtc.flow.farneback import (
     FARNEBACK_DEFAULTS,
@@ -224,19 +224,6 @@ class OpenCVFlow(FlowProvider):
         return torch.from_numpy(out).to(images.device)
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class CachedFlow(FlowProvider):
     """Computes flow once per (video, frame pair) with ``inner`` and reuses it on later epochs.
 
@@ -294,7 +281,7 @@ class CachedFlow(FlowProvider):
             for j, b in enumerate(missing):
                 out[b] = computed[j]
                 for t, path in enumerate(self._paths(ids[b], frame_index[b], H, W), start=1):
-                    _atomic_save(path, np.ascontiguousarray(computed[j, t]))
+                    atomic_write_npy(path, np.ascontiguousarray(computed[j, t]))
         return torch.from_numpy(out).to(images.device)
 
 
