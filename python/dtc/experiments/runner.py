@@ -8,6 +8,7 @@ trains nothing and leaves every file as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -90,6 +91,19 @@ def _check_unchanged(run: RunSpec, cfg) -> None:
                               + "; ".join(diffs[:5]) + "); use another --out or delete that run folder")
 
 
+@contextlib.contextmanager
+def _keep_matplotlib_backend():
+    """dtc.metrics' plot writer switches matplotlib to Agg; in a notebook that would silence every later
+    figure, so the caller's backend is put back."""
+    mpl = sys.modules.get("matplotlib")
+    before = mpl.get_backend() if mpl is not None else None
+    try:
+        yield
+    finally:
+        if before is not None and mpl.get_backend() != before:
+            mpl.use(before)
+
+
 def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Callable] = None) -> str:
     """Train (or resume) and evaluate one run in this process unless it is finished; returns what was done:
     ``"skipped"``, ``"evaluated"``, ``"trained"`` or ``"resumed"``."""
@@ -111,8 +125,9 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     print(f"{label}: evaluating best.pt on the {split} split ...", flush=True)
     dataset = build_dataset(cfg, split, T=1, stride=1)
     device = resolve_device(cfg.run.device)
-    scores, _ = evaluate_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval", device=device,
-                                    batch_size=experiment.evaluation["batch_size"])
+    with _keep_matplotlib_backend():
+        scores, _ = evaluate_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval", device=device,
+                                        batch_size=experiment.evaluation["batch_size"])
     from dtc.engine.checkpoint import load_run_checkpoint
 
     record = {"run_id": run.run_id, "seed": run.seed, "arm": run.arm, "label": run.label, "split": split,
