@@ -12,49 +12,44 @@ import torch
 
 from dtc.io import atomic_write_text
 
-__all__ = ["evaluate_model", "evaluate_checkpoint", "measure_fps", "resolve_device"]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but no CUDA device is available")
-    return device
+__all__ = ["evaluate_model", "evaluate_checkpoint", "measure_fps"]
 
 
 @torch.no_grad()
 def measure_fps(model, size: tuple[int, int], device, *, repeat: int = 20) -> float:
-    """Frames per second at batch 1 (what a bedside stream sees), after warm-up."""
+    """Frames per second at batch 1 (what a bedside stream sees): 1 / the median of ``repeat`` timed
+    passes after 3 warm-up passes; the median, so passes preempted on a shared machine do not dominate."""
+    device = torch.device(device)
     x = torch.rand(1, 3, *size, device=device)
     was_training = model.training
     model.eval()
+    times = []
     try:
         for _ in range(3):
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
         for _ in range(repeat):
+            t0 = time.perf_counter()
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
     finally:
         model.train(was_training)
-    return repeat / (time.perf_counter() - t0)
+    return 1.0 / float(np.median(times))
 
 
 def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, worst: int = 16,
                    progress: bool = True, amp_dtype: Optional[torch.dtype] = None) -> dict:
-    """Predicts every frame of ``dataset`` (single frames, ``T=1``) and writes under ``out_dir``: the
-    metric tables and plots of :func:`dtc.metrics.evaluate_predictions`, ``summary.json`` (overall
-    metrics, FPS) and ``worst_frames.mp4`` (the ``worst`` frames by Dice, prediction green, truth yellow).
-    Returns ``{"summary", "videos", "suite"}``."""
+    """Predicts every frame of ``dataset`` (single frames, ``T=1``) and, unless ``out_dir`` is None,
+    writes there the metric tables and plots of :func:`dtc.metrics.evaluate_predictions`,
+    ``summary.json`` (overall metrics, FPS) and ``worst_frames.mp4`` (the ``worst`` frames by Dice,
+    prediction green, truth yellow). Returns ``{"summary", "videos", "suite"}``; the summary holds the
+    suite's overall columns plus ``Dice_per_video``/``TC_per_video`` (Dice at 0.5 and TC per video,
+    then averaged) and ``FPS``."""
     from dtc.engine.inference import predict_videos, video_scores
     from dtc.metrics import evaluate_predictions
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else None
     videos = predict_videos(model, dataset, device=device, batch_size=batch_size, amp_dtype=amp_dtype,
                             progress=progress)
     if not videos:
@@ -71,9 +66,10 @@ def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, wors
         "FPS": measure_fps(model, size, torch.device(device)),
         "device": str(device), "size": list(size),
     })
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
-    if worst > 0:
-        write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst)
+    if out_dir is not None:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+        if worst > 0:
+            write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst)
     return {"summary": summary, "videos": videos, "suite": suite}
 
 
@@ -106,6 +102,7 @@ def evaluate_checkpoint(checkpoint, out_dir, *, split: str = "test", device: str
     from dtc.engine.checkpoint import model_from_checkpoint
     from dtc.engine.config import TrainConfig, apply_overrides
     from dtc.engine.data import build_dataset
+    from dtc.engine.inference import resolve_device
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")

@@ -10,7 +10,18 @@ from torch.utils.data import DataLoader, Subset
 
 from dtc.engine.data import IMAGE_MEAN, IMAGE_STD
 
-__all__ = ["collate_windows", "normalise_images", "predict_videos", "video_scores"]
+__all__ = ["collate_windows", "normalise_images", "predict_videos", "resolve_device", "video_scores"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU; asking for CUDA without
+    one is an error rather than a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but no CUDA device is available")
+    return device
 
 
 def collate_windows(items: list[dict]) -> dict:

@@ -31,7 +31,7 @@ from dtc.io import atomic_torch_save, atomic_write_text
 from dtc.engine.config import ConfigError, TrainConfig
 from dtc.engine.data import build_dataset
 from dtc.engine.distributed import DistContext
-from dtc.engine.inference import collate_windows, normalise_images, predict_videos, video_scores
+from dtc.engine.inference import collate_windows, normalise_images, predict_videos, resolve_device, video_scores
 
 __all__ = ["Trainer", "train", "logits_of", "split_outputs"]
 
@@ -157,12 +157,10 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"run.device={name!r} but no CUDA device is available")
-        return device
+        try:
+            return resolve_device(name)
+        except ValueError as exc:
+            raise ConfigError(f"run.device: {exc}") from exc
 
     def _setup_student(self) -> None:
         from dtc.engine.checkpoint import model_from_checkpoint

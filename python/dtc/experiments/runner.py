@@ -34,7 +34,7 @@ _VOLATILE = {("run", "progress"), ("run", "device"), ("run", "threads"), ("run",
 
 def run_state(run: RunSpec) -> str:
     """``"finished"``, ``"trained"`` (needs evaluation only), ``"partial"`` (has a ``last.pt``) or ``"new"``."""
-    from dtc.engine.demo import stage_finished
+    from dtc.engine.stages import stage_finished
 
     last = run.out_dir / "last.pt"
     if not last.exists():
@@ -108,7 +108,9 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     """Train (or resume) and evaluate one run in this process unless it is finished; returns what was done:
     ``"skipped"``, ``"evaluated"``, ``"trained"`` or ``"resumed"``."""
     from dtc.engine.data import build_dataset
-    from dtc.engine.demo import evaluate_checkpoint, resolve_device, train_stage
+    from dtc.engine.demo import score_checkpoint
+    from dtc.engine.inference import resolve_device
+    from dtc.engine.stages import train_stage
 
     cfg = run.train_config()
     _check_unchanged(run, cfg)  # again: a child process of a parallel run starts here
@@ -126,7 +128,7 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     dataset = build_dataset(cfg, split, T=1, stride=1)
     device = resolve_device(cfg.run.device)
     with _keep_matplotlib_backend():
-        scores, _ = evaluate_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval", device=device,
+        scores, _ = score_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval", device=device,
                                         batch_size=experiment.evaluation["batch_size"])
     from dtc.engine.checkpoint import load_run_checkpoint
 
