@@ -4,9 +4,8 @@
 
 #include <string>
 
-#include "nets/bindings.h"
-
 #include "metrics/metrics_bindings.h"
+#include "nets/bindings.h"
 
 namespace {
 
@@ -40,6 +39,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dtc's compiled core: tensor ops (torch.ops.dtc.*) and bindings";
   m.def("build_info", &build_info, "What this build of dtc._C contains");
-  dtc_bind_nets(m);
   dtc_bind_metrics(m);
+  dtc_bind_nets(m);
 }
