@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_png", "atomic_write_npy", "atomic_torch_save"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_png", "atomic_write_npy", "atomic_torch_save",
+           "atomic_write_figure"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -56,4 +57,12 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
 
     bio = io.BytesIO()
     torch.save(obj, bio)
+    return atomic_write_bytes(path, bio.getvalue())
+
+
+def atomic_write_figure(path: str | os.PathLike, fig, dpi: int = 110) -> Path:
+    """Saves a matplotlib figure as PNG. Build it with ``matplotlib.figure.Figure`` (not pyplot) so
+    writing plots never switches the process's backend (which would stop figures showing in a notebook)."""
+    bio = io.BytesIO()
+    fig.savefig(bio, format="png", dpi=dpi)
     return atomic_write_bytes(path, bio.getvalue())

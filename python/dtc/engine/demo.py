@@ -159,15 +159,14 @@ def evaluate_runs(runs: dict[str, Path], out: Path, p: DemoPreset, seed: int, de
 
 
 def _plot(predictions: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from dtc.engine.inference import video_scores
+    from dtc.io import atomic_write_figure
 
     video = sorted(predictions["dtc"])[0]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 2)
     for name, style in (("baseline", "--"), ("dtc", "-")):
         v = predictions[name][video]
         axes[0].plot(v["frame"], video_scores(v)["dice_per_frame"], style, label=name)
@@ -179,14 +178,7 @@ def _plot(predictions: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    from io import BytesIO
-
-    from dtc.io import atomic_write_bytes
-
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out / "dice_tc_over_time.png", buf.getvalue())
+    atomic_write_figure(out / "dice_tc_over_time.png", fig)
 
 
 def _overlay(predictions: dict, out: Path) -> None:

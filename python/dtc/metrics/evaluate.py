@@ -9,13 +9,14 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from dtc.io import atomic_write_bytes, atomic_write_figure
 
 from dtc.metrics import sunseg as sunseg_mod
 from dtc.metrics.objects import BinaryMetric, SUNSegMetric, TemporalMetric
@@ -120,19 +121,6 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         return "nan" if not np.isfinite(v) else f"{v:.6g}"
@@ -177,16 +165,14 @@ def write_outputs(result: EvaluationResult, out_dir, plots: bool = True) -> list
 
 
 def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     by_video: dict = OrderedDict()
     for r in result.per_frame:
         by_video.setdefault(r["video"], []).append(r)
     series = ("Smeasure", "Dice@0.5", "TC")
-    fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.6 * len(series)), sharex=False, squeeze=False)
+    fig = Figure(figsize=(9, 2.6 * len(series)))
+    axes = fig.subplots(len(series), 1, sharex=False, squeeze=False)
     for ax, key in zip(axes[:, 0], series):
         for video, rows in by_video.items():
             rows = sorted(rows, key=lambda r: r["frame"])
@@ -200,11 +186,12 @@ def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
     fig.suptitle("metrics over time, per video")
     fig.tight_layout()
     paths = [out / "metrics_over_time.png"]
-    _save_fig(fig, paths[0])
+    atomic_write_figure(paths[0], fig)
 
     dist_cols = [c for c in ("Sα", "E^mn_φ", "F^w_β", "Dice", "Sen", "Dice@0.5", "TC")]
     data = [[row[c] for row in result.per_video.values() if np.isfinite(row[c])] for c in dist_cols]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
     ax.boxplot([d if d else [np.nan] for d in data], showfliers=False)
     for i, d in enumerate(data, start=1):
         jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(d))
@@ -215,17 +202,8 @@ def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     paths.append(out / "distribution.png")
-    _save_fig(fig, paths[1])
+    atomic_write_figure(paths[1], fig)
     return paths
-
-
-def _save_fig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def iter_prediction_folders(pred_root, gt_root) -> tuple[int, Iterable]:
