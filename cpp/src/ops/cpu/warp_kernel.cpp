@@ -89,84 +89,61 @@ void grad_x_impl(const at::Tensor& grad_out, const at::Tensor& flow, at::Tensor&
   });
 }
 
+// Both backward passes share this row: the flow gradient of row y of sample n and, when grad_x is
+// given, the scatter of that row's incoming gradient into grad_x. Deterministic: contributions
+// arrive in the same (row, channel, column) order whichever driver below calls it.
 template <typename T>
-void grad_flow_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& flow, at::Tensor& grad_flow,
-                    math::Padding padding) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const T* gp = grad_out.const_data_ptr<T>();
-  const T* xp = x.const_data_ptr<T>();
-  const T* fp = flow.const_data_ptr<T>();
-  T* gfp = grad_flow.mutable_data_ptr<T>();
-  at::parallel_for(0, N * H, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C)), [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTaps<T>> taps(W);
-    std::vector<T> acc_x(W), acc_y(W);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H, y = row % H;
-      const T* fx = fp + (n * 2) * HW + y * W;
-      taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
-      std::fill(acc_x.begin(), acc_x.end(), T(0));
-      std::fill(acc_y.begin(), acc_y.end(), T(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const T* plane = xp + (n * C + c) * HW;
-        const T* grow = gp + (n * C + c) * HW + y * W;
-        auto load = [plane](int64_t i) { return plane[i]; };
-        for (int64_t xi = 0; xi < W; ++xi) {
-          const auto& t = taps[xi];
-          if (!t.finite) continue;
-          accumulate_coord_grad(t, W, load, grow[xi], &acc_x[xi], &acc_y[xi]);
-        }
-      }
-      // The sample point is p - F(p), so the flow gradient is the negated coordinate gradient.
-      T* gx = gfp + (n * 2) * HW + y * W;
-      T* gy = gx + HW;
-      for (int64_t xi = 0; xi < W; ++xi) {
-        gx[xi] = -acc_x[xi];
-        gy[xi] = -acc_y[xi];
-      }
+void backward_row(const T* gp, const T* xp, const T* fp, T* gxp, T* gfp, int64_t n, int64_t y, int64_t C, int64_t H,
+                  int64_t W, math::Padding padding, BilinearTaps<T>* taps, T* acc_x, T* acc_y) {
+  const int64_t HW = H * W;
+  const T* fx = fp + (n * 2) * HW + y * W;
+  taps_for_row(fx, fx + HW, y, W, H, padding, taps);
+  std::fill(acc_x, acc_x + W, T(0));
+  std::fill(acc_y, acc_y + W, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const T* plane = xp + (n * C + c) * HW;
+    const T* grow = gp + (n * C + c) * HW + y * W;
+    T* dst = gxp != nullptr ? gxp + (n * C + c) * HW : nullptr;
+    auto load = [plane](int64_t i) { return plane[i]; };
+    for (int64_t xi = 0; xi < W; ++xi) {
+      const auto& t = taps[xi];
+      if (!t.finite) continue;
+      if (dst != nullptr) math::scatter_taps(t, W, grow[xi], [dst](int64_t i, T v) { dst[i] += v; });
+      accumulate_coord_grad(t, W, load, grow[xi], &acc_x[xi], &acc_y[xi]);
     }
-  });
+  }
+  // The sample point is p - F(p), so the flow gradient is the negated coordinate gradient.
+  T* gx = gfp + (n * 2) * HW + y * W;
+  T* gy = gx + HW;
+  for (int64_t xi = 0; xi < W; ++xi) {
+    gx[xi] = -acc_x[xi];
+    gy[xi] = -acc_y[xi];
+  }
 }
 
-// Both gradients in one pass when there are enough samples to keep every thread busy: a thread
-// owns whole samples, so its scatter into grad_x cannot race, and the taps are computed once per
-// pixel instead of once per pass.
+// grad_x == nullptr: the flow gradient alone, parallel over rows. Otherwise both gradients, parallel
+// over samples: a thread owns whole samples, so its scatter into grad_x cannot race, and the taps
+// are computed once per pixel instead of once per pass (used when the batch covers the threads).
 template <typename T>
-void grad_both_by_sample_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& flow,
-                              at::Tensor& grad_x, at::Tensor& grad_flow, math::Padding padding) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& flow, at::Tensor* grad_x,
+                   at::Tensor& grad_flow, math::Padding padding) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const T* gp = grad_out.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
   const T* fp = flow.const_data_ptr<T>();
-  T* gxp = grad_x.mutable_data_ptr<T>();
+  T* gxp = grad_x != nullptr ? grad_x->mutable_data_ptr<T>() : nullptr;
   T* gfp = grad_flow.mutable_data_ptr<T>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  const bool by_sample = gxp != nullptr;
+  const int64_t units = by_sample ? N : N * H;
+  const int64_t grain = by_sample ? 1 : std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     std::vector<BilinearTaps<T>> taps(W);
     std::vector<T> acc_x(W), acc_y(W);
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t y = 0; y < H; ++y) {
-        const T* fx = fp + (n * 2) * HW + y * W;
-        taps_for_row(fx, fx + HW, y, W, H, padding, taps.data());
-        std::fill(acc_x.begin(), acc_x.end(), T(0));
-        std::fill(acc_y.begin(), acc_y.end(), T(0));
-        for (int64_t c = 0; c < C; ++c) {
-          const T* plane = xp + (n * C + c) * HW;
-          const T* grow = gp + (n * C + c) * HW + y * W;
-          T* dst = gxp + (n * C + c) * HW;
-          auto load = [plane](int64_t i) { return plane[i]; };
-          for (int64_t xi = 0; xi < W; ++xi) {
-            const auto& t = taps[xi];
-            if (!t.finite) continue;
-            const T go = grow[xi];
-            math::scatter_taps(t, W, go, [dst](int64_t i, T v) { dst[i] += v; });
-            accumulate_coord_grad(t, W, load, go, &acc_x[xi], &acc_y[xi]);
-          }
-        }
-        T* gx = gfp + (n * 2) * HW + y * W;
-        T* gy = gx + HW;
-        for (int64_t xi = 0; xi < W; ++xi) {
-          gx[xi] = -acc_x[xi];
-          gy[xi] = -acc_y[xi];
-        }
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t n = by_sample ? u : u / H;
+      const int64_t y_begin = by_sample ? 0 : u % H, y_end = by_sample ? H : y_begin + 1;
+      for (int64_t y = y_begin; y < y_end; ++y) {
+        backward_row(gp, xp, fp, gxp, gfp, n, y, C, H, W, padding, taps.data(), acc_x.data(), acc_y.data());
       }
     }
   });
@@ -204,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
   }
   if (output_mask[0] && output_mask[1] && x.size(0) >= at::get_num_threads()) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward (CPU)",
-                               [&] { grad_both_by_sample_impl<scalar_t>(grad_out, x, flow, grad_x, grad_flow, mode); });
+                               [&] { backward_impl<scalar_t>(grad_out, x, flow, &grad_x, grad_flow, mode); });
     return {grad_x, grad_flow};
   }
   if (output_mask[0]) {
@@ -213,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
   }
   if (output_mask[1]) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dtc::warp_backward flow (CPU)",
-                               [&] { grad_flow_impl<scalar_t>(grad_out, x, flow, grad_flow, mode); });
+                               [&] { backward_impl<scalar_t>(grad_out, x, flow, nullptr, grad_flow, mode); });
   }
   return {grad_x, grad_flow};
 }
