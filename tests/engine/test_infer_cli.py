@@ -87,3 +87,10 @@ def test_evaluate_checkpoint_on_its_test_split(teacher_ckpt, tmp_path, capsys):
                  f"data.root={tmp_path / 'missing'}"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["evaluate", "-o", str(tmp_path / "e3"), "only-one-folder"]) == 2
+
+
+def test_dtc_bench_dispatches_to_the_benchmark_modules(capsys):
+    assert main(["bench", "warp", "--size", "1,1,32,32", "--repeat", "1"]) == 0
+    assert "| 1,1,32,32 | fwd+bwd |" in capsys.readouterr().out
+    assert main(["bench", "no-such-bench"]) == 2
+    assert "expected one of" in capsys.readouterr().err
