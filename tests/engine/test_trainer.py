@@ -150,11 +150,15 @@ def test_two_process_gloo_ddp_through_torchrun_with_collective_early_stop(tmp_pa
     overrides = ["data.height=48", "data.width=64", "data.num_videos=6", "data.frames=8", "data.batch_size=2",
                  "data.max_windows=8", "model.kwargs={base: 4}", "run.progress=false", "run.threads=1",
                  "optim.lr=1e-9", "optim.epochs=5", "optim.early_stop_patience=1", "optim.scheduler=none"]
+    # Each rank's stdout goes to its own file (--redirects), so the two summaries cannot interleave.
+    logs = tmp_path / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "dtc", "train-teacher", "--out", str(tmp_path / "ddp"), *overrides]
+           f"--log-dir={logs}", "--redirects=3", "-m", "dtc", "train-teacher", "--out", str(tmp_path / "ddp"), *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    outputs = sorted(logs.rglob("stdout.log"))
+    assert len(outputs) == 2, outputs
+    summaries = [json.loads(line) for path in outputs for line in path.read_text().splitlines() if line.startswith("{")]
     assert len(summaries) == 2
     assert summaries[0] == summaries[1]  # metrics are gathered across ranks: both see the same values
     assert summaries[0]["epochs"] == 2 and summaries[0]["early_stopped"]
