@@ -21,18 +21,32 @@ constexpr int kThreads = 256;
 
 inline int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
+// The thread's output pixel (sample n, offset yx within a plane) and its bilinear taps, sampled at
+// p - F(p); false for threads past the last pixel.
+template <typename opmath_t, typename scalar_t, typename index_t>
+__device__ __forceinline__ bool thread_pixel_taps(const scalar_t* __restrict__ flow, index_t N, index_t H, index_t W,
+                                                  math::Padding padding, index_t* n, index_t* yx,
+                                                  math::BilinearTaps<opmath_t>* t) {
+  const index_t HW = H * W;
+  const index_t pixel = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (pixel >= N * HW) return false;
+  *n = pixel / HW;
+  *yx = pixel % HW;
+  const index_t y = *yx / W, xi = *yx % W;
+  const scalar_t* f = flow + *n * 2 * HW + *yx;
+  *t = math::bilinear_taps<opmath_t>(opmath_t(xi) - opmath_t(f[0]), opmath_t(y) - opmath_t(f[HW]), W, H, padding);
+  return true;
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void warp_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ flow,
                                     scalar_t* __restrict__ out, index_t N, index_t C, index_t H, index_t W,
                                     math::Padding padding) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t HW = H * W;
-  const index_t pixel = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (pixel >= N * HW) return;
-  const index_t n = pixel / HW, yx = pixel % HW, y = yx / W, xi = yx % W;
-  const scalar_t* f = flow + n * 2 * HW + yx;
-  const auto t = math::bilinear_taps<opmath_t>(opmath_t(xi) - opmath_t(f[0]), opmath_t(y) - opmath_t(f[HW]), W, H,
-                                               padding);
+  index_t n, yx;
+  math::BilinearTaps<opmath_t> t;
+  if (!thread_pixel_taps(flow, N, H, W, padding, &n, &yx, &t)) return;
   for (index_t c = 0; c < C; ++c) {
     const scalar_t* plane = x + (n * C + c) * HW;
     opmath_t value;
@@ -55,12 +69,9 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
                                      math::Padding padding) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t HW = H * W;
-  const index_t pixel = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (pixel >= N * HW) return;
-  const index_t n = pixel / HW, yx = pixel % HW, y = yx / W, xi = yx % W;
-  const scalar_t* f = flow + n * 2 * HW + yx;
-  const auto t = math::bilinear_taps<opmath_t>(opmath_t(xi) - opmath_t(f[0]), opmath_t(y) - opmath_t(f[HW]), W, H,
-                                               padding);
+  index_t n, yx;
+  math::BilinearTaps<opmath_t> t;
+  if (!thread_pixel_taps(flow, N, H, W, padding, &n, &yx, &t)) return;
   opmath_t acc_x = 0, acc_y = 0;
   if (t.finite) {
     const index_t numel = N * C * HW;
