@@ -126,6 +126,31 @@ void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntA
                    t.device());
 }
 
+void check_local_prototypes_backward_args(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                          const at::Tensor& mass, const at::Tensor& probs,
+                                          const at::Tensor& features, const at::Tensor& flows,
+                                          const at::Tensor& threshold) {
+  const char* op = "local_prototypes_backward";
+  check_prototype_args(op, probs, features, &flows, threshold);
+  const int64_t B = probs.size(0), Tn = probs.size(1), C = features.size(2);
+  check_saved(op, "grad_prev", grad_prev, {B, Tn - 1, C}, features);
+  check_saved(op, "grad_cur", grad_cur, {B, Tn - 1, C}, features);
+  check_saved(op, "mass", mass, {B, Tn - 1}, features);
+}
+
+void check_global_prototypes_backward_args(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                           const at::Tensor& mass_prev, const at::Tensor& mass_cur,
+                                           const at::Tensor& probs, const at::Tensor& features,
+                                           const at::Tensor& threshold) {
+  const char* op = "global_prototypes_backward";
+  check_prototype_args(op, probs, features, nullptr, threshold);
+  const int64_t B = probs.size(0), Tn = probs.size(1), C = features.size(2);
+  check_saved(op, "grad_prev", grad_prev, {B, Tn - 1, C}, features);
+  check_saved(op, "grad_cur", grad_cur, {B, Tn - 1, C}, features);
+  check_saved(op, "mass_prev", mass_prev, {B, Tn - 1}, features);
+  check_saved(op, "mass_cur", mass_cur, {B, Tn - 1}, features);
+}
+
 }  // namespace ops
 
 namespace {

@@ -24,6 +24,17 @@ void check_prototype_args(const char* op, const at::Tensor& probs, const at::Ten
 void check_pointwise_loss_args(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
                                const at::Tensor& b, bool b_is_prob);
 
+// The backward ops of the prototypes: the forward's checks plus the incoming gradients [B, T-1, C]
+// and the saved masses [B, T-1].
+void check_local_prototypes_backward_args(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                          const at::Tensor& mass, const at::Tensor& probs,
+                                          const at::Tensor& features, const at::Tensor& flows,
+                                          const at::Tensor& threshold);
+void check_global_prototypes_backward_args(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
+                                           const at::Tensor& mass_prev, const at::Tensor& mass_cur,
+                                           const at::Tensor& probs, const at::Tensor& features,
+                                           const at::Tensor& threshold);
+
 // A gradient or saved tensor that must match `expected` in shape, dtype and device.
 void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like);
 

@@ -340,12 +340,10 @@ at::Tensor local_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const 
                                           const at::Tensor& mass_in, const at::Tensor& probs_in,
                                           const at::Tensor& features_in, const at::Tensor& flows_in,
                                           const at::Tensor& threshold_in, bool rescale_flow) {
-  check_prototype_args("local_prototypes_backward", probs_in, features_in, &flows_in, threshold_in);
+  check_local_prototypes_backward_args(grad_prev_in, grad_cur_in, mass_in, probs_in, features_in, flows_in,
+                                       threshold_in);
   const int64_t B = probs_in.size(0), Tn = probs_in.size(1);
   const int64_t C = features_in.size(2), h = features_in.size(3), w = features_in.size(4);
-  check_saved("local_prototypes_backward", "grad_prev", grad_prev_in, {B, Tn - 1, C}, features_in);
-  check_saved("local_prototypes_backward", "grad_cur", grad_cur_in, {B, Tn - 1, C}, features_in);
-  check_saved("local_prototypes_backward", "mass", mass_in, {B, Tn - 1}, features_in);
   const c10::cuda::CUDAGuard guard(probs_in.device());
   at::globalContext().alertNotDeterministic("dtc::local_prototypes_backward (CUDA)");
   const at::Tensor probs = probs_in.contiguous(), flows = flows_in.contiguous(), threshold = threshold_in.contiguous();
@@ -448,14 +446,10 @@ at::Tensor global_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const
                                            const at::Tensor& mass_prev_in, const at::Tensor& mass_cur_in,
                                            const at::Tensor& probs_in, const at::Tensor& features_in,
                                            const at::Tensor& threshold_in) {
-  check_prototype_args("global_prototypes_backward", probs_in, features_in, nullptr, threshold_in);
+  check_global_prototypes_backward_args(grad_prev_in, grad_cur_in, mass_prev_in, mass_cur_in, probs_in, features_in,
+                                        threshold_in);
   const int64_t B = probs_in.size(0), Tn = probs_in.size(1), H = probs_in.size(3), W = probs_in.size(4);
   const int64_t C = features_in.size(2), h = features_in.size(3), w = features_in.size(4);
-  const char* op = "global_prototypes_backward";
-  check_saved(op, "grad_prev", grad_prev_in, {B, Tn - 1, C}, features_in);
-  check_saved(op, "grad_cur", grad_cur_in, {B, Tn - 1, C}, features_in);
-  check_saved(op, "mass_prev", mass_prev_in, {B, Tn - 1}, features_in);
-  check_saved(op, "mass_cur", mass_cur_in, {B, Tn - 1}, features_in);
   const c10::cuda::CUDAGuard guard(probs_in.device());
   const at::Tensor probs = probs_in.contiguous(), threshold = threshold_in.contiguous();
   const at::Tensor g_prev = grad_prev_in.contiguous(), g_cur = grad_cur_in.contiguous();
