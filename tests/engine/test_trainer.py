@@ -155,7 +155,8 @@ def test_two_process_gloo_ddp_through_torchrun_with_collective_early_stop(tmp_pa
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            f"--log-dir={logs}", "--redirects=3", "-m", "dtc", "train-teacher", "--out", str(tmp_path / "ddp"), *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank_logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(logs.rglob("*.log")))
+    assert proc.returncode == 0, proc.stderr[-2000:] + rank_logs
     outputs = sorted(logs.rglob("stdout.log"))
     assert len(outputs) == 2, outputs
     summaries = [json.loads(line) for path in outputs for line in path.read_text().splitlines() if line.startswith("{")]

@@ -58,3 +58,10 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def shutdown(self) -> None:
+        """Leave the process group together: a rank that exits while its peer still talks to it makes
+        gloo abort the peer (SIGABRT) at interpreter exit."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

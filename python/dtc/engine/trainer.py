@@ -420,4 +420,8 @@ class Trainer:
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Validate ``cfg``, train, and return the summary (``best_val_dice``, ``history``, ``out_dir``)."""
-    return Trainer(cfg, resume=resume).fit()
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.shutdown()
