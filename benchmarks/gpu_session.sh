@@ -25,8 +25,9 @@ status "cuda tests" "$(tail -1 "$OUT/cuda_tests.log")"
 status "all tests (not slow)" "$(tail -1 "$OUT/all_tests.log")"
 
 # Small shapes keep the sanitizer's slowdown affordable; every kernel family runs at least once.
-for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" "losses --device cuda --small --repeat 1" \
-             "flow --device cuda --small --repeat 1"; do
+for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" \
+             "losses --device cuda --B 1 --T 2 --H 64 --W 96 --repeat 1" \
+             "flow --device cuda --size 64,96 --batch 2 --repeat 1"; do
   name=${bench%% *}
   if compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m dtc.bench $bench > "$OUT/sanitizer_$name.log" 2>&1; then
     status "memcheck $name" "clean"
@@ -35,9 +36,11 @@ for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" "losses --device c
   fi
 done
 
-for bench in warp losses flow infer; do
-  python3 -m dtc.bench $bench --device cuda > "$OUT/bench_$bench.md" 2>&1
-  status "bench $bench" "exit $? (bench_$bench.md)"
+for bench in "warp --device cuda" "losses --device cuda" "flow --device cuda" "infer --devices cuda" \
+             "step --device cuda --model unet --channels-last"; do
+  name=${bench%% *}
+  python3 -m dtc.bench $bench > "$OUT/bench_$name.md" 2>&1
+  status "bench $name" "exit $? (bench_$name.md)"
 done
 cat "$OUT"/bench_*.md
 echo; echo "== summary =="; cat "$OUT/summary.txt"

@@ -94,3 +94,13 @@ def test_dtc_bench_dispatches_to_the_benchmark_modules(capsys):
     assert "| 1,1,32,32 | fwd+bwd |" in capsys.readouterr().out
     assert main(["bench", "no-such-bench"]) == 2
     assert "expected one of" in capsys.readouterr().err
+
+
+def test_stage2_step_benchmark_reports_every_part(capsys):
+    args = ["bench", "step", "--device", "cpu", "--model", "student", "--kwargs", '{"base": 4}', "--B", "1",
+            "--H", "48", "--W", "64", "--repeat", "1", "--flow", "gt", "--amp", "off"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for part in ("| flow |", "| teacher + pseudo-labels |", "| student forward |", "| losses |",
+                 "| backward + optimiser |", "| **step** |"):
+        assert part in out, part
