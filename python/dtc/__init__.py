@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {
-    "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "bench", "cli",
+    "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "experiments", "bench", "cli", "io",
 }
 
 
