@@ -126,6 +126,14 @@ void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntA
                    t.device());
 }
 
+FeatureFlow feature_flow(const at::Tensor& flows, int64_t h, int64_t w, bool rescale) {
+  const int64_t B = flows.size(0), T = flows.size(1), H = flows.size(3), W = flows.size(4);
+  if (h == H && w == W) return {flows.contiguous(), T, 0};
+  at::Tensor used = flows.narrow(1, 1, T - 1).reshape({B * (T - 1), 2, H, W});
+  at::Tensor resized = dtc::resize_flow(used, {h, w}, /*align_corners=*/true, rescale);
+  return {resized.reshape({B, T - 1, 2, h, w}).contiguous(), T - 1, 1};
+}
+
 void check_local_prototypes_backward_args(const at::Tensor& grad_prev, const at::Tensor& grad_cur,
                                           const at::Tensor& mass, const at::Tensor& probs,
                                           const at::Tensor& features, const at::Tensor& flows,

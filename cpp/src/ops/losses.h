@@ -35,6 +35,15 @@ void check_global_prototypes_backward_args(const at::Tensor& grad_prev, const at
                                            const at::Tensor& probs, const at::Tensor& features,
                                            const at::Tensor& threshold);
 
+// Flow of pair (b, t) at the local features' resolution, shared by the CPU and CUDA prototype kernels:
+// the input flows themselves when the sizes agree, else a bilinear resize of the T-1 used frames
+// (small: 2 channels).
+struct FeatureFlow {
+  at::Tensor storage;
+  int64_t frames_per_window, frame_offset;  // flow of pair t lives at frame t - frame_offset
+};
+FeatureFlow feature_flow(const at::Tensor& flows, int64_t h, int64_t w, bool rescale);
+
 // A gradient or saved tensor that must match `expected` in shape, dtype and device.
 void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like);
 

@@ -18,21 +18,6 @@ namespace {
 constexpr int64_t kChannelBlock = 16;
 constexpr double kMapEps = 1e-6;
 
-// Flow of pair (b, t) at the features' resolution: the input flows themselves when the sizes agree,
-// else a bilinear resize of the T-1 used frames (small: 2 channels).
-struct FeatureFlow {
-  at::Tensor storage;
-  int64_t frames_per_window, frame_offset;  // flow of pair t lives at frame t - frame_offset
-};
-
-FeatureFlow feature_flow(const at::Tensor& flows, int64_t h, int64_t w, bool rescale) {
-  const int64_t B = flows.size(0), T = flows.size(1), H = flows.size(3), W = flows.size(4);
-  if (h == H && w == W) return {flows.contiguous(), T, 0};
-  at::Tensor used = flows.narrow(1, 1, T - 1).reshape({B * (T - 1), 2, H, W});
-  at::Tensor resized = dtc::resize_flow(used, {h, w}, /*align_corners=*/true, rescale);
-  return {resized.reshape({B, T - 1, 2, h, w}).contiguous(), T - 1, 1};
-}
-
 std::vector<int64_t> nearest_sources(int64_t out, int64_t in) {
   std::vector<int64_t> src(out);
   for (int64_t i = 0; i < out; ++i) src[i] = math::nearest_source(i, in, out);

@@ -198,19 +198,6 @@ at::Tensor consistency_backward_cuda(const at::Tensor& grad_loss, const at::Tens
 }
 
 // ---------------------------------------------------------------- prototypes
-struct FeatureFlow {
-  at::Tensor storage;
-  int64_t frames_per_window, frame_offset;  // flow of pair t lives at frame t - frame_offset
-};
-
-FeatureFlow feature_flow(const at::Tensor& flows, int64_t h, int64_t w, bool rescale) {
-  const int64_t B = flows.size(0), T = flows.size(1), H = flows.size(3), W = flows.size(4);
-  if (h == H && w == W) return {flows.contiguous(), T, 0};
-  at::Tensor used = flows.narrow(1, 1, T - 1).reshape({B * (T - 1), 2, H, W});
-  at::Tensor resized = dtc::resize_flow(used, {h, w}, /*align_corners=*/true, rescale);
-  return {resized.reshape({B, T - 1, 2, h, w}).contiguous(), T - 1, 1};
-}
-
 template <typename scalar_t>
 __global__ void local_mask_kernel(const scalar_t* __restrict__ probs, const scalar_t* __restrict__ flows,
                                   const scalar_t* __restrict__ thr, uint8_t* __restrict__ mask, int64_t B, int64_t Tn,
