@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dtc.engine.inference import resolve_device
@@ -183,20 +182,15 @@ def _plot(predictions: dict, out: Path) -> None:
 
 def _overlay(predictions: dict, out: Path) -> None:
     """Test video with the ground truth (yellow), the baseline (magenta) and DTC (green) contours."""
-    import cv2
-
     from dtc.engine.infer import overlay_frame, write_overlay_video
 
     video = sorted(predictions["dtc"])[0]
     d, b = predictions["dtc"][video], predictions["baseline"][video]
     frames = []
     for k in range(len(d["frame"])):
-        f = overlay_frame(d["image"][k].numpy(), d["prob"][k].numpy(), colour=(0, 255, 0),
-                          second=b["prob"][k].numpy(), second_colour=(255, 0, 255))
-        gt, _ = cv2.findContours((d["mask"][k].numpy() > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                 cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(f, gt, -1, (0, 255, 255), 1)
-        frames.append(cv2.resize(f, (f.shape[1] * 2, f.shape[0] * 2), interpolation=cv2.INTER_NEAREST))
+        frames.append(overlay_frame(d["image"][k].numpy(), d["prob"][k].numpy(), colour=(0, 255, 0),
+                                    second=b["prob"][k].numpy(), second_colour=(255, 0, 255),
+                                    truth=d["mask"][k].numpy(), scale=2))
     write_overlay_video(out / "overlay.mp4", frames, fps=8)
 
 

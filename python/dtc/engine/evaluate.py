@@ -83,11 +83,7 @@ def write_worst_frames(videos: dict, scores: dict, path: Path, count: int) -> Pa
     frames = []
     for dice, vid, k in ranked:
         v = videos[vid]
-        f = overlay_frame(v["image"][k].numpy(), v["prob"][k].numpy())
-        gt, _ = cv2.findContours((v["mask"][k].numpy() > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                 cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(f, gt, -1, (0, 255, 255), 1)
-        f = cv2.resize(f, (f.shape[1] * 2, f.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+        f = overlay_frame(v["image"][k].numpy(), v["prob"][k].numpy(), truth=v["mask"][k].numpy(), scale=2)
         cv2.putText(f, f"{vid} #{v['frame'][k]} Dice {dice:.3f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (255, 255, 255), 1, cv2.LINE_AA)
         frames.append(f)

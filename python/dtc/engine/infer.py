@@ -30,16 +30,19 @@ def _records_for(input_path: Path):
 
 
 def overlay_frame(grey: np.ndarray, prob: np.ndarray, colour=(0, 255, 0), second: Optional[np.ndarray] = None,
-                  second_colour=(255, 0, 255)) -> np.ndarray:
-    """A BGR uint8 frame: the grey image with the contour of ``prob > 0.5`` (and of ``second``)."""
+                  second_colour=(255, 0, 255), truth: Optional[np.ndarray] = None, scale: int = 1) -> np.ndarray:
+    """A BGR uint8 frame: the grey image with the contour of ``prob > 0.5`` (and of ``second``), the
+    ground truth ``truth > 0.5`` in yellow on top, enlarged ``scale`` times (nearest) for viewing."""
     import cv2
 
     frame = cv2.cvtColor(np.clip(grey * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    for p, c in ((prob, colour), (second, second_colour)):
+    for p, c in ((prob, colour), (second, second_colour), (truth, (0, 255, 255))):
         if p is None:
             continue
         contours, _ = cv2.findContours((p > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(frame, contours, -1, c, 1)
+    if scale != 1:
+        frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     return frame
 
 
