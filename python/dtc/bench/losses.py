@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     print(f"device: {device_name(args.device)}; copy bandwidth {bandwidth:.1f} GB/s; preset {args.preset!r}; "
           f"B={args.B} T={args.T} {args.H}x{args.W}, local {args.local_channels} ch, global {args.global_channels} ch "
           f"at {args.H // 16}x{args.W // 16}; float32, forward+backward, median of {args.repeat}")
-    print(f"| term | composition ms | fused ms | speed-up | floor ms | fused / floor | composition MiB | fused MiB |")
+    print("| term | composition ms | fused ms | speed-up | floor ms | fused / floor | composition MiB | fused MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         (ref_ms, ref_mb), (fused_ms, fused_mb) = r["reference"], r["fused"]

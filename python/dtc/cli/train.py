@@ -1,7 +1,6 @@
 """`dtc train-teacher` (stage 1) and `dtc train-student` (stage 2)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 

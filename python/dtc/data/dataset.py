@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -371,7 +371,7 @@ class TRUSScene:
 
     # -- motion --------------------------------------------------------------------------------
     def _build_motion(self, rng: np.random.Generator):
-        cfg, m = self.config, self.margin
+        cfg = self.config
         H, W = cfg.height, cfg.width
         n = cfg.frames
         Ht, Wt = self.tissue_shape

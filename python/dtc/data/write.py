@@ -16,10 +16,8 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from dtc.data.dataset import patient_split, synthetic_video_table

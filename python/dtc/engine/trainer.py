@@ -17,7 +17,6 @@ import io
 import math
 import os
 import random
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
