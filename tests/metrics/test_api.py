@@ -127,10 +127,12 @@ def test_cli_on_fixture(fixtures_dir, tmp_path, capsys):
     cli.register(parser.add_subparsers())
     root = fixtures_dir / "sunseg-metrics-cvc300"
     args = parser.parse_args(["evaluate", str(root / "Pred/2019-TPAMI-COSNet/CVC-ColonDB-300"),
-                              str(root / "GT/CVC-ColonDB-300/GT"), "-o", str(tmp_path), "--no-plots"])
+                              str(root / "GT/CVC-ColonDB-300/GT"), "-o", str(tmp_path), "--no-plots",
+                              "--case-decimals", "3"])
     assert args.func(args) == 0
     overall = next(csv.DictReader((tmp_path / "sunseg_overall.csv").open()))
     assert round(float(overall["Smeasure"]), 3) == 0.642 and round(float(overall["meanDic"]), 3) == 0.317
+    assert overall["wFmeasure"] == "0.3405"  # mean of the rounded case scores 0.181 and 0.500
     assert "| videos | frames | Sα |" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cli.run(parser.parse_args(["evaluate", str(tmp_path / "nope"), str(root / "GT/CVC-ColonDB-300/GT"), "-o",

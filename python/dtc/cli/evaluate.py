@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help="do not min-max normalise each prediction for the SUN-SEG suite (the toolbox does)")
     p.add_argument("--keep-ends", action="store_true",
                    help="keep each video's first and last frame in the SUN-SEG suite (the toolbox drops them)")
+    p.add_argument("--case-decimals", type=int, default=None, metavar="N",
+                   help="round each video's scalar SUN-SEG scores to N decimals before the mean over videos, as the "
+                        "toolbox version behind the published SUN-SEG tables did (N=3); default: no rounding")
     p.add_argument("--threshold", type=float, default=0.5, help="threshold of the binary metrics (default 0.5)")
     p.add_argument("--backend", choices=("auto", "numpy", "cpp"), default="auto")
     p.add_argument("--no-plots", action="store_true")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     total, frames = iter_prediction_folders(args.predictions, args.masks)
     result = evaluate_predictions(
         frames, preset=args.preset, normalize=None if args.no_normalize else "minmax",
-        drop_ends=False if args.keep_ends else None, threshold=args.threshold, backend=args.backend,
+        drop_ends=False if args.keep_ends else None, case_decimals=args.case_decimals, threshold=args.threshold,
+        backend=args.backend,
         out_dir=args.out, plots=not args.no_plots, total=total,
     )
     print(rows_to_markdown([result.overall]).decode(), end="")

@@ -60,9 +60,9 @@ class EvaluationResult:
 
 
 def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normalize: str | None = "minmax",
-                         drop_ends: bool | None = None, threshold: float = 0.5, spacing=None, backend: str = "auto",
-                         warp=None, out_dir: str | os.PathLike | None = None, plots: bool = True,
-                         progress: bool = True, total: int | None = None) -> EvaluationResult:
+                         drop_ends: bool | None = None, case_decimals: int | None = None, threshold: float = 0.5,
+                         spacing=None, backend: str = "auto", warp=None, out_dir: str | os.PathLike | None = None,
+                         plots: bool = True, progress: bool = True, total: int | None = None) -> EvaluationResult:
     """Evaluate a stream of frames.
 
     ``pred_iter`` yields ``(video_id, frame_index, prob, gt)`` or ``(video_id, frame_index, prob, gt,
@@ -71,14 +71,15 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
     then dy; enables TC_flow, warping IoU and warping error). Frames of one video must come in
     increasing ``frame_index`` order; videos may interleave.
 
-    ``preset``/``normalize``/``drop_ends`` configure the SUN-SEG suite (see
+    ``preset``/``normalize``/``drop_ends``/``case_decimals`` configure the SUN-SEG suite (see
     :class:`dtc.metrics.objects.SUNSegMetric`); threshold metrics and temporal metrics use every frame.
     When ``out_dir`` is given, writes per_frame.csv, per_video.{csv,md}, overall.{csv,md} and plots
     (metrics_over_time.png, distribution.png), each file atomically.
     """
     from tqdm import tqdm
 
-    sun = SUNSegMetric(preset=preset, normalize=normalize, drop_ends=drop_ends, backend=backend)
+    sun = SUNSegMetric(preset=preset, normalize=normalize, drop_ends=drop_ends, backend=backend,
+                       case_decimals=case_decimals)
     binm = BinaryMetric(preset=preset, threshold=threshold, spacing=spacing)
     tmp = TemporalMetric(preset=preset, threshold=threshold, warp=warp)
     result = EvaluationResult()

@@ -88,11 +88,13 @@ class SUNSegMetric(_PerVideo):
     """The SUN-SEG suite (S-measure, E-measures, weighted F, F-measures, MAE, Dice/Sen/Spe/IoU curves).
 
     ``normalize="minmax"`` applies the toolbox's per-frame min-max stretch (needed to reproduce its
-    tables); ``None`` scores the probabilities as they are.
+    tables); ``None`` scores the probabilities as they are. ``case_decimals=3`` rounds each video's
+    scalar scores before the mean over videos, as the toolbox version that produced its published
+    tables did (:mod:`dtc.metrics.sunseg`).
     """
 
     def __init__(self, preset: str = "sunseg", normalize: str | None = "minmax", drop_ends: bool | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", case_decimals: int | None = None):
         from dtc.metrics.functional import resolve_backend
 
         if normalize not in ("minmax", None):
@@ -100,6 +102,8 @@ class SUNSegMetric(_PerVideo):
         self.normalize = normalize
         self.drop_ends = (preset == "sunseg") if drop_ends is None else bool(drop_ends)
         self.backend = resolve_backend(backend)
+        sunseg_mod.check_case_decimals(case_decimals)
+        self.case_decimals = case_decimals
         super().__init__(preset)
 
     def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
@@ -124,7 +128,8 @@ class SUNSegMetric(_PerVideo):
             overall = OrderedDict((k, round(float(np.mean([b[k] for b in per_batch])), 3)) for k in per_batch[0])
             per_video = {v: sunseg_mod.summarize(sunseg_mod.mean_records(recs)) for v, recs in self._ordered().items()}
             return {"per_video": per_video, "overall": overall}
-        per_video, overall = sunseg_mod.per_case_protocol(self._ordered(), drop_ends=self.drop_ends)
+        per_video, overall = sunseg_mod.per_case_protocol(self._ordered(), drop_ends=self.drop_ends,
+                                                             case_decimals=self.case_decimals)
         return {"per_video": per_video, "overall": overall}
 
 

@@ -10,6 +10,13 @@ reproduces it (checked against the toolbox's own result table in the tests):
 4. every quantity (scalars and 256-threshold curves) is averaged over the frames of a case, then over
    cases; ``mean*``/``max*`` are the mean/max of the averaged curve; the table shows 3 decimals.
 
+One version detail matters at the third decimal: the toolbox at commit a718e53 (``MyEval.py``, which
+produced the result table in ``../shared/fixtures``) rounds each case's scalar scores (S-measure,
+weighted F, MAE, adaptive E and F) to 3 decimals *before* averaging over cases; later versions
+(``vps_evaluator.py``, 2022-03-14) average unrounded values. ``case_decimals=3`` reproduces the former,
+``None`` (default) the latter. On the fixture this moves weighted F from 0.3404958 (prints 0.340) to
+0.3405 (prints 0.341, as the table does).
+
 Convention:
     frame records are dicts from :func:`dtc.metrics.functional.sunseg_frame`; summaries use the
     toolbox's column names (``Smeasure, wFmeasure, MAE, adpEm, meanEm, maxEm, adpFm, meanFm, maxFm,
@@ -106,21 +113,40 @@ def summarize(averaged: dict) -> "OrderedDict[str, float]":
     return out
 
 
-def per_case_protocol(cases: "dict[str, list[dict]]", drop_ends: bool = True) -> tuple[dict, dict]:
+def check_case_decimals(case_decimals) -> None:
+    if case_decimals is not None and (isinstance(case_decimals, bool) or not isinstance(case_decimals, int)
+                                      or case_decimals < 0):
+        raise ValueError(f"case_decimals must be None or a non-negative int, got {case_decimals!r}")
+
+
+def per_case_protocol(cases: "dict[str, list[dict]]", drop_ends: bool = True,
+                      case_decimals: int | None = None) -> tuple[dict, dict]:
     """Average per case (frames in order, optionally without first/last), then over cases.
 
-    Returns ``(per_case_summaries, overall_summary)``.
+    ``case_decimals``: round each case's scalar scores before the cross-case mean (the a718e53
+    toolbox; see the module docstring). Returns ``(per_case_summaries, overall_summary)``; the
+    per-case summaries are the rounded values when rounding is on, since those are what was averaged.
     """
     if not cases:
         raise ValueError("no videos to evaluate")
+    check_case_decimals(case_decimals)
     per_case_avg = {}
     for case, frames in cases.items():
         kept = frames[1:-1] if drop_ends else frames
         if not kept:
             raise ValueError(f"video {case!r} has {len(frames)} frame(s); the SUN-SEG protocol drops the first "
                              "and last frame, so it needs at least 3 (pass drop_ends=False to keep them)")
-        per_case_avg[case] = mean_records(kept)
+        averaged = mean_records(kept)
+        if case_decimals is not None:
+            for key in ref.SUNSEG_SCALARS:
+                averaged[key] = np.round(averaged[key], case_decimals)
+        per_case_avg[case] = averaged
     overall = mean_records(list(per_case_avg.values()))
+    if case_decimals is not None:
+        # Rounded case scores often average to an exact tie (0.3405); the toolbox stores each scalar as
+        # 256 copies and averages those, and that sum's last-bit error decides how the tie prints.
+        for key in ref.SUNSEG_SCALARS:
+            overall[key] = np.full(256, overall[key]).mean()
     return {c: summarize(a) for c, a in per_case_avg.items()}, summarize(overall)
 
 
@@ -176,8 +202,11 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def evaluate_folders(pred_root, gt_root, drop_ends: bool = True, backend: str = "auto",
-                     progress: bool = True) -> tuple[dict, dict]:
-    """Run the SUN-SEG toolbox protocol on a prediction tree; returns (per-case, overall) summaries."""
+                     progress: bool = True, case_decimals: int | None = None) -> tuple[dict, dict]:
+    """Run the SUN-SEG toolbox protocol on a prediction tree; returns (per-case, overall) summaries.
+
+    ``case_decimals=3`` reproduces the a718e53 toolbox's per-case rounding (see the module docstring).
+    """
     from tqdm import tqdm
 
     from dtc.metrics.functional import sunseg_frame
@@ -196,4 +225,4 @@ def evaluate_folders(pred_root, gt_root, drop_ends: bool = True, backend: str = 
                 p, g = prepare_frame(read_gray(pred_file), read_gray(gt_file), normalize="minmax", name=str(pred_file))
                 recs.append(sunseg_frame(p, g, backend=backend))
             records[case] = recs
-    return per_case_protocol(records, drop_ends=drop_ends)
+    return per_case_protocol(records, drop_ends=drop_ends, case_decimals=case_decimals)
