@@ -142,6 +142,35 @@ def test_extreme_logits_stay_finite(impl):
     close(loss, oracle.bce_dice(z.detach().double(), y.double()), torch.float32)
 
 
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_vectorised_float32_math_over_the_whole_logit_range(tau):
+    """The fused float32 CPU kernels use their own vectorised exp/log1p (simd_math.h): sweep logits
+    through every regime (tiny, moderate, the clamp at |z| = 87..88, far beyond) against float64, with
+    lengths that leave a remainder after the vector loop, and element-wise gradients."""
+    sweep = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor([0.0, -0.0, 1e-8, -1e-8, 87.0, -87.0, 88.5,
+                                                                          -88.5, 1e4, -1e4])])
+    z = sweep[torch.randperm(len(sweep), generator=torch.Generator().manual_seed(0))].reshape(1, 1, 1, -1)
+    y = torch.rand(z.shape, generator=torch.Generator().manual_seed(1))
+    zt = z.flip(-1)
+    z.requires_grad_(True)
+    zd = z.detach().double().requires_grad_(True)
+    for ours, ref in ((losses.bce_dice(z, y, impl="fused"), oracle.bce_dice(zd, y.double())),
+                      (losses.kd_loss(z, zt, tau, impl="fused"), oracle.kd(zd, zt.double(), tau))):
+        close(ours, ref, torch.float32)
+        (g,) = torch.autograd.grad(ours, z)
+        (gd,) = torch.autograd.grad(ref, zd)
+        grad_close(g, gd, torch.float32)
+
+
+def test_nan_logits_give_nan_losses_like_the_composition():
+    z = torch.zeros(2, 1, 3, 5)
+    z[1, 0, 1, 2] = float("nan")
+    y = torch.ones_like(z)
+    for impl in IMPLS:
+        assert torch.isnan(losses.bce_dice(z, y, impl=impl)), impl
+        assert torch.isnan(losses.kd_loss(z, torch.zeros_like(z), 4.0, impl=impl)), impl
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_percentile_threshold_matches_quantile(impl):
     d = make_case("random", B=3, T=4, H=10, W=13, seed=8)

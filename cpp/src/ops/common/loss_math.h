@@ -99,6 +99,9 @@ struct ConsistencyParams {
   bool soft_target;               // false: the warped prediction is binarised at 0.5 (no gradient)
   bool occlusion;                 // multiply M by the forward-backward test (flows_bw given)
   T scale[kMaxImageChannels];     // per-channel factor of the residual (1/std for normalised images)
+  // The CPU kernels pass sigmoid(logits) computed once per element (a vectorised pass) instead of
+  // logits, saving the four per-tap sigmoids of the warped target; the CUDA kernels pass logits.
+  bool probabilities = false;
 };
 
 // The quantities of one pixel p of pair (b, t): the taps of p - F(p), the confidence M(p), the target
@@ -109,6 +112,7 @@ struct ConsistencyPixel {
   T conf, target, p_cur;
 };
 
+// `logits` holds probabilities instead when P.probabilities is set.
 template <typename T, typename S>
 DTC_HOST_DEVICE ConsistencyPixel<T> consistency_pixel(const ConsistencyParams<T>& P, const S* logits, const S* images,
                                                       const S* flows, const S* flows_bw, int64_t b, int64_t t,
@@ -118,14 +122,16 @@ DTC_HOST_DEVICE ConsistencyPixel<T> consistency_pixel(const ConsistencyParams<T>
   const T fx = T(flow[yx]), fy = T(flow[HW + yx]);
   ConsistencyPixel<T> out;
   out.taps = bilinear_taps<T>(T(x) - fx, T(y) - fy, P.W, P.H, Padding::Border);
-  out.p_cur = sigmoid(T(logits[(b * P.T_ + t) * HW + yx]));
+  const T z_cur = T(logits[(b * P.T_ + t) * HW + yx]);
+  out.p_cur = P.probabilities ? z_cur : sigmoid(z_cur);
   if (!out.taps.finite) {
     // A non-finite flow vector: no reliable correspondence, so the pixel gets zero confidence.
     out.conf = T(0);
     out.target = T(0);
     return out;
   }
-  const T warped = sample_sigmoid_plane(out.taps, logits + (b * P.T_ + t - 1) * HW, P.W);
+  const S* prev = logits + (b * P.T_ + t - 1) * HW;
+  const T warped = P.probabilities ? sample_plane(out.taps, prev, P.W) : sample_sigmoid_plane(out.taps, prev, P.W);
   out.target = P.soft_target ? warped : (warped > T(0.5) ? T(1) : T(0));
   const S* img_cur = images + (b * P.T_ + t) * P.C * HW;
   const S* img_prev = images + (b * P.T_ + t - 1) * P.C * HW;

@@ -1,7 +1,8 @@
 // CPU kernels of dtc::temporal_consistency. The forward is parallel over image rows with one partial
 // sum per row, reduced in a fixed order; the backward is parallel over output frames, each frame
 // gathering its direct term and (soft target) the scatter of the next pair into it, so results are
-// deterministic without atomics. Sums accumulate in double.
+// deterministic without atomics. Sums accumulate in double. Both start with one vectorised sigmoid
+// pass over the logits, so the per-pixel work gathers probabilities.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "ops/common/loss_math.h"
+#include "ops/cpu/simd_math.h"
 #include "ops/losses.h"
 
 namespace dtc::ops {
@@ -37,7 +39,27 @@ ConsistencyParams<T> make_params(const at::Tensor& logits, const at::Tensor& ima
 }
 
 template <typename T>
-void forward_impl(const ConsistencyParams<T>& P, const T* logits, const T* images, const T* flows, const T* flows_bw,
+void sigmoid_into(const T* z, int64_t n, T* p) {
+  for (int64_t k = 0; k < n; ++k) p[k] = math::sigmoid(z[k]);
+}
+
+DTC_SIMD_CLONES void sigmoid_into(const float* z, int64_t n, float* p) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) p[k] = simd::sigmoid(z[k]);
+}
+
+// sigmoid of every logit, once: the kernels then gather probabilities (P.probabilities).
+template <typename T>
+std::vector<T> probabilities_of(const T* logits, int64_t n) {
+  std::vector<T> probs(n);
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    sigmoid_into(logits + begin, end - begin, probs.data() + begin);
+  });
+  return probs;
+}
+
+template <typename T>
+void forward_impl(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows, const T* flows_bw,
                   bool normalise, T* loss, T* mass_out, T* conf_map, T* target_map) {
   const int64_t pairs = P.B * (P.T_ - 1), rows = pairs * P.H;
   std::vector<double> agree_rows(rows), mass_rows(rows);
@@ -47,7 +69,7 @@ void forward_impl(const ConsistencyParams<T>& P, const T* logits, const T* image
       const int64_t b = pair / (P.T_ - 1), t = pair % (P.T_ - 1) + 1;
       double agree = 0, mass = 0;
       for (int64_t x = 0; x < P.W; ++x) {
-        const auto px = math::consistency_pixel<T>(P, logits, images, flows, flows_bw, b, t, y, x);
+        const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, t, y, x);
         agree += double(px.conf * (T(1) - std::abs(px.p_cur - px.target)));
         mass += double(px.conf);
         if (conf_map != nullptr) {
@@ -75,7 +97,7 @@ void forward_impl(const ConsistencyParams<T>& P, const T* logits, const T* image
 }
 
 template <typename T>
-void backward_impl(const ConsistencyParams<T>& P, const T* logits, const T* images, const T* flows, const T* flows_bw,
+void backward_impl(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows, const T* flows_bw,
                    const std::vector<T>& coef, T* grad) {
   const int64_t HW = P.H * P.W;
   at::parallel_for(0, P.B * P.T_, 1, [&](int64_t begin, int64_t end) {
@@ -86,26 +108,23 @@ void backward_impl(const ConsistencyParams<T>& P, const T* logits, const T* imag
       if (s >= 1) {  // frame s is the current frame of pair s
         for (int64_t y = 0; y < P.H; ++y) {
           for (int64_t x = 0; x < P.W; ++x) {
-            const auto px = math::consistency_pixel<T>(P, logits, images, flows, flows_bw, b, s, y, x);
+            const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, s, y, x);
             g[y * P.W + x] += coef[s - 1] * px.conf * math::sign(px.p_cur - px.target) * px.p_cur * (T(1) - px.p_cur);
           }
         }
       }
       if (P.soft_target && s + 1 < P.T_) {  // frame s is the warped previous frame of pair s + 1
-        const T* z = logits + frame * HW;
+        const T* p = probs + frame * HW;
         for (int64_t y = 0; y < P.H; ++y) {
           for (int64_t x = 0; x < P.W; ++x) {
-            const auto px = math::consistency_pixel<T>(P, logits, images, flows, flows_bw, b, s + 1, y, x);
+            const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, s + 1, y, x);
             const auto& t = px.taps;
             if (!t.finite) continue;
             const T go = -coef[s] * px.conf * math::sign(px.p_cur - px.target);
             if (go == T(0)) continue;
             const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
             const int64_t i00 = t.y0 * P.W + t.x0;
-            auto add = [&](int64_t i, T w) {
-              const T p = math::sigmoid(z[i]);
-              g[i] += go * w * p * (T(1) - p);
-            };
+            auto add = [&](int64_t i, T w) { g[i] += go * w * p[i] * (T(1) - p[i]); };
             if (t.in_y0 && t.in_x0) add(i00, wy0 * wx0);
             if (t.in_y0 && t.in_x1) add(i00 + 1, wy0 * t.wx1);
             if (t.in_y1 && t.in_x0) add(i00 + P.W, t.wy1 * wx0);
@@ -141,8 +160,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
     return {loss, mass, conf, target};
   }
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency (CPU)", [&] {
-    const auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
-    forward_impl<scalar_t>(P, logits.const_data_ptr<scalar_t>(), images.const_data_ptr<scalar_t>(),
+    auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
+    P.probabilities = true;
+    const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
+    forward_impl<scalar_t>(P, probs.data(), images.const_data_ptr<scalar_t>(),
                            flows.const_data_ptr<scalar_t>(),
                            flows_bw.defined() ? flows_bw.const_data_ptr<scalar_t>() : nullptr, normalise,
                            loss.mutable_data_ptr<scalar_t>(), mass.mutable_data_ptr<scalar_t>(),
@@ -168,14 +189,16 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
   at::Tensor grad = at::zeros(logits.sizes(), logits.options());
   if (B == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CPU)", [&] {
-    const auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
+    auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
+    P.probabilities = true;
+    const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
     const at::Tensor gl = grad_loss_in.contiguous(), ms = mass_in.contiguous();
     std::vector<scalar_t> coef(T - 1);
     for (int64_t t = 0; t < T - 1; ++t) {
       const double denom = normalise ? std::max<double>(ms.const_data_ptr<scalar_t>()[t], 1e-6) : double(B * H * W);
       coef[t] = scalar_t(double(gl.const_data_ptr<scalar_t>()[t]) / denom);
     }
-    backward_impl<scalar_t>(P, logits.const_data_ptr<scalar_t>(), images.const_data_ptr<scalar_t>(),
+    backward_impl<scalar_t>(P, probs.data(), images.const_data_ptr<scalar_t>(),
                             flows.const_data_ptr<scalar_t>(),
                             flows_bw.defined() ? flows_bw.const_data_ptr<scalar_t>() : nullptr, coef,
                             grad.mutable_data_ptr<scalar_t>());
