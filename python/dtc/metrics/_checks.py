@@ -75,7 +75,10 @@ def check_pair(pred, gt, pred_name: str = "pred", gt_name: str = "gt") -> tuple[
     return p, g
 
 
+BACKENDS = ("auto", "numpy", "cpp", "torch")
+
+
 def check_backend(backend: str | None) -> str:
-    if backend not in (None, "auto", "numpy", "cpp"):
-        raise ValueError(f"backend must be 'auto', 'numpy' or 'cpp', got {backend!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'numpy', 'cpp' or 'torch', got {backend!r}")
     return backend or "auto"

@@ -1,10 +1,13 @@
-"""Functional metric API: one call per frame, validated inputs, numpy or C++ backend.
+"""Functional metric API: one call per frame, validated inputs, numpy, C++ or torch backend.
 
 Convention:
     ``pred``: (H, W) probability map in [0, 1] (float, or uint8 0..255 which is divided by 255);
     ``gt``: (H, W) binary mask (bool, {0,1} or {0,255}). Torch tensors are accepted (moved to CPU).
     ``backend``: ``"auto"`` uses the compiled core (``dtc._C``) when it is importable and numpy
-    otherwise, silently; ``"numpy"`` / ``"cpp"`` force one (``"cpp"`` raises if the core is missing).
+    otherwise, silently; ``"numpy"`` / ``"cpp"`` force one (``"cpp"`` raises if the core is missing);
+    ``"torch"`` runs :mod:`dtc.metrics.torch_backend` on the device of a tensor ``pred`` (CPU for
+    arrays). To score a batch where it already lies without leaving the device, use
+    :func:`sunseg_frames_torch`.
     SUN-SEG quantities here are computed on ``pred`` as given: the toolbox's per-frame min-max
     normalisation is applied by :func:`dtc.metrics.sunseg.prepare_frame` (and by the metric objects
     when ``normalize="minmax"``), not here.
@@ -36,6 +39,7 @@ def cpp_available() -> bool:
 
 
 def resolve_backend(backend: str | None) -> str:
+    """``"auto"`` -> ``"cpp"`` or ``"numpy"``; other names are checked and returned."""
     backend = check_backend(backend)
     if backend == "auto":
         return "cpp" if cpp_available() else "numpy"
@@ -58,16 +62,45 @@ def _sunseg_frame_cpp(pred: np.ndarray, gt: np.ndarray) -> dict:
     return out
 
 
+def _sunseg_frame_torch(p: np.ndarray, g: np.ndarray, original_pred) -> dict:
+    import torch
+
+    from dtc.metrics import torch_backend
+
+    device = original_pred.device if isinstance(original_pred, torch.Tensor) else torch.device("cpu")
+    # check_pair has validated the values already: skip the batch check (and its host read-back).
+    batch = torch_backend.sunseg_frames(torch.from_numpy(p)[None].to(device), torch.from_numpy(g)[None].to(device),
+                                        check=False)
+    return torch_backend.to_records(batch)[0]
+
+
 def sunseg_frame(pred, gt, backend: str = "auto") -> dict:
     """All SUN-SEG quantities of one frame.
 
     Returns a dict with scalars ``Smeasure, wFmeasure, MAE, adpEm, adpFm`` and 256-entry curves
-    ``Em, Fm, Sen, Spe, Dice, IoU`` (highest threshold first; see :mod:`dtc.metrics.reference`).
+    ``Em, Fm, Sen, Spe, Dice, IoU`` (highest threshold first; see :mod:`dtc.metrics.reference`), as
+    floats and (256,) float64 arrays whatever the backend.
     """
+    backend = resolve_backend(backend)
     p, g = check_pair(pred, gt)
-    if resolve_backend(backend) == "cpp":
+    if backend == "cpp":
         return _sunseg_frame_cpp(p, g)
+    if backend == "torch":
+        return _sunseg_frame_torch(p, g, pred)
     return ref.sunseg_frame(p, g)
+
+
+def sunseg_frames_torch(pred, gt, check: bool = True) -> dict:
+    """All SUN-SEG quantities of a batch of prepared frames, computed on the batch's device.
+
+    ``pred``: (N, H, W) probabilities in [0, 1]; ``gt``: (N, H, W) bool mask on the same device.
+    Returns (N,) float64 tensors for the scalars and (N, 256) for the curves, on that device; see
+    :func:`dtc.metrics.torch_backend.sunseg_frames` (``check=False`` skips the value checks and their
+    host synchronisation) and :func:`dtc.metrics.torch_backend.to_records` for per-frame records.
+    """
+    from dtc.metrics import torch_backend
+
+    return torch_backend.sunseg_frames(pred, gt, check=check)
 
 
 def s_measure(pred, gt, alpha: float = 0.5, backend: str = "auto") -> float:

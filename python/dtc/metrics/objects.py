@@ -59,6 +59,18 @@ def _split_batch(pred, gt, video_id, frame_index):
         yield vids[i], idxs[i], check_prob_map(p[i], "pred"), check_mask(g[i], "gt")
 
 
+def _torch_records(preds: list, gts: list, original_pred) -> list[dict]:
+    """Score validated, prepared frames as one batch with the torch backend, on the input's device."""
+    import torch
+
+    from dtc.metrics import torch_backend
+
+    device = original_pred.device if isinstance(original_pred, torch.Tensor) else torch.device("cpu")
+    batch = torch_backend.sunseg_frames(torch.from_numpy(np.stack(preds)).to(device),
+                                        torch.from_numpy(np.stack(gts)).to(device), check=False)
+    return torch_backend.to_records(batch)
+
+
 class _PerVideo:
     def __init__(self, preset: str):
         self.preset = _check_preset(preset)
@@ -90,7 +102,8 @@ class SUNSegMetric(_PerVideo):
     ``normalize="minmax"`` applies the toolbox's per-frame min-max stretch (needed to reproduce its
     tables); ``None`` scores the probabilities as they are. ``case_decimals=3`` rounds each video's
     scalar scores before the mean over videos, as the toolbox version that produced its published
-    tables did (:mod:`dtc.metrics.sunseg`).
+    tables did (:mod:`dtc.metrics.sunseg`). ``backend="torch"`` scores each call's frames as one batch
+    (:mod:`dtc.metrics.torch_backend`) on the device of a tensor ``pred``.
     """
 
     def __init__(self, preset: str = "sunseg", normalize: str | None = "minmax", drop_ends: bool | None = None,
@@ -109,11 +122,17 @@ class SUNSegMetric(_PerVideo):
     def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
         from dtc.metrics.functional import sunseg_frame
 
-        batch = []
+        frames = []
         for vid, fi, p, g in _split_batch(pred, gt, video_id, frame_index):
             if self.normalize == "minmax":
                 p = sunseg_mod.minmax_normalize(p)
-            rec = sunseg_frame(p, g, backend=self.backend)
+            frames.append((vid, fi, p, g))
+        if self.backend == "torch":
+            records = _torch_records([p for _, _, p, _ in frames], [g for _, _, _, g in frames], pred)
+        else:
+            records = [sunseg_frame(p, g, backend=self.backend) for _, _, p, g in frames]
+        batch = []
+        for (vid, fi, _, _), rec in zip(frames, records):
             self._frames[vid].append((self._index(vid, fi), rec))
             batch.append(rec)
         self._batches.append(sunseg_mod.mean_records(batch))
