@@ -44,6 +44,27 @@ struct FeatureFlow {
 };
 FeatureFlow feature_flow(const at::Tensor& flows, int64_t h, int64_t w, bool rescale);
 
+// Kernel parameters of the consistency op from its (checked) arguments, the same on both backends.
+template <typename T>
+math::ConsistencyParams<T> consistency_params(const at::Tensor& logits, const at::Tensor& images, bool occlusion,
+                                              at::ArrayRef<double> channel_scale, double alpha,
+                                              math::Residual residual, bool soft_target) {
+  math::ConsistencyParams<T> p;
+  p.B = logits.size(0);
+  p.T_ = logits.size(1);
+  p.C = images.size(2);
+  p.H = logits.size(3);
+  p.W = logits.size(4);
+  p.alpha = T(alpha);
+  p.residual = residual;
+  p.soft_target = soft_target;
+  p.occlusion = occlusion;
+  for (int c = 0; c < math::kMaxImageChannels; ++c) {
+    p.scale[c] = c < static_cast<int>(channel_scale.size()) ? T(channel_scale[c]) : T(1);
+  }
+  return p;
+}
+
 // A gradient or saved tensor that must match `expected` in shape, dtype and device.
 void check_saved(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like);
 

@@ -32,7 +32,9 @@ def register(subparsers) -> None:
                    help="round each video's scalar SUN-SEG scores to N decimals before the mean over videos, as the "
                         "toolbox version behind the published SUN-SEG tables did (N=3); default: no rounding")
     p.add_argument("--threshold", type=float, default=0.5, help="threshold of the binary metrics (default 0.5)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cpp"), default="auto")
+    p.add_argument("--backend", choices=("auto", "numpy", "cpp", "torch"), default="auto",
+                   help="SUN-SEG frame metrics: auto (C++ when built), numpy, cpp, or torch (batched tensor ops on "
+                        "the data's device, e.g. CUDA)")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=run)
 

@@ -19,26 +19,6 @@ namespace {
 using math::ConsistencyParams;
 
 template <typename T>
-ConsistencyParams<T> make_params(const at::Tensor& logits, const at::Tensor& images,
-                                 const std::optional<at::Tensor>& flows_backward, at::ArrayRef<double> channel_scale,
-                                 double alpha, math::Residual residual, bool soft_target) {
-  ConsistencyParams<T> p;
-  p.B = logits.size(0);
-  p.T_ = logits.size(1);
-  p.C = images.size(2);
-  p.H = logits.size(3);
-  p.W = logits.size(4);
-  p.alpha = T(alpha);
-  p.residual = residual;
-  p.soft_target = soft_target;
-  p.occlusion = flows_backward.has_value() && flows_backward->defined();
-  for (int c = 0; c < math::kMaxImageChannels; ++c) {
-    p.scale[c] = channel_scale.empty() || c >= static_cast<int>(channel_scale.size()) ? T(1) : T(channel_scale[c]);
-  }
-  return p;
-}
-
-template <typename T>
 void sigmoid_into(const T* z, int64_t n, T* p) {
   for (int64_t k = 0; k < n; ++k) p[k] = math::sigmoid(z[k]);
 }
@@ -160,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
     return {loss, mass, conf, target};
   }
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency (CPU)", [&] {
-    auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
+    auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
+                                         soft_target);
     P.probabilities = true;
     const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
     forward_impl<scalar_t>(P, probs.data(), images.const_data_ptr<scalar_t>(),
@@ -189,7 +170,8 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
   at::Tensor grad = at::zeros(logits.sizes(), logits.options());
   if (B == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CPU)", [&] {
-    auto P = make_params<scalar_t>(logits, images, flows_bw_in, channel_scale, alpha, residual, soft_target);
+    auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
+                                         soft_target);
     P.probabilities = true;
     const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
     const at::Tensor gl = grad_loss_in.contiguous(), ms = mass_in.contiguous();

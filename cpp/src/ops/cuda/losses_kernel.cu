@@ -47,27 +47,6 @@ __device__ void block_sum(T (&v)[K]) {
   __syncthreads();
 }
 
-template <typename scalar_t>
-math::ConsistencyParams<scalar_t> make_params(const at::Tensor& logits, const at::Tensor& images, bool occlusion,
-                                              at::ArrayRef<double> channel_scale, double alpha,
-                                              math::Residual residual, bool soft_target) {
-  math::ConsistencyParams<scalar_t> p;
-  p.B = logits.size(0);
-  p.T_ = logits.size(1);
-  p.C = images.size(2);
-  p.H = logits.size(3);
-  p.W = logits.size(4);
-  p.alpha = scalar_t(alpha);
-  p.residual = residual;
-  p.soft_target = soft_target;
-  p.occlusion = occlusion;
-  for (int c = 0; c < math::kMaxImageChannels; ++c) {
-    p.scale[c] = channel_scale.empty() || c >= static_cast<int>(channel_scale.size()) ? scalar_t(1)
-                                                                                      : scalar_t(channel_scale[c]);
-  }
-  return p;
-}
-
 // ---------------------------------------------------------------- temporal consistency
 template <typename scalar_t, typename acc_t>
 __global__ void consistency_forward_kernel(math::ConsistencyParams<scalar_t> P, const scalar_t* __restrict__ logits,
@@ -148,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cuda(
   at::Tensor loss, mass;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency (CUDA)", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const auto P = make_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual, soft_target);
+    const auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
+                                                soft_target);
     at::Tensor partial = at::empty({B * (T - 1) * nbx * 2}, logits.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const dim3 grid(nbx, B * (T - 1));
     consistency_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -186,7 +166,8 @@ at::Tensor consistency_backward_cuda(const at::Tensor& grad_loss, const at::Tens
   const at::Tensor coef = (grad_loss / denom).contiguous();
   const int64_t n = B * (T - 1) * H * W;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CUDA)", [&] {
-    const auto P = make_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual, soft_target);
+    const auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
+                                                soft_target);
     consistency_backward_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0,
                                             at::cuda::getCurrentCUDAStream()>>>(
         P, logits.const_data_ptr<scalar_t>(), images.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
