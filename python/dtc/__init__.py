@@ -21,6 +21,28 @@ def build_info() -> dict:
     return dict(load().build_info())
 
 
+def cuda_arch_supported(capability: tuple[int, int], archs: str | None = None) -> bool:
+    """Whether a GPU of compute ``capability`` (major, minor) can run the core's CUDA kernels.
+
+    ``archs`` is ``build_info()["cuda_archs"]`` (CMake syntax, comma-separated: ``"90"`` is sm_90 code
+    plus compute_90 PTX, ``"80-real"`` code only, ``"86-virtual"`` PTX only). Machine code runs on the
+    same major version with an equal or higher minor; PTX is compiled for any equal or newer GPU.
+    """
+    if archs is None:
+        archs = build_info()["cuda_archs"]
+    device = capability[0] * 10 + capability[1]
+    for entry in filter(None, (a.strip() for a in archs.split(","))):
+        number, _, kind = entry.partition("-")
+        if not number.isdigit():
+            continue
+        arch = int(number)
+        if kind != "virtual" and arch // 10 == capability[0] and arch <= device:
+            return True
+        if kind != "real" and arch <= device:
+            return True
+    return False
+
+
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"dtc.{name}")

@@ -143,6 +143,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_cuda_device_with_a_cpu_only_core_is_refused_before_training(tiny_config, monkeypatch):
+    import dtc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dtc, "build_info", lambda: {"cuda": False})
+    with pytest.raises(ConfigError, match=r"run.device is cuda.*no CUDA kernels.*DTC_CUDA=ON"):
+        Trainer(tiny_config("stage=teacher", "run.device=cuda", out="nocuda"))
+
+
+def test_gpu_older_than_the_built_cuda_archs_is_refused_before_training(tiny_config, monkeypatch):
+    import dtc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(dtc, "build_info", lambda: {"cuda": True, "cuda_archs": "90"})
+    with pytest.raises(ConfigError, match=r"compute capability 8.0.*built for 90.*DTC_CUDA_ARCHS"):
+        Trainer(tiny_config("stage=teacher", "run.device=cuda", out="oldgpu"))
+
+
 @pytest.mark.slow
 def test_two_process_gloo_ddp_through_torchrun_with_collective_early_stop(tmp_path):
     # lr so small that validation Dice cannot improve after the first epoch: patience 1 stops both

@@ -54,3 +54,49 @@ def test_cuda_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.dtc.local_prototypes.default, (p.float(), loc.float(), flows.float(), thr.float(), True))
     with pytest.raises(ValueError, match="same device|device"):
         torch.ops.dtc.kd_loss(d["z"].detach(), d["zt"].cpu(), 4.0)
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_cuda_large_frames_use_many_blocks_and_match_cpu(normalise):
+    """H*W above 128 blocks of 256 threads and S above 64 blocks: the grid-stride loops and the per-block
+    partial sums of the consistency and BCE-Dice reductions, the returned maps, both normalisations."""
+    d = make_case("random", B=2, T=3, H=192, W=200, Cl=2, Cg=2, seed=5)
+    outs = []
+    for device in ("cpu", "cuda"):
+        x = {k: v.to(device) for k, v in d.items()}
+        z = x["z"].clone().requires_grad_(True)
+        loss, mass, conf, target = ops.temporal_consistency(z, x["images"], x["flows"], x["flows_bw"], None, 13.3,
+                                                            "mean_abs", True, normalise, True)
+        seg = ops.bce_dice(z.flatten(0, 1), x["y"].flatten(0, 1))[0]
+        (g,) = torch.autograd.grad(loss.sum() + seg, z)
+        outs.append([t.detach().cpu() for t in (loss, mass, conf, target, seg, g)])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_more_samples_and_pairs_than_a_grid_row_holds():
+    """More than 65535 samples (BCE-Dice) and window pairs (consistency, prototypes): the unbounded
+    index must live on grid x, whose limit is 2^31 - 1, not on y or z (65535)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(70000, 1, 2, 2, generator=g, dtype=torch.float64)
+    y = torch.rand(70000, 1, 2, 2, generator=g, dtype=torch.float64)
+    for a, b in zip(ops.bce_dice(z, y), ops.bce_dice(z.cuda(), y.cuda())):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+    B = 33000  # B * (T - 1) = 66000 pairs
+    w = torch.randn(B, 3, 1, 2, 2, generator=g, dtype=torch.float64)
+    images = torch.rand(B, 3, 1, 2, 2, generator=g, dtype=torch.float64)
+    flows = torch.zeros(B, 3, 2, 2, 2, dtype=torch.float64)
+    for device in ("cpu", "cuda"):
+        args = [t.to(device) for t in (w, images, flows)]
+        out = ops.temporal_consistency(*args)[0].cpu()
+        if device == "cpu":
+            expected = out
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    p = torch.sigmoid(w)
+    feats = torch.randn(B, 3, 2, 2, 2, generator=g, dtype=torch.float64)
+    thr = torch.full((2,), 0.5, dtype=torch.float64)
+    cpu = ops.local_prototypes(p, feats, flows, thr) + ops.global_prototypes(p, feats, thr)
+    cuda = ops.local_prototypes(p.cuda(), feats.cuda(), flows.cuda(), thr.cuda()) + \
+        ops.global_prototypes(p.cuda(), feats.cuda(), thr.cuda())
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)

@@ -287,6 +287,11 @@ def test_cuda_half_precision_accumulates_in_float(dtype):
     x16, f16 = x.to(dtype).requires_grad_(), flow.to(dtype).requires_grad_()
     gx, gf = torch.autograd.grad(ops.warp(x16, f16).float().sum(), (x16, f16))
     assert torch.isfinite(gx.float()).all() and torch.isfinite(gf.float()).all()
+    # Values, not just finiteness: against float32 autograd of the reference on the same rounded inputs.
+    x32, f32 = x16.detach().float().requires_grad_(), f16.detach().float().requires_grad_()
+    ex, ef = torch.autograd.grad(reference.warp(x32, f32).sum(), (x32, f32))
+    torch.testing.assert_close(gx.float(), ex, rtol=tol, atol=tol * max(1.0, ex.abs().max().item()))
+    torch.testing.assert_close(gf.float(), ef, rtol=tol, atol=tol * max(1.0, ef.abs().max().item()))
 
 
 @pytest.mark.cuda

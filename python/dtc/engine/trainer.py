@@ -7,7 +7,8 @@ temporal consistency and prototype alignment. Model selection uses Dice on the *
 
 Reproducibility: every epoch reseeds torch/numpy/random from ``(run.seed, epoch)`` and shuffles with
 its own generator, so a run resumed from its last checkpoint (saved at each epoch end) repeats the
-remaining epochs exactly as an uninterrupted run would (bitwise in ``run.deterministic`` mode).
+remaining epochs exactly as an uninterrupted run would (bitwise in ``run.deterministic`` mode on the
+CPU; on CUDA up to the ordering of the atomic adds in the scatter backwards).
 """
 from __future__ import annotations
 
@@ -107,7 +108,10 @@ class Trainer:
             torch.set_num_threads(run.threads)
         if run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+            # The CUDA backward of the scatter ops (local prototypes, soft-target consistency, the warp's
+            # image gradient; grid_sample's too) accumulate with atomics and would raise here: on CUDA
+            # deterministic mode warns about them instead, and runs repeat up to atomic ordering.
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         self.out = Path(run.out_dir)
         self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
         if not resume and self.last_path.exists():
@@ -157,9 +161,26 @@ class Trainer:
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
         try:
-            return resolve_device(name)
+            device = resolve_device(name)
         except ValueError as exc:
             raise ConfigError(f"run.device: {exc}") from exc
+        if device.type == "cuda":
+            import dtc
+
+            if not dtc.build_info()["cuda"]:
+                # Otherwise the first fused loss fails with the dispatcher's "Could not run 'dtc::...'
+                # with arguments from the 'CUDA' backend", which does not say what to do.
+                raise ConfigError(f"run.device is {device} but dtc's compiled core has no CUDA kernels "
+                                  "(dtc.build_info()['cuda'] is False): reinstall with nvcc on PATH and "
+                                  "DTC_CUDA=ON, or train with run.device=cpu")
+            capability = torch.cuda.get_device_capability(device)
+            if not dtc.cuda_arch_supported(capability):
+                archs = dtc.build_info()["cuda_archs"]
+                raise ConfigError(f"run.device {device} has compute capability {capability[0]}.{capability[1]}, "
+                                  f"but dtc's CUDA kernels were built for {archs}: reinstall on this machine "
+                                  "(DTC_CUDA_ARCHS=AUTO builds for the visible GPUs) or set DTC_CUDA_ARCHS, "
+                                  "e.g. DTC_CUDA_ARCHS=80 pip install --no-build-isolation .")
+        return device
 
     def _setup_student(self) -> None:
         from dtc.engine.checkpoint import model_from_checkpoint

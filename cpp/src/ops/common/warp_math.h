@@ -1,6 +1,7 @@
 #pragma once
 // Torch-free bilinear sampling math shared by the CPU and CUDA warp kernels, so both backends
-// compute bit-for-bit the same taps and weights.
+// evaluate the same taps and weights in the same order (nvcc contracts multiply-adds into FMAs by
+// default, so results may still differ in the last bits; hard thresholds in the tests keep a margin).
 //
 // Convention: coordinates are pixel indices; pixel (x, y) sits at integer position (x, y), which is
 // grid_sample's align_corners=True placement. The warp samples the source at p - F(p).

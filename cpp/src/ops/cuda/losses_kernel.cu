@@ -21,6 +21,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr double kMapEps = 1e-6;
 
+// Grid x holds up to 2^31 - 1 blocks; y and z only 65535.
+constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxGridYZ = 65535;
+
 int blocks_for(int64_t n, int64_t cap = 1 << 16) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, cap)));
 }
@@ -53,10 +57,11 @@ __global__ void consistency_forward_kernel(math::ConsistencyParams<scalar_t> P, 
                                            const scalar_t* __restrict__ images, const scalar_t* __restrict__ flows,
                                            const scalar_t* __restrict__ flows_bw, acc_t* __restrict__ partial,
                                            scalar_t* __restrict__ conf_map, scalar_t* __restrict__ target_map) {
-  const int64_t HW = P.H * P.W, pair = blockIdx.y;
+  // The unbounded index (pair) runs on grid x (up to 2^31 - 1 blocks), the capped chunk index on y (<= 65535).
+  const int64_t HW = P.H * P.W, pair = blockIdx.x;
   const int64_t b = pair / (P.T_ - 1), t = pair % (P.T_ - 1) + 1;
   acc_t v[2] = {0, 0};
-  for (int64_t yx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; yx < HW; yx += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t yx = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; yx < HW; yx += int64_t(gridDim.y) * blockDim.x) {
     const auto px = math::consistency_pixel<scalar_t>(P, logits, images, flows, flows_bw, b, t, yx / P.W, yx % P.W);
     v[0] += acc_t(px.conf * (scalar_t(1) - DTC_FABS(px.p_cur - px.target)));
     v[1] += acc_t(px.conf);
@@ -67,7 +72,7 @@ __global__ void consistency_forward_kernel(math::ConsistencyParams<scalar_t> P, 
   }
   block_sum<2>(v);
   if (threadIdx.x == 0) {
-    acc_t* out = partial + (pair * gridDim.x + blockIdx.x) * 2;
+    acc_t* out = partial + (pair * gridDim.y + blockIdx.y) * 2;
     out[0] = v[0];
     out[1] = v[1];
   }
@@ -130,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cuda(
     const auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
                                                 soft_target);
     at::Tensor partial = at::empty({B * (T - 1) * nbx * 2}, logits.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const dim3 grid(nbx, B * (T - 1));
+    const dim3 grid(B * (T - 1), nbx);
     consistency_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         P, logits.const_data_ptr<scalar_t>(), images.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
         flows_bw.defined() ? flows_bw.const_data_ptr<scalar_t>() : nullptr, partial.mutable_data_ptr<acc_t>(),
@@ -168,7 +173,9 @@ at::Tensor consistency_backward_cuda(const at::Tensor& grad_loss, const at::Tens
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CUDA)", [&] {
     const auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
                                                 soft_target);
-    consistency_backward_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0,
+    // The soft-target scatter below applies the sigmoid to the previous frame's logits itself.
+    TORCH_INTERNAL_ASSERT(!P.probabilities, "the CUDA consistency kernels take logits");
+    consistency_backward_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0,
                                             at::cuda::getCurrentCUDAStream()>>>(
         P, logits.const_data_ptr<scalar_t>(), images.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
         flows_bw.defined() ? flows_bw.const_data_ptr<scalar_t>() : nullptr, coef.const_data_ptr<scalar_t>(),
@@ -206,7 +213,7 @@ __global__ void local_pool_kernel(const scalar_t* __restrict__ features, const s
                                   int64_t frames_per_window, int64_t frame_offset, const uint8_t* __restrict__ mask,
                                   const scalar_t* __restrict__ mass, scalar_t* __restrict__ v_prev,
                                   scalar_t* __restrict__ v_cur, int64_t Tn, int64_t C, int64_t h, int64_t w) {
-  const int64_t c = blockIdx.x, pair = blockIdx.y, hw = h * w;
+  const int64_t c = blockIdx.y, pair = blockIdx.x, hw = h * w;
   const int64_t b = pair / (Tn - 1), t = pair % (Tn - 1) + 1;
   const scalar_t* flow = flow_base + (b * frames_per_window + t - frame_offset) * 2 * hw;
   const scalar_t* f_cur = features + ((b * Tn + t) * C + c) * hw;
@@ -266,7 +273,7 @@ at::Tensor local_masks_cuda(const at::Tensor& probs, const at::Tensor& flows, co
   const int64_t n = mask.numel();
   if (n == 0) return mask;
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "dtc::local_prototypes mask (CUDA)", [&] {
-    local_mask_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    local_mask_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(), threshold.const_data_ptr<scalar_t>(),
         mask.mutable_data_ptr<uint8_t>(), B, Tn, H, W, h, w);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -294,7 +301,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cuda(const at::T
   const FeatureFlow ff = feature_flow(flows, h, w, rescale_flow);
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "dtc::local_prototypes (CUDA)", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
-    const dim3 grid(C, B * (Tn - 1));
+    TORCH_CHECK_VALUE(C <= kMaxGridYZ, "local_prototypes: at most ", kMaxGridYZ, " feature channels on CUDA, got ", C);
+    const dim3 grid(B * (Tn - 1), C);
     local_pool_kernel<scalar_t, acc_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         features.const_data_ptr<scalar_t>(), ff.storage.const_data_ptr<scalar_t>(), ff.frames_per_window,
         ff.frame_offset, mask.const_data_ptr<uint8_t>(), mass.const_data_ptr<scalar_t>(),
@@ -322,7 +330,7 @@ at::Tensor local_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const 
   const FeatureFlow ff = feature_flow(flows, h, w, rescale_flow);
   const int64_t n = mask.numel();
   AT_DISPATCH_FLOATING_TYPES(features_in.scalar_type(), "dtc::local_prototypes_backward (CUDA)", [&] {
-    local_backward_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    local_backward_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g_prev.const_data_ptr<scalar_t>(), g_cur.const_data_ptr<scalar_t>(), mass.const_data_ptr<scalar_t>(),
         ff.storage.const_data_ptr<scalar_t>(), ff.frames_per_window, ff.frame_offset, mask.const_data_ptr<uint8_t>(),
         grad.mutable_data_ptr<scalar_t>(), B, Tn, C, h, w, grad.numel());
@@ -337,7 +345,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void global_pool_kernel(const scalar_t* __restrict__ probs, const scalar_t* __restrict__ features,
                                    const scalar_t* __restrict__ thr, acc_t* __restrict__ sums, int64_t Tn, int64_t H,
                                    int64_t W, int64_t C, int64_t h, int64_t w) {
-  const int64_t c = blockIdx.x, r = blockIdx.y, hw = h * w, HW = H * W;
+  const int64_t c = blockIdx.y, r = blockIdx.x, hw = h * w, HW = H * W;
   const int64_t pair = r / 2, which = r % 2;
   const int64_t b = pair / (Tn - 1), t = pair % (Tn - 1) + 1, frame = t - 1 + which;
   const scalar_t* p = probs + (b * Tn + frame) * HW;
@@ -394,7 +402,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_prototypes_cud
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "dtc::global_prototypes (CUDA)", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     at::Tensor sums = at::empty({B * (Tn - 1) * 2, C + 1}, features.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const dim3 grid(C + 1, B * (Tn - 1) * 2);
+    TORCH_CHECK_VALUE(C + 1 <= kMaxGridYZ, "global_prototypes: at most ", kMaxGridYZ - 1,
+                      " feature channels on CUDA, got ", C);
+    const dim3 grid(B * (Tn - 1) * 2, C + 1);
     global_pool_kernel<scalar_t, acc_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         probs.const_data_ptr<scalar_t>(), features.const_data_ptr<scalar_t>(), threshold.const_data_ptr<scalar_t>(),
         sums.mutable_data_ptr<acc_t>(), Tn, H, W, C, h, w);
@@ -426,7 +436,7 @@ at::Tensor global_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const
   const int64_t n = grad.numel();
   if (n == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(features_in.scalar_type(), "dtc::global_prototypes_backward (CUDA)", [&] {
-    global_backward_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    global_backward_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         probs.const_data_ptr<scalar_t>(), threshold.const_data_ptr<scalar_t>(), g_prev.const_data_ptr<scalar_t>(),
         g_cur.const_data_ptr<scalar_t>(), m_prev.const_data_ptr<scalar_t>(), m_cur.const_data_ptr<scalar_t>(),
         grad.mutable_data_ptr<scalar_t>(), B, Tn, H, W, C, h, w);
@@ -439,9 +449,9 @@ at::Tensor global_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const
 template <typename scalar_t, typename acc_t>
 __global__ void bce_dice_forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ y,
                                         acc_t* __restrict__ partial, int64_t S) {
-  const int64_t n = blockIdx.y;
+  const int64_t n = blockIdx.x;  // samples on grid x (unbounded), chunks of a sample on y (<= 64)
   acc_t v[3] = {0, 0, 0};
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < S; k += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t k = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; k < S; k += int64_t(gridDim.y) * blockDim.x) {
     const acc_t zz = acc_t(z[n * S + k]), yy = acc_t(y[n * S + k]);
     const acc_t p = math::sigmoid(zz);
     v[0] += math::bce_with_logits(zz, yy);
@@ -450,7 +460,7 @@ __global__ void bce_dice_forward_kernel(const scalar_t* __restrict__ z, const sc
   }
   block_sum<3>(v);
   if (threadIdx.x == 0) {
-    acc_t* out = partial + (n * gridDim.x + blockIdx.x) * 3;
+    acc_t* out = partial + (n * gridDim.y + blockIdx.y) * 3;
     out[0] = v[0], out[1] = v[1], out[2] = v[2];
   }
 }
@@ -480,7 +490,7 @@ std::tuple<at::Tensor, at::Tensor> bce_dice_cuda(const at::Tensor& logits_in, co
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "dtc::bce_dice (CUDA)", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     at::Tensor partial = at::empty({N * nbx * 3}, z.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    bce_dice_forward_kernel<scalar_t, acc_t><<<dim3(nbx, N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    bce_dice_forward_kernel<scalar_t, acc_t><<<dim3(N, nbx), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         z.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), S);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const at::Tensor sums = partial.view({N, nbx, 3}).sum(1);
@@ -504,7 +514,7 @@ at::Tensor bce_dice_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s
   if (grad.numel() == 0) return grad;
   const at::Tensor g = grad_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "dtc::bce_dice_backward (CUDA)", [&] {
-    bce_dice_backward_kernel<scalar_t><<<blocks_for(N * S, int64_t(1) << 40), kThreads, 0,
+    bce_dice_backward_kernel<scalar_t><<<blocks_for(N * S, kMaxGridX), kThreads, 0,
                                          at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), stats.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
         y.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), N, S, smooth);
@@ -564,7 +574,7 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s_
   const int64_t n = s.numel();
   if (n == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "dtc::kd_loss_backward (CUDA)", [&] {
-    kd_backward_kernel<scalar_t><<<blocks_for(n, int64_t(1) << 40), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    kd_backward_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
         grad.mutable_data_ptr<scalar_t>(), n, tau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
