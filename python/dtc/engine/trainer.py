@@ -196,7 +196,10 @@ class Trainer:
         self.student_init = "teacher copy" if (cfg.init_from_teacher and same_arch) else "random"
         if self.student_init == "teacher copy":
             self.model.load_state_dict(self.teacher.state_dict())
-        self.objective = DTCObjective(cfg.preset, **cfg.loss)
+        # The targets the objective checks (flip pseudo-labels, sigmoid outputs) are probabilities by
+        # construction; the check would cost a host sync per step on CUDA. An explicit
+        # loss.check_inputs=true still turns it on.
+        self.objective = DTCObjective(cfg.preset, **{"check_inputs": False, **cfg.loss})
         provider = cfg.flow.provider
         kwargs = dict(cfg.flow.params)
         if provider != "gt":
@@ -235,11 +238,13 @@ class Trainer:
 
         images = batch["image"].to(self.device, non_blocking=True).flatten(0, 1)
         masks = batch["mask"].to(self.device, non_blocking=True).flatten(0, 1)
-        valid = batch["mask_valid"].to(self.device).flatten()
+        # Unlabelled frames carry no supervision in stage 1. The labelled indices are found on the host
+        # (the batch is still there), so selecting them on the device needs no synchronisation.
+        labelled = batch["mask_valid"].flatten().nonzero().squeeze(1).to(self.device, non_blocking=True)
         with self._autocast():
             logits = logits_of(self.train_module(self._normalise(images)))
-        # Unlabelled frames carry no supervision in stage 1; indexing keeps the loss free of them.
-        loss = bce_dice(logits[valid].float(), masks[valid])
+        # Masks were validated as binary when the dataset read them: no per-step range check.
+        loss = bce_dice(logits.index_select(0, labelled).float(), masks.index_select(0, labelled), check=False)
         return loss, {"seg": loss.detach()}
 
     def _student_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
