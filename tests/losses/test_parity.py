@@ -199,3 +199,33 @@ def test_zero_flow_identical_frames_give_zero_consistency_loss():
     for impl in IMPLS:
         loss = losses.temporal_consistency(z, images, d["flows"], impl=impl)
         assert loss.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_non_finite_features_outside_the_masks_do_not_leak():
+    """The fused prototypes pool only masked pixels (local: foreground in both frames; global:
+    background), so NaN/Inf features elsewhere leave the loss and the gradients finite, and equal to
+    the composition's on the same features with those pixels zeroed."""
+    B, T, H, W = 2, 3, 10, 12
+    p = torch.full((B, T, 1, H, W), 0.1, dtype=torch.float64)
+    p[..., W // 2:] = 0.9  # foreground: the right half of every frame
+    flows = torch.zeros(B, T, 2, H, W, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(B, T, 4, H, W, generator=g, dtype=torch.float64)
+    glob = torch.randn(B, T, 3, H, W, generator=g, dtype=torch.float64)
+    loc_bad, glob_bad = loc.clone(), glob.clone()
+    loc_bad[..., : W // 2] = float("nan")   # outside the local (foreground) mask
+    glob_bad[..., W // 2:] = float("inf")   # outside the global (background) mask
+    loc_bad.requires_grad_(True)
+    glob_bad.requires_grad_(True)
+    loss, _ = losses.prototype_alignment(p, loc_bad, glob_bad, flows, impl="fused")
+    g_loc, g_glob = torch.autograd.grad(loss, (loc_bad, glob_bad))
+    assert torch.isfinite(loss) and torch.isfinite(g_loc).all() and torch.isfinite(g_glob).all()
+    loc_ok = loc.masked_fill(torch.zeros_like(loc, dtype=torch.bool).index_fill_(-1, torch.arange(W // 2), True), 0)
+    glob_ok = glob.masked_fill(torch.zeros_like(glob, dtype=torch.bool).index_fill_(-1, torch.arange(W // 2, W), True), 0)
+    loc_ok.requires_grad_(True)
+    glob_ok.requires_grad_(True)
+    expected, _ = losses.prototype_alignment(p, loc_ok, glob_ok, flows, impl="reference")
+    e_loc, e_glob = torch.autograd.grad(expected, (loc_ok, glob_ok))
+    close(loss, expected, torch.float64)
+    grad_close(g_loc, e_loc, torch.float64)
+    grad_close(g_glob, e_glob, torch.float64)

@@ -1,7 +1,8 @@
 // CPU kernels of dtc::local_prototypes and dtc::global_prototypes (masked average pooling of a window
 // batch, the local term fused with the warp). The masks are one byte per feature pixel, computed once
 // per call; pooling is parallel over (pair, channel block) and the backward over (frame, channel
-// block), every output having a single writer: deterministic, sums in double.
+// block), every output having a single writer: deterministic, sums in double. The local term pools
+// through per-pair weight maps of the warp (see pair_weights), not a per-channel gather.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,6 +11,7 @@
 
 #include "dtc/ops.h"
 #include "ops/common/loss_math.h"
+#include "ops/cpu/simd_math.h"
 #include "ops/losses.h"
 
 namespace dtc::ops {
@@ -58,116 +60,120 @@ void local_masks(const T* probs, const T* flows, const T* thr, int64_t B, int64_
   });
 }
 
-struct MaskedTap {
-  int64_t j;
-  math::BilinearTaps<double> taps;
+// The local prototypes are linear in the features: v_cur[c] = sum_q m(q) F_t[c](q) / |m| and
+// v_prev[c] = sum_p m(p) W(F_{t-1}[c])(p) / |m| = sum_q A(q) F_{t-1}[c](q) / |m|, where the splat
+// A(q) = sum_p m(p) w_bilinear(p - F(p) -> q) depends on the pair only. So each pair's weight maps
+// (m and A, in the features' dtype) are built once, and every channel becomes two streaming dot
+// products; the backward writes g_cur m / |m| + g_prev A / |m| plane by plane. Zero weights select 0
+// instead of multiplying, so NaN/Inf features or gradients outside the masks stay outside, as with a
+// masked gather.
+template <typename T>
+struct PairWeights {
+  std::vector<T> cur, prev;  // [pairs, h, w]: the mask m and the splat A of each pair
+  std::vector<T> zeros;      // [h, w], for frames that are not the current / previous frame of a pair
 };
 
-// Taps of the masked pixels of one feature row i under pair (b, t)'s feature-resolution flow.
 template <typename T>
-void row_taps(const uint8_t* m_row, const T* flow, int64_t i, int64_t h, int64_t w, std::vector<MaskedTap>& out) {
-  out.clear();
-  const int64_t hw = h * w;
-  for (int64_t j = 0; j < w; ++j) {
-    if (!m_row[j]) continue;
-    const auto taps = math::bilinear_taps<double>(double(j) - double(flow[i * w + j]),
-                                                  double(i) - double(flow[hw + i * w + j]), w, h, math::Padding::Border);
-    if (taps.finite) out.push_back({j, taps});
+PairWeights<T> pair_weights(const FeatureFlow& ff, const std::vector<uint8_t>& mask, int64_t B, int64_t Tn, int64_t h,
+                            int64_t w) {
+  const int64_t pairs = B * (Tn - 1), hw = h * w;
+  PairWeights<T> out;
+  out.cur.resize(pairs * hw);
+  out.prev.resize(pairs * hw);
+  out.zeros.assign(hw, T(0));
+  const T* flow_base = ff.storage.const_data_ptr<T>();
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> splat(hw);  // many pixels can land on one tap (border clamping): sum in double
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / (Tn - 1), t = pair % (Tn - 1) + 1;
+      const T* flow = flow_base + (b * ff.frames_per_window + t - ff.frame_offset) * 2 * hw;
+      const uint8_t* m = mask.data() + pair * hw;
+      std::fill(splat.begin(), splat.end(), 0.0);
+      for (int64_t i = 0; i < h; ++i) {
+        for (int64_t j = 0; j < w; ++j) {
+          if (!m[i * w + j]) continue;
+          const auto taps = math::bilinear_taps<double>(double(j) - double(flow[i * w + j]),
+                                                        double(i) - double(flow[hw + i * w + j]), w, h,
+                                                        math::Padding::Border);
+          if (!taps.finite) continue;  // no correspondence: the pixel counts in the current frame only
+          math::scatter_taps(taps, w, 1.0, [&splat](int64_t q, double v) { splat[q] += v; });
+        }
+      }
+      for (int64_t q = 0; q < hw; ++q) {
+        out.cur[pair * hw + q] = m[q] ? T(1) : T(0);
+        out.prev[pair * hw + q] = T(splat[q]);
+      }
+    }
+  });
+  return out;
+}
+
+// sum_q (wgt(q) != 0 ? wgt(q) f(q) : 0), accumulated in double; the float overload is vectorised.
+template <typename T>
+double weighted_sum(const T* f, const T* wgt, int64_t n) {
+  double acc = 0;
+  for (int64_t q = 0; q < n; ++q) acc += wgt[q] != T(0) ? double(wgt[q]) * double(f[q]) : 0.0;
+  return acc;
+}
+
+DTC_SIMD_CLONES double weighted_sum(const float* f, const float* wgt, int64_t n) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t q = 0; q < n; ++q) acc += double(wgt[q] != 0.0f ? wgt[q] * f[q] : 0.0f);
+  return acc;
+}
+
+// g(q) = (wc(q) != 0 ? gc wc(q) : 0) + (wp(q) != 0 ? gp wp(q) : 0).
+template <typename T>
+void write_gradient(T* g, const T* wc, T gc, const T* wp, T gp, int64_t n) {
+  for (int64_t q = 0; q < n; ++q) g[q] = (wc[q] != T(0) ? gc * wc[q] : T(0)) + (wp[q] != T(0) ? gp * wp[q] : T(0));
+}
+
+DTC_SIMD_CLONES void write_gradient(float* g, const float* wc, float gc, const float* wp, float gp, int64_t n) {
+#pragma omp simd
+  for (int64_t q = 0; q < n; ++q) {
+    g[q] = (wc[q] != 0.0f ? gc * wc[q] : 0.0f) + (wp[q] != 0.0f ? gp * wp[q] : 0.0f);
   }
 }
 
 template <typename T>
-void local_forward_impl(const T* features, const FeatureFlow& ff, const std::vector<uint8_t>& mask,
-                        const std::vector<double>& mass, int64_t B, int64_t Tn, int64_t C, int64_t h, int64_t w,
-                        T* v_prev, T* v_cur) {
+void local_forward_impl(const T* features, const PairWeights<T>& weights, const std::vector<double>& mass, int64_t B,
+                        int64_t Tn, int64_t C, int64_t h, int64_t w, T* v_prev, T* v_cur) {
   const int64_t pairs = B * (Tn - 1), hw = h * w, blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  const T* flow_base = ff.storage.const_data_ptr<T>();
   at::parallel_for(0, pairs * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<MaskedTap> taps;
-    std::vector<double> acc_prev(kChannelBlock), acc_cur(kChannelBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / blocks, c0 = (task % blocks) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
       const int64_t b = pair / (Tn - 1), t = pair % (Tn - 1) + 1;
-      const T* flow = flow_base + (b * ff.frames_per_window + t - ff.frame_offset) * 2 * hw;
       const T* f_cur = features + (b * Tn + t) * C * hw;
       const T* f_prev = features + (b * Tn + t - 1) * C * hw;
-      const uint8_t* m = mask.data() + pair * hw;
-      std::fill(acc_prev.begin(), acc_prev.end(), 0.0);
-      std::fill(acc_cur.begin(), acc_cur.end(), 0.0);
-      for (int64_t i = 0; i < h; ++i) {
-        row_taps(m + i * w, flow, i, h, w, taps);
-        for (int64_t c = c0; c < c1; ++c) {
-          const T* cur_plane = f_cur + c * hw;
-          const T* prev_plane = f_prev + c * hw;
-          double a_prev = 0, a_cur = 0;
-          for (const auto& mt : taps) {
-            a_cur += double(cur_plane[i * w + mt.j]);
-            a_prev += math::sample_plane(mt.taps, prev_plane, w);
-          }
-          acc_prev[c - c0] += a_prev;
-          acc_cur[c - c0] += a_cur;
-        }
-        // Masked pixels whose flow is not finite still count in the current frame's prototype.
-        for (int64_t j = 0; j < w; ++j) {
-          if (!m[i * w + j]) continue;
-          const bool finite = std::isfinite(double(flow[i * w + j])) && std::isfinite(double(flow[hw + i * w + j]));
-          if (finite) continue;
-          for (int64_t c = c0; c < c1; ++c) acc_cur[c - c0] += double(f_cur[c * hw + i * w + j]);
-        }
-      }
       const double denom = std::max(mass[pair], kMapEps);
       for (int64_t c = c0; c < c1; ++c) {
-        v_prev[pair * C + c] = T(acc_prev[c - c0] / denom);
-        v_cur[pair * C + c] = T(acc_cur[c - c0] / denom);
+        v_prev[pair * C + c] = T(weighted_sum(f_prev + c * hw, weights.prev.data() + pair * hw, hw) / denom);
+        v_cur[pair * C + c] = T(weighted_sum(f_cur + c * hw, weights.cur.data() + pair * hw, hw) / denom);
       }
     }
   });
 }
 
 template <typename T>
-void local_backward_impl(const T* g_prev, const T* g_cur, const T* mass, const FeatureFlow& ff,
-                         const std::vector<uint8_t>& mask, int64_t B, int64_t Tn, int64_t C, int64_t h, int64_t w,
-                         T* grad) {
+void local_backward_impl(const T* g_prev, const T* g_cur, const T* mass, const PairWeights<T>& weights, int64_t B,
+                         int64_t Tn, int64_t C, int64_t h, int64_t w, T* grad) {
   const int64_t hw = h * w, blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  const T* flow_base = ff.storage.const_data_ptr<T>();
   at::parallel_for(0, B * Tn * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<MaskedTap> taps;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t frame = task / blocks, c0 = (task % blocks) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
       const int64_t b = frame / Tn, s = frame % Tn;
-      T* g = grad + frame * C * hw;
-      if (s >= 1) {  // current frame of pair s
-        const int64_t pair = b * (Tn - 1) + s - 1;
-        const uint8_t* m = mask.data() + pair * hw;
-        const double inv = 1.0 / std::max<double>(mass[pair], kMapEps);
-        for (int64_t c = c0; c < c1; ++c) {
-          const T scale = T(double(g_cur[pair * C + c]) * inv);
-          for (int64_t p = 0; p < hw; ++p) {
-            if (m[p]) g[c * hw + p] += scale;
-          }
-        }
-      }
-      if (s + 1 < Tn) {  // warped previous frame of pair s + 1
-        const int64_t pair = b * (Tn - 1) + s;
-        const uint8_t* m = mask.data() + pair * hw;
-        const double inv = 1.0 / std::max<double>(mass[pair], kMapEps);
-        const T* flow = flow_base + (b * ff.frames_per_window + s + 1 - ff.frame_offset) * 2 * hw;
-        for (int64_t i = 0; i < h; ++i) {
-          row_taps(m + i * w, flow, i, h, w, taps);
-          for (int64_t c = c0; c < c1; ++c) {
-            const double go = double(g_prev[pair * C + c]) * inv;
-            T* plane = g + c * hw;
-            for (const auto& mt : taps) {
-              const auto& t = mt.taps;
-              const double wx0 = 1 - t.wx1, wy0 = 1 - t.wy1;
-              const int64_t i00 = t.y0 * w + t.x0;
-              if (t.in_y0 && t.in_x0) plane[i00] += T(go * wy0 * wx0);
-              if (t.in_y0 && t.in_x1) plane[i00 + 1] += T(go * wy0 * t.wx1);
-              if (t.in_y1 && t.in_x0) plane[i00 + w] += T(go * t.wy1 * wx0);
-              if (t.in_y1 && t.in_x1) plane[i00 + w + 1] += T(go * t.wy1 * t.wx1);
-            }
-          }
-        }
+      // Frame s is the current frame of pair s (s >= 1) and the warped previous frame of pair s + 1.
+      const bool is_cur = s >= 1, is_prev = s + 1 < Tn;
+      const int64_t pair_cur = b * (Tn - 1) + s - 1, pair_prev = b * (Tn - 1) + s;
+      const T* wc = is_cur ? weights.cur.data() + pair_cur * hw : weights.zeros.data();
+      const T* wp = is_prev ? weights.prev.data() + pair_prev * hw : weights.zeros.data();
+      const double inv_cur = is_cur ? 1.0 / std::max<double>(mass[pair_cur], kMapEps) : 0.0;
+      const double inv_prev = is_prev ? 1.0 / std::max<double>(mass[pair_prev], kMapEps) : 0.0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const T gc = is_cur ? T(double(g_cur[pair_cur * C + c]) * inv_cur) : T(0);
+        const T gp = is_prev ? T(double(g_prev[pair_prev * C + c]) * inv_prev) : T(0);
+        write_gradient(grad + (frame * C + c) * hw, wc, gc, wp, gp, hw);
       }
     }
   });
@@ -191,9 +197,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cpu(const at::Te
     std::vector<double> mass_d;
     local_masks<scalar_t>(probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
                           threshold.const_data_ptr<scalar_t>(), B, Tn, H, W, h, w, mask, mass_d);
-    const FeatureFlow ff = feature_flow(flows, h, w, rescale_flow);
     if (C > 0) {
-      local_forward_impl<scalar_t>(features.const_data_ptr<scalar_t>(), ff, mask, mass_d, B, Tn, C, h, w,
+      const auto weights = pair_weights<scalar_t>(feature_flow(flows, h, w, rescale_flow), mask, B, Tn, h, w);
+      local_forward_impl<scalar_t>(features.const_data_ptr<scalar_t>(), weights, mass_d, B, Tn, C, h, w,
                                    v_prev.mutable_data_ptr<scalar_t>(), v_cur.mutable_data_ptr<scalar_t>());
     }
     for (int64_t i = 0; i < B * (Tn - 1); ++i) mass.mutable_data_ptr<scalar_t>()[i] = scalar_t(mass_d[i]);
@@ -211,16 +217,17 @@ at::Tensor local_prototypes_backward_cpu(const at::Tensor& grad_prev_in, const a
   const int64_t C = features_in.size(2), h = features_in.size(3), w = features_in.size(4);
   const at::Tensor probs = probs_in.contiguous(), flows = flows_in.contiguous(), threshold = threshold_in.contiguous();
   const at::Tensor g_prev = grad_prev_in.contiguous(), g_cur = grad_cur_in.contiguous(), mass = mass_in.contiguous();
-  at::Tensor grad = at::zeros(features_in.sizes(), features_in.options().memory_format(at::MemoryFormat::Contiguous));
+  // Every element is written below (frames with T >= 2 always belong to a pair).
+  at::Tensor grad = at::empty(features_in.sizes(), features_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(features_in.scalar_type(), "dtc::local_prototypes_backward (CPU)", [&] {
     std::vector<uint8_t> mask;
     std::vector<double> mass_d;
     local_masks<scalar_t>(probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
                           threshold.const_data_ptr<scalar_t>(), B, Tn, H, W, h, w, mask, mass_d);
-    const FeatureFlow ff = feature_flow(flows, h, w, rescale_flow);
+    const auto weights = pair_weights<scalar_t>(feature_flow(flows, h, w, rescale_flow), mask, B, Tn, h, w);
     local_backward_impl<scalar_t>(g_prev.const_data_ptr<scalar_t>(), g_cur.const_data_ptr<scalar_t>(),
-                                  mass.const_data_ptr<scalar_t>(), ff, mask, B, Tn, C, h, w,
+                                  mass.const_data_ptr<scalar_t>(), weights, B, Tn, C, h, w,
                                   grad.mutable_data_ptr<scalar_t>());
   });
   return grad;
