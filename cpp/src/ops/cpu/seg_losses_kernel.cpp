@@ -62,10 +62,10 @@ DTC_SIMD_CLONES BceDiceSums bce_dice_sums(const float* z, const float* y, int64_
   double bce = 0, inter = 0, total = 0;
 #pragma omp simd reduction(+ : bce, inter, total)
   for (int64_t k = 0; k < n; ++k) {
-    const float e = simd::exp(z[k] < 0.0f ? z[k] : -z[k]);
+    const float e = simd::exp(-simd::abs(z[k]));
     const float inv = 1.0f / (1.0f + e);
-    const float p = z[k] >= 0.0f ? inv : e * inv;
-    bce += double((z[k] > 0.0f ? z[k] : 0.0f) - z[k] * y[k] + simd::log1p_unit(e));
+    const float p = simd::select(z[k] >= 0.0f, inv, e * inv);
+    bce += double(simd::select(z[k] > 0.0f, z[k], 0.0f) - z[k] * y[k] + simd::log1p_unit(e));
     inter += double(p * y[k]);
     total += double(p + y[k]);
   }

@@ -19,14 +19,40 @@
 
 namespace dtc::simd {
 
-inline float select(bool c, float a, float b) { return c ? a : b; }
+// Selects on the bits: a floating-point `c ? a : b` is if-converted (vectorised) only where the
+// target has masked instructions (AVX-512) or when neither arm can trap; integer masks vectorise on
+// every target. Both arms are evaluated.
+inline uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+
+inline float from_bits(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+}
+
+inline float select(bool c, float a, float b) {
+  const uint32_t mask = c ? 0xffffffffu : 0u;
+  return from_bits((bits_of(a) & mask) | (bits_of(b) & ~mask));
+}
+
+inline float abs(float v) { return from_bits(bits_of(v) & 0x7fffffffu); }
+
+// `value` where `weight` != 0 (either sign of zero counts as zero), else +0: NaN/Inf in `value` at
+// zero weights do not leak.
+inline float where_nonzero(float weight, float value) {
+  return from_bits(bits_of(value) & ((bits_of(weight) & 0x7fffffffu) != 0u ? 0xffffffffu : 0u));
+}
 
 // exp(x) by Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial of exp(r)
 // (truncation < 1e-8 relative) and 2^n assembled in the exponent bits. x is clamped to the range where
 // 2^n is a normal float, so exp(-100) returns ~1e-38 instead of 0: harmless in 1 + exp(.) and in the
 // confidence weights (a subnormal-free result keeps the vector units on their fast path).
 inline float exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = select(x < -87.0f, -87.0f, select(x > 88.0f, 88.0f, x));
   // Adding 1.5 * 2^23 rounds to the nearest integer in the mantissa (no -ffast-math needed).
   const float shifter = 12582912.0f;
   const float t = x * 1.44269504088896341f + shifter;
@@ -64,15 +90,14 @@ inline float log1p_unit(float e) {
 
 // sigmoid(z) through exp(-|z|) so that nothing overflows: 1 / (1 + e) for z >= 0, e / (1 + e) else.
 inline float sigmoid(float z) {
-  const float e = simd::exp(z < 0.0f ? z : -z);
+  const float e = simd::exp(-simd::abs(z));
   const float inv = 1.0f / (1.0f + e);
   return select(z >= 0.0f, inv, e * inv);
 }
 
 // Binary cross-entropy of a logit against a soft label: max(z, 0) - z y + log(1 + exp(-|z|)).
 inline float bce_with_logits(float z, float y) {
-  const float e = simd::exp(z < 0.0f ? z : -z);
-  return (z > 0.0f ? z : 0.0f) - z * y + log1p_unit(e);
+  return select(z > 0.0f, z, 0.0f) - z * y + log1p_unit(simd::exp(-simd::abs(z)));
 }
 
 }  // namespace dtc::simd
