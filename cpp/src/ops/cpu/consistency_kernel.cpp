@@ -38,24 +38,138 @@ std::vector<T> probabilities_of(const T* logits, int64_t n) {
   return probs;
 }
 
+// ---- One image row of pair (b, t): the confidence M and the target P~ of every pixel of row y.
+// The per-pixel work is a handful of bilinear gathers, so it is done row by row: the generic version
+// calls the shared per-pixel math; the float32 one evaluates the same formulas in passes over the row
+// (taps, warped target, residual channel by channel, exp) that the compiler vectorises with gathers.
+struct RowScratch {
+  explicit RowScratch(int64_t w) : i00(w), step_x(w), step_y(w), wx(w), wy(w), finite(w), acc(w) {}
+  std::vector<int32_t> i00, step_x, step_y;  // top-left tap, and the offsets to its right / lower neighbour
+  std::vector<float> wx, wy, finite, acc;
+};
+
+template <typename T>
+void evaluate_row(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows, const T* flows_bw,
+                  int64_t b, int64_t t, int64_t y, RowScratch&, T* conf, T* target) {
+  for (int64_t x = 0; x < P.W; ++x) {
+    const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, t, y, x);
+    conf[x] = px.conf;
+    target[x] = px.target;
+  }
+}
+
+// Border-padded taps of (sx, sy) in int32 indices (the caller guarantees H * W < 2^31). The clamps and
+// weights are those of math::bilinear_taps; a tap beyond the last column or row gets weight 0 and is
+// read from the pixel itself, where the shared math reads 0. A non-finite point gets finite = 0.
+inline void border_taps(float sx, float sy, int64_t w, int64_t h, int32_t* i00, int32_t* step_x, int32_t* step_y,
+                        float* wx, float* wy, float* finite) {
+  const bool ok = (sx - sx == 0.0f) & (sy - sy == 0.0f);
+  sx = simd::select(ok, sx, 0.0f);
+  sy = simd::select(ok, sy, 0.0f);
+  const float last_x = float(w - 1), last_y = float(h - 1);
+  sx = simd::select(sx > 0.0f, simd::select(sx < last_x, sx, last_x), 0.0f);
+  sy = simd::select(sy > 0.0f, simd::select(sy < last_y, sy, last_y), 0.0f);
+  const int32_t x0 = int32_t(sx), y0 = int32_t(sy);  // sx, sy >= 0: truncation is floor
+  *wx = sx - float(x0);
+  *wy = sy - float(y0);
+  *step_x = x0 < int32_t(w - 1) ? 1 : 0;
+  *step_y = y0 < int32_t(h - 1) ? int32_t(w) : 0;
+  *i00 = y0 * int32_t(w) + x0;
+  *finite = simd::select(ok, 1.0f, 0.0f);
+}
+
+inline float bilinear(const float* plane, int32_t i00, int32_t step_x, int32_t step_y, float wx, float wy) {
+  const float wx0 = 1.0f - wx, wy0 = 1.0f - wy;
+  return wy0 * (wx0 * plane[i00] + wx * plane[i00 + step_x]) +
+         wy * (wx0 * plane[i00 + step_y] + wx * plane[i00 + step_y + step_x]);
+}
+
+DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float* probs, const float* images,
+                                  const float* flows, const float* flows_bw, int64_t b, int64_t t, int64_t y,
+                                  RowScratch& s, float* conf, float* target) {
+  const int64_t W = P.W, H = P.H, HW = H * W;
+  const float* fx = flows + (b * P.T_ + t) * 2 * HW + y * W;
+  const float* fy = fx + HW;
+  int32_t* i00 = s.i00.data();
+  int32_t* step_x = s.step_x.data();
+  int32_t* step_y = s.step_y.data();
+  float* wx = s.wx.data();
+  float* wy = s.wy.data();
+  float* finite = s.finite.data();
+  float* acc = s.acc.data();
+  for (int64_t x = 0; x < W; ++x) {
+    border_taps(float(x) - fx[x], float(y) - fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x], &finite[x]);
+  }
+  const float* p_prev = probs + (b * P.T_ + t - 1) * HW;
+  if (P.soft_target) {
+    for (int64_t x = 0; x < W; ++x) target[x] = bilinear(p_prev, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
+  } else {
+    for (int64_t x = 0; x < W; ++x) {
+      target[x] = simd::select(bilinear(p_prev, i00[x], step_x[x], step_y[x], wx[x], wy[x]) > 0.5f, 1.0f, 0.0f);
+    }
+  }
+  const float* cur = images + (b * P.T_ + t) * P.C * HW + y * W;
+  const float* prev = images + (b * P.T_ + t - 1) * P.C * HW;
+  for (int64_t x = 0; x < W; ++x) acc[x] = 0.0f;
+  for (int64_t c = 0; c < P.C; ++c) {
+    const float scale = P.scale[c];
+    const float* cur_c = cur + c * HW;
+    const float* prev_c = prev + c * HW;
+    if (P.residual == math::Residual::AbsSum) {
+      for (int64_t x = 0; x < W; ++x) {
+        acc[x] += (cur_c[x] - bilinear(prev_c, i00[x], step_x[x], step_y[x], wx[x], wy[x])) * scale;
+      }
+    } else {
+      for (int64_t x = 0; x < W; ++x) {
+        acc[x] += simd::abs((cur_c[x] - bilinear(prev_c, i00[x], step_x[x], step_y[x], wx[x], wy[x])) * scale);
+      }
+    }
+  }
+  const float alpha = P.alpha, inv_c = 1.0f / float(P.C);
+  const bool abs_sum = P.residual == math::Residual::AbsSum;
+  for (int64_t x = 0; x < W; ++x) {
+    const float residual = abs_sum ? simd::abs(acc[x]) : acc[x] * inv_c;
+    // No correspondence (a non-finite flow vector): zero confidence and target, as the shared math.
+    conf[x] = simd::select(finite[x] != 0.0f, simd::exp(-alpha * residual), 0.0f);
+    target[x] = simd::select(finite[x] != 0.0f, target[x], 0.0f);
+  }
+  if (P.occlusion) {
+    // Forward-backward test: F_bw sampled (border padding) at p + F(p).
+    const float* bx = flows_bw + (b * P.T_ + t) * 2 * HW;
+    const float* by = bx + HW;
+    for (int64_t x = 0; x < W; ++x) {
+      border_taps(float(x) + fx[x], float(y) + fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x],
+                  &finite[x]);
+    }
+    for (int64_t x = 0; x < W; ++x) {
+      const float back_x = bilinear(bx, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
+      const float back_y = bilinear(by, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
+      const float ex = fx[x] + back_x, ey = fy[x] + back_y;
+      const bool pass = ex * ex + ey * ey < 0.01f * (fx[x] * fx[x] + fy[x] * fy[x] + back_x * back_x + back_y * back_y) + 0.5f;
+      conf[x] = simd::select(pass & (finite[x] != 0.0f), conf[x], 0.0f);
+    }
+  }
+}
+
 template <typename T>
 void forward_impl(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows, const T* flows_bw,
                   bool normalise, T* loss, T* mass_out, T* conf_map, T* target_map) {
   const int64_t pairs = P.B * (P.T_ - 1), rows = pairs * P.H;
   std::vector<double> agree_rows(rows), mass_rows(rows);
   at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / P.W), [&](int64_t begin, int64_t end) {
+    RowScratch scratch(P.W);
+    std::vector<T> conf_row(P.W), target_row(P.W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t pair = row / P.H, y = row % P.H;
       const int64_t b = pair / (P.T_ - 1), t = pair % (P.T_ - 1) + 1;
+      T* conf = conf_map != nullptr ? conf_map + row * P.W : conf_row.data();
+      T* target = target_map != nullptr ? target_map + row * P.W : target_row.data();
+      evaluate_row(P, probs, images, flows, flows_bw, b, t, y, scratch, conf, target);
+      const T* p_cur = probs + (b * P.T_ + t) * P.H * P.W + y * P.W;
       double agree = 0, mass = 0;
       for (int64_t x = 0; x < P.W; ++x) {
-        const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, t, y, x);
-        agree += double(px.conf * (T(1) - std::abs(px.p_cur - px.target)));
-        mass += double(px.conf);
-        if (conf_map != nullptr) {
-          conf_map[row * P.W + x] = px.conf;
-          target_map[row * P.W + x] = px.target;
-        }
+        agree += double(conf[x] * (T(1) - std::abs(p_cur[x] - target[x])));
+        mass += double(conf[x]);
       }
       agree_rows[row] = agree;
       mass_rows[row] = mass;
@@ -81,39 +195,45 @@ void backward_impl(const ConsistencyParams<T>& P, const T* probs, const T* image
                    const std::vector<T>& coef, T* grad) {
   const int64_t HW = P.H * P.W;
   at::parallel_for(0, P.B * P.T_, 1, [&](int64_t begin, int64_t end) {
+    RowScratch scratch(P.W);
+    std::vector<T> conf(P.W), target(P.W);
     for (int64_t frame = begin; frame < end; ++frame) {
       const int64_t b = frame / P.T_, s = frame % P.T_;
       T* g = grad + frame * HW;
+      const T* p = probs + frame * HW;
       // L = 1 - sum(M (1 - |P_t - P~|)) / D, so dL/dP_t = M sign(P_t - P~) / D = -dL/dP~.
       if (s >= 1) {  // frame s is the current frame of pair s
         for (int64_t y = 0; y < P.H; ++y) {
+          evaluate_row(P, probs, images, flows, flows_bw, b, s, y, scratch, conf.data(), target.data());
+          const T* p_row = p + y * P.W;
+          T* g_row = g + y * P.W;
           for (int64_t x = 0; x < P.W; ++x) {
-            const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, s, y, x);
-            g[y * P.W + x] += coef[s - 1] * px.conf * math::sign(px.p_cur - px.target) * px.p_cur * (T(1) - px.p_cur);
+            g_row[x] += coef[s - 1] * conf[x] * math::sign(p_row[x] - target[x]) * p_row[x] * (T(1) - p_row[x]);
           }
         }
       }
       if (P.soft_target && s + 1 < P.T_) {  // frame s is the warped previous frame of pair s + 1
-        const T* p = probs + frame * HW;
+        const T* p_next = probs + (frame + 1) * HW;
+        const T* flow = flows + (frame + 1) * 2 * HW;
         for (int64_t y = 0; y < P.H; ++y) {
+          evaluate_row(P, probs, images, flows, flows_bw, b, s + 1, y, scratch, conf.data(), target.data());
           for (int64_t x = 0; x < P.W; ++x) {
-            const auto px = math::consistency_pixel<T>(P, probs, images, flows, flows_bw, b, s + 1, y, x);
-            const auto& t = px.taps;
-            if (!t.finite) continue;
-            const T go = -coef[s] * px.conf * math::sign(px.p_cur - px.target);
-            if (go == T(0)) continue;
-            const T wx0 = T(1) - t.wx1, wy0 = T(1) - t.wy1;
-            const int64_t i00 = t.y0 * P.W + t.x0;
-            auto add = [&](int64_t i, T w) { g[i] += go * w * p[i] * (T(1) - p[i]); };
-            if (t.in_y0 && t.in_x0) add(i00, wy0 * wx0);
-            if (t.in_y0 && t.in_x1) add(i00 + 1, wy0 * t.wx1);
-            if (t.in_y1 && t.in_x0) add(i00 + P.W, t.wy1 * wx0);
-            if (t.in_y1 && t.in_x1) add(i00 + P.W + 1, t.wy1 * t.wx1);
+            const T go = -coef[s] * conf[x] * math::sign(p_next[y * P.W + x] - target[x]);
+            if (go == T(0)) continue;  // also every pixel without a finite flow (M = 0)
+            const auto t = math::bilinear_taps<T>(T(x) - flow[y * P.W + x], T(y) - flow[HW + y * P.W + x], P.W, P.H,
+                                                  math::Padding::Border);
+            math::scatter_taps(t, P.W, go, [g, p](int64_t i, T v) { g[i] += v * p[i] * (T(1) - p[i]); });
           }
         }
       }
     }
   });
+}
+
+// The float32 row path indexes a frame with int32.
+void check_row_index_range(int64_t H, int64_t W) {
+  TORCH_CHECK_VALUE(H * W < (int64_t(1) << 31), "temporal_consistency: frames must have fewer than 2^31 pixels on "
+                    "the CPU, got ", H, " x ", W);
 }
 
 const at::Tensor* optional_ptr(const std::optional<at::Tensor>& t) {
@@ -130,6 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
   const at::Tensor* bw_in = optional_ptr(flows_bw_in);
   const at::Tensor flows_bw = bw_in != nullptr ? bw_in->contiguous() : at::Tensor();
   const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
+  check_row_index_range(H, W);
   at::Tensor loss = at::empty({T - 1}, logits.options());
   at::Tensor mass = at::empty({T - 1}, logits.options());
   at::Tensor conf = return_maps ? at::empty({B, T - 1, 1, H, W}, logits.options()) : at::empty({0}, logits.options());
@@ -162,6 +283,7 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
   const auto residual = check_consistency_args(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
                                                std::string_view(confidence.data(), confidence.size()));
   const int64_t B = logits_in.size(0), T = logits_in.size(1), H = logits_in.size(3), W = logits_in.size(4);
+  check_row_index_range(H, W);
   check_saved("temporal_consistency_backward", "grad_loss", grad_loss_in, {T - 1}, logits_in);
   check_saved("temporal_consistency_backward", "mass", mass_in, {T - 1}, logits_in);
   const at::Tensor logits = logits_in.contiguous(), images = images_in.contiguous(), flows = flows_in.contiguous();
