@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtc import losses
+from dtc import losses, ops
 from . import oracle
 from .cases import CASES, make_case
 
@@ -229,3 +229,29 @@ def test_non_finite_features_outside_the_masks_do_not_leak():
     close(loss, expected, torch.float64)
     grad_close(g_loc, e_loc, torch.float64)
     grad_close(g_glob, e_glob, torch.float64)
+
+
+@pytest.mark.parametrize("confidence", ["mean_abs", "abs_sum"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("occlusion", [False, True])
+def test_float32_row_path_matches_float64_with_non_finite_flows(confidence, soft, occlusion):
+    """The CPU consistency kernel has a vectorised float32 row path and a per-pixel float64 path: they
+    agree (maps, loss, mass, gradients) with non-finite flow vectors (no correspondence: M = 0),
+    flows pointing outside, odd widths, and every switch."""
+    d = make_case("random", B=2, T=3, H=9, W=37, seed=11)
+    flows, flows_bw = d["flows"].clone(), d["flows_bw"].clone()
+    flows[0, 1, 0, 2, 5] = float("nan")
+    flows[1, 2, 1, 4, 30] = float("inf")
+    flows[1, 1, 0, 0, :] = 40.0  # far outside: border clamping
+    outs = {}
+    for dtype in (torch.float32, torch.float64):
+        z = d["z"].to(dtype).requires_grad_(True)
+        loss, mass, conf, target = ops.temporal_consistency(
+            z, d["images"].to(dtype), flows.to(dtype), flows_bw.to(dtype) if occlusion else None, [0.5, 2.0, 1.0],
+            7.0, confidence, soft, True, True)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        outs[dtype] = [t.detach().double() for t in (loss, mass, conf, target, g)]
+    for name, a, b in zip(("loss", "mass", "conf", "target", "grad"), outs[torch.float32], outs[torch.float64]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    conf = outs[torch.float32][2]
+    assert conf[0, 0, 0, 2, 5] == 0 and conf[1, 1, 0, 4, 30] == 0  # pair index = frame - 1
