@@ -143,6 +143,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_non_finite_loss_stops_training_with_a_clear_error(tiny_config):
+    trainer = Trainer(tiny_config("stage=teacher", "optim.epochs=2", "run.log_every=2", out="nan"))
+    real_loss = trainer._teacher_loss
+    calls = []
+
+    def poisoned(batch):
+        loss, terms = real_loss(batch)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 2 else loss), terms
+
+    trainer._teacher_loss = poisoned
+    with pytest.raises(FloatingPointError, match=r"teacher epoch 1: a loss in batches 0..1 is not finite"):
+        trainer.fit()
+
+
 def test_cuda_device_with_a_cpu_only_core_is_refused_before_training(tiny_config, monkeypatch):
     import dtc
 

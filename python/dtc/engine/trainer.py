@@ -334,6 +334,10 @@ class Trainer:
             iterator = progress
         n_batches = len(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
+        # Reading the loss on the host every step would stall the GPU queue before each backward: the
+        # finiteness check and the progress bar read it once per run.log_every batches instead.
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        checked_upto = 0
         for i, batch in enumerate(iterator):
             last_micro = (i + 1) % accumulate == 0 or i + 1 == n_batches
             sync = contextlib.nullcontext()
@@ -341,9 +345,7 @@ class Trainer:
                 sync = self.train_module.no_sync()
             with sync:
                 loss, terms = loss_fn(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{cfg.stage} epoch {epoch} batch {i}: the loss is {loss.item()}; "
-                                             "lower optim.lr or check the input data")
+                nonfinite |= ~torch.isfinite(loss.detach())
                 self.scaler.scale(loss / accumulate).backward()
             if last_micro:
                 if cfg.optim.grad_clip is not None:
@@ -359,8 +361,16 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
             batches += 1
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if (i + 1) % cfg.run.log_every == 0 or i + 1 == n_batches:
+                # Every rank takes the same decision (a rank raising alone would leave the others in a
+                # collective).
+                if bool(self.dist.mean(nonfinite.float()[None]) > 0):
+                    raise FloatingPointError(
+                        f"{cfg.stage} epoch {epoch}: a loss in batches {checked_upto}..{i} is not finite (last "
+                        f"{loss.item()}); lower optim.lr or check the input data (last.pt holds the previous epoch)")
+                checked_upto = i + 1
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss.item():.4f}")
             if self._tb is not None and self.step % cfg.run.log_every == 0 and last_micro:
                 for k, v in terms.items():
                     self._tb.add_scalar(f"train/{k}", float(v), self.step)
