@@ -56,3 +56,13 @@ def test_override_syntax_errors():
         apply_overrides({}, ["optim.lr"])
     with pytest.raises(ConfigError, match="is not a section"):
         apply_overrides({"optim": 3}, ["optim.lr=1"])
+
+
+def test_yaml_boolean_words_in_string_fields(tmp_path):
+    """`optim.amp=off` (and `amp: off` in a file) is YAML's boolean false; the string field takes the word."""
+    assert load_config(None, ["optim.amp=off"]).optim.amp == "off"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim:\n  amp: off\n")
+    assert load_config(cfg_file).optim.amp == "off"
+    with pytest.raises(ConfigError, match="optim.amp must be one of"):
+        load_config(None, ["optim.amp=yes"]).validate()  # read as true -> "on", not a choice

@@ -205,6 +205,10 @@ def _coerce(hint, value, key: str):
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            # YAML 1.1 reads off/no/false (and on/yes/true) as booleans; in a string field the user meant
+            # the word, and "off" is the spelling the choices use (optim.amp=off).
+            return "on" if value else "off"
         raise ConfigError(f"{key} must be a string, got {value!r}")
     if hint is dict or origin is dict:
         if isinstance(value, dict):
