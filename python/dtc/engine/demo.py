@@ -212,8 +212,9 @@ def write_report(out: Path, report: dict, preset: str) -> None:
              "| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in ("teacher", "baseline", "dtc"):
         r = res[name]
-        lines.append(f"| {name} | " + " | ".join("nan" if math.isnan(r[k]) else f"{r[k]:.4f}"
-                                                 if k not in ("FPS", "epoch") else f"{r[k]:.0f}" for k, _ in cols) + " |")
+        cells = ("nan" if math.isnan(r[k]) else f"{r[k]:.0f}" if k in ("FPS", "epoch") else f"{r[k]:.4f}"
+                 for k, _ in cols)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     delta_tc = res["dtc"]["TC"] - res["baseline"]["TC"]
     lines += ["", f"The DTC student's temporal consistency is {res['dtc']['TC']:.4f} against the per-frame "
               f"baseline's {res['baseline']['TC']:.4f} ({delta_tc:+.4f}); its Dice is {res['dtc']['Dice']:.4f} "

@@ -41,7 +41,8 @@ std::vector<T> probabilities_of(const T* logits, int64_t n) {
 // ---- One image row of pair (b, t): the confidence M and the target P~ of every pixel of row y.
 // The per-pixel work is a handful of bilinear gathers, so it is done row by row: the generic version
 // calls the shared per-pixel math; the float32 one evaluates the same formulas in passes over the row
-// (taps, warped target, residual channel by channel, exp) that the compiler vectorises with gathers.
+// (taps, warped target, residual channel by channel, exp) whose arithmetic the compiler vectorises
+// (the bilinear reads stay scalar loads: GCC's generic tuning emits no gather instructions).
 struct RowScratch {
   explicit RowScratch(int64_t w) : i00(w), step_x(w), step_y(w), wx(w), wy(w), finite(w), acc(w) {}
   std::vector<int32_t> i00, step_x, step_y;  // top-left tap, and the offsets to its right / lower neighbour
@@ -145,7 +146,8 @@ DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float
       const float back_x = bilinear(bx, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
       const float back_y = bilinear(by, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
       const float ex = fx[x] + back_x, ey = fy[x] + back_y;
-      const bool pass = ex * ex + ey * ey < 0.01f * (fx[x] * fx[x] + fy[x] * fy[x] + back_x * back_x + back_y * back_y) + 0.5f;
+      const float norms = fx[x] * fx[x] + fy[x] * fy[x] + back_x * back_x + back_y * back_y;
+      const bool pass = ex * ex + ey * ey < 0.01f * norms + 0.5f;
       conf[x] = simd::select(pass & (finite[x] != 0.0f), conf[x], 0.0f);
     }
   }
