@@ -64,7 +64,7 @@ __global__ void warp_forward_kernel(const scalar_t* __restrict__ x, const scalar
 
 template <typename scalar_t, typename index_t>
 __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                                     const scalar_t* __restrict__ flow, scalar_t* __restrict__ grad_x,
+                                     const scalar_t* __restrict__ flow, at::opmath_type<scalar_t>* __restrict__ grad_x,
                                      scalar_t* __restrict__ grad_flow, index_t N, index_t C, index_t H, index_t W,
                                      math::Padding padding) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -82,7 +82,7 @@ __global__ void warp_backward_kernel(const scalar_t* __restrict__ grad_out, cons
         // Several output pixels may sample the same source pixel: atomics make this backward
         // non-deterministic (flagged through alertNotDeterministic on the host side).
         math::scatter_taps(t, static_cast<int64_t>(W), go, [=](int64_t i, opmath_t v) {
-          at::native::fastAtomicAdd(grad_x, static_cast<index_t>(plane_offset + i), numel, static_cast<scalar_t>(v), true);
+          at::native::fastAtomicAdd(grad_x, static_cast<index_t>(plane_offset + i), numel, v, true);
         });
       }
       if (grad_flow != nullptr) {
@@ -142,17 +142,23 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
   at::Tensor grad_x, grad_flow;
   if (output_mask[0]) {
     at::globalContext().alertNotDeterministic("dtc::warp_backward (CUDA) with respect to x");
-    grad_x = at::zeros(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    // Half and bfloat16 gradients accumulate in float and are rounded once at the end: with border
+    // clamping many output pixels add into one edge pixel, and a half running sum stalls at 2048.
+    grad_x = at::zeros(x.sizes(), x.options()
+                                      .dtype(at::toOpMathType(x.scalar_type()))
+                                      .memory_format(at::MemoryFormat::Contiguous));
   }
   if (output_mask[1]) {
     grad_flow = at::zeros(flow.sizes(), flow.options().memory_format(at::MemoryFormat::Contiguous));
   }
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t pixels = N * H * W;
-  if (pixels == 0 || (!output_mask[0] && !output_mask[1])) return {grad_x, grad_flow};
+  auto in_input_dtype = [&x](const at::Tensor& g) { return g.defined() ? g.to(x.scalar_type()) : g; };
+  if (pixels == 0 || (!output_mask[0] && !output_mask[1])) return {in_input_dtype(grad_x), grad_flow};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dtc::warp_backward (CUDA)", [&] {
-    scalar_t* gx = output_mask[0] ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
+    using opmath_t = at::opmath_type<scalar_t>;
+    opmath_t* gx = output_mask[0] ? grad_x.mutable_data_ptr<opmath_t>() : nullptr;
     scalar_t* gf = output_mask[1] ? grad_flow.mutable_data_ptr<scalar_t>() : nullptr;
     if (fits_int32(x) && fits_int32(flow)) {
       warp_backward_kernel<scalar_t, int32_t><<<blocks_for(pixels), kThreads, 0, stream>>>(
@@ -165,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_x, grad_flow};
+  return {in_input_dtype(grad_x), grad_flow};
 }
 
 }  // namespace
