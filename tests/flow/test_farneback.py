@@ -50,6 +50,21 @@ def test_matches_opencv_on_simulator_pairs(synth_videos, gaussian_window, median
     assert np.percentile(diff, 99.9) < 1e-2
 
 
+@pytest.mark.parametrize("size", [(40, 56), (32, 33), (37, 32)])
+def test_median_post_filter_is_the_exact_median(size):
+    """The CPU's 3x3 median (a selection network per row) and 5x5 median are exact: the same numbers as
+    a median filter with replicated edges applied to the unfiltered flow, on every pixel. Noise images
+    give a rough flow, whose neighbourhoods come in every order (smooth flow would hide a wrong network)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(sum(size))
+    a, b = (rng.integers(0, 256, size, dtype=np.uint8) for _ in range(2))
+    raw = ours(a, b, levels=1)
+    for k in (3, 5):
+        expected = np.stack([ndimage.median_filter(raw[c], size=k, mode="nearest") for c in range(2)])
+        np.testing.assert_array_equal(ours(a, b, levels=1, median=k), expected)
+
+
 @pytest.mark.parametrize("overrides", [dict(levels=0, winsize=9, iterations=1), dict(pyr_scale=0.7, levels=5),
                                        dict(poly_n=7, poly_sigma=1.5, winsize=21, iterations=5),
                                        dict(winsize=4, levels=1), dict(poly_sigma=0.0, poly_n=3)])

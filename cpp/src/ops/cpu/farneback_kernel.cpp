@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "ops/common/farneback_math.h"
+#include "ops/cpu/simd_math.h"
 #include "ops/farneback.h"
 
 namespace dtc::ops {
@@ -25,6 +26,30 @@ void for_each_pixel(int64_t planes, int h, int w, const F& f) {
       for (int x = 0; x < w; ++x) f(p, y, x);
     }
   });
+}
+
+inline void sort_pair(float& a, float& b) {
+  const bool swap = b < a;
+  const float lo = simd::select(swap, b, a), hi = simd::select(swap, a, b);
+  a = lo;
+  b = hi;
+}
+
+// 3×3 median of the interior pixels of one output row from the rows above, at and below it: Paeth's
+// 19-exchange selection network, branch-free so that it vectorises across the row. It returns the same
+// value as the shared median_at (the median of the nine values is unique), which sorts per pixel and
+// cost ~17 ms of a 69 ms 256×448 flow on one core.
+DTC_SIMD_CLONES void median3_row(const float* up, const float* mid, const float* down, int w, float* out) {
+  for (int x = 1; x < w - 1; ++x) {
+    float p0 = up[x - 1], p1 = up[x], p2 = up[x + 1];
+    float p3 = mid[x - 1], p4 = mid[x], p5 = mid[x + 1];
+    float p6 = down[x - 1], p7 = down[x], p8 = down[x + 1];
+    sort_pair(p1, p2), sort_pair(p4, p5), sort_pair(p7, p8), sort_pair(p0, p1), sort_pair(p3, p4);
+    sort_pair(p6, p7), sort_pair(p1, p2), sort_pair(p4, p5), sort_pair(p7, p8), sort_pair(p0, p3);
+    sort_pair(p5, p8), sort_pair(p4, p7), sort_pair(p3, p6), sort_pair(p1, p4), sort_pair(p2, p5);
+    sort_pair(p4, p7), sort_pair(p4, p2), sort_pair(p6, p4), sort_pair(p4, p2);
+    out[x] = p4;
+  }
 }
 
 at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double pyr_scale, int64_t levels,
@@ -147,9 +172,24 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
     const float* src = flow.const_data_ptr<float>();
     float* dst = out.mutable_data_ptr<float>();
     const int radius = plan.median_radius;
-    for_each_pixel(2 * N, H, W, [&](int64_t p, int y, int x) {
-      dst[p * HW + int64_t(y) * W + x] = fb::median_at(src + p * HW, H, W, y, x, radius);
-    });
+    if (radius == 1 && W >= 3) {
+      at::parallel_for(0, 2 * N * H, std::max<int64_t>(1, 8192 / W), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t p = row / H;
+          const int y = int(row % H);
+          const float* plane = src + p * HW;
+          float* out_row = dst + p * HW + int64_t(y) * W;
+          median3_row(plane + int64_t(fb::clamp_index(y - 1, H)) * W, plane + int64_t(y) * W,
+                      plane + int64_t(fb::clamp_index(y + 1, H)) * W, W, out_row);
+          out_row[0] = fb::median_at(plane, H, W, y, 0, 1);
+          out_row[W - 1] = fb::median_at(plane, H, W, y, W - 1, 1);
+        }
+      });
+    } else {
+      for_each_pixel(2 * N, H, W, [&](int64_t p, int y, int x) {
+        dst[p * HW + int64_t(y) * W + x] = fb::median_at(src + p * HW, H, W, y, x, radius);
+      });
+    }
   }
   return out;
 }
