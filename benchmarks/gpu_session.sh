@@ -37,7 +37,7 @@ for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" \
 done
 
 for bench in "warp --device cuda" "losses --device cuda" "flow --device cuda" "infer --devices cuda" \
-             "step --device cuda --model unet --channels-last"; do
+             "step --device cuda --model unet --channels-last" "metrics --repeat 20 --torch-batch 16"; do
   name=${bench%% *}
   python3 -m dtc.bench $bench > "$OUT/bench_$name.md" 2>&1
   status "bench $name" "exit $? (bench_$name.md)"
