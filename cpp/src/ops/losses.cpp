@@ -87,6 +87,18 @@ math::Residual check_consistency_args(const at::Tensor& logits, const at::Tensor
   return residual;
 }
 
+ConsistencyInputs consistency_inputs(const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+                                     const std::optional<at::Tensor>& flows_backward,
+                                     at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence) {
+  ConsistencyInputs in;
+  in.residual = check_consistency_args(logits, images, flows, flows_backward, channel_scale, alpha, confidence);
+  in.logits = logits.contiguous();
+  in.images = images.contiguous();
+  in.flows = flows.contiguous();
+  if (flows_backward.has_value() && flows_backward->defined()) in.flows_backward = flows_backward->contiguous();
+  return in;
+}
+
 void check_prototype_args(const char* op, const at::Tensor& probs, const at::Tensor& features, const at::Tensor* flows,
                           const at::Tensor& threshold) {
   check_window(op, "probs", probs, 1, true);

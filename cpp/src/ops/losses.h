@@ -15,6 +15,16 @@ math::Residual check_consistency_args(const at::Tensor& logits, const at::Tensor
                                       const std::optional<at::Tensor>& flows_backward,
                                       at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence);
 
+// The consistency op's tensors after check_consistency_args, contiguous; flows_backward is undefined
+// when the caller passed none. Both backends' entry points start with this.
+struct ConsistencyInputs {
+  at::Tensor logits, images, flows, flows_backward;
+  math::Residual residual;
+};
+ConsistencyInputs consistency_inputs(const at::Tensor& logits, const at::Tensor& images, const at::Tensor& flows,
+                                     const std::optional<at::Tensor>& flows_backward,
+                                     at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence);
+
 // probs [B, T, 1, H, W] in [0, 1], features [B, T, C, h, w], threshold [T-1]; flows [B, T, 2, H, W]
 // when given (local prototypes).
 void check_prototype_args(const char* op, const at::Tensor& probs, const at::Tensor& features,

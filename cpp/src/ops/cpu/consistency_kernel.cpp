@@ -238,19 +238,14 @@ void check_row_index_range(int64_t H, int64_t W) {
                     "the CPU, got ", H, " x ", W);
 }
 
-const at::Tensor* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? &*t : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
     const at::Tensor& logits_in, const at::Tensor& images_in, const at::Tensor& flows_in,
     const std::optional<at::Tensor>& flows_bw_in, at::ArrayRef<double> channel_scale, double alpha,
     c10::string_view confidence, bool soft_target, bool normalise, bool return_maps) {
-  const auto residual = check_consistency_args(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
-                                               std::string_view(confidence.data(), confidence.size()));
-  const at::Tensor logits = logits_in.contiguous(), images = images_in.contiguous(), flows = flows_in.contiguous();
-  const at::Tensor* bw_in = optional_ptr(flows_bw_in);
-  const at::Tensor flows_bw = bw_in != nullptr ? bw_in->contiguous() : at::Tensor();
+  const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
+                                     std::string_view(confidence.data(), confidence.size()));
+  const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
+  const auto residual = in.residual;
   const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   check_row_index_range(H, W);
   at::Tensor loss = at::empty({T - 1}, logits.options());
@@ -282,15 +277,14 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
                                     const at::Tensor& flows_in, const std::optional<at::Tensor>& flows_bw_in,
                                     at::ArrayRef<double> channel_scale, double alpha, c10::string_view confidence,
                                     bool soft_target, bool normalise) {
-  const auto residual = check_consistency_args(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
-                                               std::string_view(confidence.data(), confidence.size()));
-  const int64_t B = logits_in.size(0), T = logits_in.size(1), H = logits_in.size(3), W = logits_in.size(4);
+  const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
+                                     std::string_view(confidence.data(), confidence.size()));
+  const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
+  const auto residual = in.residual;
+  const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   check_row_index_range(H, W);
   check_saved("temporal_consistency_backward", "grad_loss", grad_loss_in, {T - 1}, logits_in);
   check_saved("temporal_consistency_backward", "mass", mass_in, {T - 1}, logits_in);
-  const at::Tensor logits = logits_in.contiguous(), images = images_in.contiguous(), flows = flows_in.contiguous();
-  const at::Tensor* bw_in = optional_ptr(flows_bw_in);
-  const at::Tensor flows_bw = bw_in != nullptr ? bw_in->contiguous() : at::Tensor();
   at::Tensor grad = at::zeros(logits.sizes(), logits.options());
   if (B == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CPU)", [&] {

@@ -108,20 +108,15 @@ __global__ void consistency_backward_kernel(math::ConsistencyParams<scalar_t> P,
   if (tp.in_y1 && tp.in_x1) add(i00 + P.W + 1, tp.wy1 * tp.wx1);
 }
 
-const at::Tensor* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? &*t : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cuda(
     const at::Tensor& logits_in, const at::Tensor& images_in, const at::Tensor& flows_in,
     const std::optional<at::Tensor>& flows_bw_in, at::ArrayRef<double> channel_scale, double alpha,
     c10::string_view confidence, bool soft_target, bool normalise, bool return_maps) {
-  const auto residual = check_consistency_args(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
-                                               std::string_view(confidence.data(), confidence.size()));
+  const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
+                                     std::string_view(confidence.data(), confidence.size()));
+  const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
+  const auto residual = in.residual;
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous(), images = images_in.contiguous(), flows = flows_in.contiguous();
-  const at::Tensor* bw_in = optional_ptr(flows_bw_in);
-  const at::Tensor flows_bw = bw_in != nullptr ? bw_in->contiguous() : at::Tensor();
   const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   at::Tensor conf = return_maps ? at::empty({B, T - 1, 1, H, W}, logits.options()) : at::empty({0}, logits.options());
   at::Tensor target = return_maps ? at::empty({B, T - 1, 1, H, W}, logits.options()) : at::empty({0}, logits.options());
@@ -155,16 +150,15 @@ at::Tensor consistency_backward_cuda(const at::Tensor& grad_loss, const at::Tens
                                      const at::Tensor& images_in, const at::Tensor& flows_in,
                                      const std::optional<at::Tensor>& flows_bw_in, at::ArrayRef<double> channel_scale,
                                      double alpha, c10::string_view confidence, bool soft_target, bool normalise) {
-  const auto residual = check_consistency_args(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
-                                               std::string_view(confidence.data(), confidence.size()));
-  const int64_t B = logits_in.size(0), T = logits_in.size(1), H = logits_in.size(3), W = logits_in.size(4);
+  const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
+                                     std::string_view(confidence.data(), confidence.size()));
+  const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
+  const auto residual = in.residual;
+  const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   check_saved("temporal_consistency_backward", "grad_loss", grad_loss, {T - 1}, logits_in);
   check_saved("temporal_consistency_backward", "mass", mass, {T - 1}, logits_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   if (soft_target) at::globalContext().alertNotDeterministic("dtc::temporal_consistency_backward (CUDA, soft target)");
-  const at::Tensor logits = logits_in.contiguous(), images = images_in.contiguous(), flows = flows_in.contiguous();
-  const at::Tensor* bw_in = optional_ptr(flows_bw_in);
-  const at::Tensor flows_bw = bw_in != nullptr ? bw_in->contiguous() : at::Tensor();
   at::Tensor grad = at::zeros(logits.sizes(), logits.options());
   if (B == 0) return grad;
   const at::Tensor denom = normalise ? mass.clamp_min(1e-6) : at::full_like(mass, double(B * H * W));
