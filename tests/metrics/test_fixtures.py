@@ -15,7 +15,8 @@ TOOLBOX_TABLE = {
     "adpFm": "0.53", "meanFm": "0.405", "maxFm": "0.561", "meanSen": "0.25", "maxSen": "1.0", "meanSpe": "0.817",
     "maxSpe": "0.833", "meanDic": "0.317", "maxDic": "0.516", "meanIoU": "0.236", "maxIoU": "0.411",
 }
-BACKENDS = ["numpy", pytest.param("cpp", marks=pytest.mark.skipif(not cpp_available(), reason="dtc._C not built"))]
+BACKENDS = ["numpy", pytest.param("cpp", marks=pytest.mark.skipif(not cpp_available(), reason="dtc._C not built")),
+            "torch"]
 
 
 def _read_table(path):
