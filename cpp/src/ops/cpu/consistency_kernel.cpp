@@ -28,14 +28,28 @@ DTC_SIMD_CLONES void sigmoid_into(const float* z, int64_t n, float* p) {
   for (int64_t k = 0; k < n; ++k) p[k] = simd::sigmoid(z[k]);
 }
 
-// sigmoid of every logit, once: the kernels then gather probabilities (P.probabilities).
+// The CPU kernels' parameters and what they read instead of logits: the sigmoid of every logit,
+// computed once (P.probabilities is set together with the buffer it describes).
 template <typename T>
-std::vector<T> probabilities_of(const T* logits, int64_t n) {
-  std::vector<T> probs(n);
+struct CpuConsistency {
+  ConsistencyParams<T> params;
+  std::vector<T> probs;
+};
+
+template <typename T>
+CpuConsistency<T> cpu_consistency(const ConsistencyInputs& in, at::ArrayRef<double> channel_scale, double alpha,
+                                  bool soft_target) {
+  CpuConsistency<T> out;
+  out.params = consistency_params<T>(in.logits, in.images, in.flows_backward.defined(), channel_scale, alpha,
+                                     in.residual, soft_target);
+  out.params.probabilities = true;
+  const T* logits = in.logits.const_data_ptr<T>();
+  const int64_t n = in.logits.numel();
+  out.probs.resize(n);
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    sigmoid_into(logits + begin, end - begin, probs.data() + begin);
+    sigmoid_into(logits + begin, end - begin, out.probs.data() + begin);
   });
-  return probs;
+  return out;
 }
 
 // ---- One image row of pair (b, t): the confidence M and the target P~ of every pixel of row y.
@@ -245,7 +259,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
   const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
                                      std::string_view(confidence.data(), confidence.size()));
   const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
-  const auto residual = in.residual;
   const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   check_row_index_range(H, W);
   at::Tensor loss = at::empty({T - 1}, logits.options());
@@ -258,10 +271,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_cpu(
     return {loss, mass, conf, target};
   }
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency (CPU)", [&] {
-    auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
-                                         soft_target);
-    P.probabilities = true;
-    const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
+    const auto cpu = cpu_consistency<scalar_t>(in, channel_scale, alpha, soft_target);
+    const auto& P = cpu.params;
+    const auto& probs = cpu.probs;
     forward_impl<scalar_t>(P, probs.data(), images.const_data_ptr<scalar_t>(),
                            flows.const_data_ptr<scalar_t>(),
                            flows_bw.defined() ? flows_bw.const_data_ptr<scalar_t>() : nullptr, normalise,
@@ -280,7 +292,6 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
   const auto in = consistency_inputs(logits_in, images_in, flows_in, flows_bw_in, channel_scale, alpha,
                                      std::string_view(confidence.data(), confidence.size()));
   const at::Tensor &logits = in.logits, &images = in.images, &flows = in.flows, &flows_bw = in.flows_backward;
-  const auto residual = in.residual;
   const int64_t B = logits.size(0), T = logits.size(1), H = logits.size(3), W = logits.size(4);
   check_row_index_range(H, W);
   check_saved("temporal_consistency_backward", "grad_loss", grad_loss_in, {T - 1}, logits_in);
@@ -288,10 +299,9 @@ at::Tensor consistency_backward_cpu(const at::Tensor& grad_loss_in, const at::Te
   at::Tensor grad = at::zeros(logits.sizes(), logits.options());
   if (B == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "dtc::temporal_consistency_backward (CPU)", [&] {
-    auto P = consistency_params<scalar_t>(logits, images, flows_bw.defined(), channel_scale, alpha, residual,
-                                         soft_target);
-    P.probabilities = true;
-    const auto probs = probabilities_of(logits.const_data_ptr<scalar_t>(), logits.numel());
+    const auto cpu = cpu_consistency<scalar_t>(in, channel_scale, alpha, soft_target);
+    const auto& P = cpu.params;
+    const auto& probs = cpu.probs;
     const at::Tensor gl = grad_loss_in.contiguous(), ms = mass_in.contiguous();
     std::vector<scalar_t> coef(T - 1);
     for (int64_t t = 0; t < T - 1; ++t) {
