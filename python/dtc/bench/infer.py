@@ -13,11 +13,10 @@ Convention:
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from dtc.bench._timing import device_name, median_ms
+from dtc.bench._timing import device_name, host_load, median_ms
 
 NETS = ["student", "unetpp", "unet"]
 
@@ -71,9 +70,10 @@ def measure(name, device, dtype, channels_last, *, size, batch, cuda_graph, warm
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dtc.bench infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", default=",".join(NETS), help=f"comma-separated subset of {NETS}")
+    parser.add_argument("--nets", default=None,
+                        help=f"comma-separated subset of {NETS} (default: all on CUDA, the student on the CPU)")
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default=None, help="default float32,bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--layouts", default="nchw,channels_last")
     parser.add_argument("--size", default="256,448", help="H,W (multiples of 32)")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 16 on CUDA, 1 on CPU)")
@@ -81,6 +81,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     args = parser.parse_args(argv)
+    # The full grid (three nets × two dtypes × two layouts) is sized for a GPU; on a CPU-only machine the
+    # defaults time the deployable student in float32 so the run ends in about a minute.
+    cpu_only = all(not d.strip().startswith("cuda") for d in args.devices.split(","))
+    chosen = []
+    if args.nets is None:
+        args.nets = "student" if cpu_only else ",".join(NETS)
+        chosen.append(f"--nets {args.nets}")
+    if args.dtypes is None:
+        args.dtypes = "float32" if cpu_only else "float32,bfloat16"
+        chosen.append(f"--dtypes {args.dtypes}")
+    if chosen and cpu_only:
+        print(f"defaults for a CPU-only run: {' '.join(chosen)} (set them to override)", flush=True)
 
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     unknown = [n for n in nets if n not in NETS]
@@ -102,11 +114,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = float("nan")
-    print(f"inference benchmark, input {size[0]}x{size[1]}, eval mode, inference_mode; host load average {load:.1f}")
+    print(f"inference benchmark, input {size[0]}x{size[1]}, eval mode, inference_mode; host load {host_load()}")
     for device in devices:
         print(f"device: {device_name(device)}")
     print("| net | params | device | dtype | layout | CUDA graph | batch-1 latency (ms) | batch-1 FPS | batch | throughput (frames/s) |")

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from dtc import losses
-from dtc.bench._timing import copy_bandwidth_gbs, device_name, median_ms
+from dtc.bench._timing import copy_bandwidth_gbs, describe_ratio, device_name, host_load, interleaved
 
 
 def make_inputs(B, T, H, W, cl, cg, device, seed=0):
@@ -50,24 +50,29 @@ def run(device, B, T, H, W, cl, cg, preset, repeat):
     bandwidth = copy_bandwidth_gbs(device)
     for label, terms in cases:
         result = {"label": label}
+        steps = {}
         for impl in ("reference", "fused"):
             objective = losses.DTCObjective(preset, implementation=impl, terms=terms, check_inputs=False)
             leaves = [d[k].clone().requires_grad_(True) for k in ("z", "loc", "glob")]
 
-            def step():
+            def step(objective=objective, leaves=leaves):
                 total, _ = objective(leaves[0], leaves[1], leaves[2], d["zt"], d["y"], d["images"], d["flows"])
                 wanted = [x for x in leaves if x.requires_grad]
                 return torch.autograd.grad(total, wanted, allow_unused=True)
 
+            steps[impl] = step
             if device == "cuda":
+                # Peak memory of each side alone: the interleaved timing below mixes their allocations.
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-            ms = median_ms(step, device, warmup=1, repeat=repeat, min_time_s=0.0)
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
-            result[impl] = (ms, peak)
-        floor_ms = floor_bytes(d, terms) / (bandwidth * 1e9) * 1e3
-        result["floor_ms"] = floor_ms
+                step()
+                torch.cuda.synchronize()
+                result[f"{impl}_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            else:
+                result[f"{impl}_mib"] = float("nan")
+        result.update(interleaved(steps, device, warmup=1, rounds=repeat))
+        result["floor_ms"] = floor_bytes(d, terms) / (bandwidth * 1e9) * 1e3
         rows.append(result)
     return rows, bandwidth
 
@@ -88,11 +93,14 @@ def main(argv=None) -> int:
                           args.preset, args.repeat)
     print(f"device: {device_name(args.device)}; copy bandwidth {bandwidth:.1f} GB/s; preset {args.preset!r}; "
           f"B={args.B} T={args.T} {args.H}x{args.W}, local {args.local_channels} ch, global {args.global_channels} ch "
-          f"at {args.H // 16}x{args.W // 16}; float32, forward+backward, median of {args.repeat}")
-    print("| term | composition ms | fused ms | speed-up | floor ms | fused / floor | composition MiB | fused MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"at {args.H // 16}x{args.W // 16}; float32, forward+backward; {args.repeat} interleaved rounds, "
+          f"median [quartiles]; host load {host_load()}")
+    print("| term | composition ms | fused ms | speed-up (paired) | composition CPU ms | fused CPU ms | floor ms "
+          "| fused / floor | composition MiB | fused MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        (ref_ms, ref_mb), (fused_ms, fused_mb) = r["reference"], r["fused"]
-        print(f"| {r['label']} | {ref_ms:.2f} | {fused_ms:.2f} | {ref_ms / fused_ms:.1f}x | {r['floor_ms']:.3f} | "
-              f"{fused_ms / r['floor_ms']:.1f}x | {ref_mb:.0f} | {fused_mb:.0f} |")
+        ref, fused = r["reference"], r["fused"]
+        print(f"| {r['label']} | {ref.describe()} | {fused.describe()} | {describe_ratio(ref, fused)} | "
+              f"{ref.cpu_median:.2f} | {fused.cpu_median:.2f} | {r['floor_ms']:.3f} | "
+              f"{fused.median / r['floor_ms']:.1f}x | {r['reference_mib']:.0f} | {r['fused_mib']:.0f} |", flush=True)
     return 0

@@ -14,23 +14,45 @@ import time
 
 import torch
 
-from dtc.bench._timing import device_name, sync
+from dtc.bench._timing import device_name, host_load, sync
+
+
+# A GPU runs the issue's target shape; a CPU would take tens of minutes on it (a U-Net at 256×448, B=8),
+# so there the defaults are the light student at the CPU presets' size, which finishes in about a minute.
+DEFAULTS = {
+    "cuda": dict(model="unet", B=8, T=3, H=256, W=448, flow="farneback", amp="bf16", repeat=5),
+    "cpu": dict(model="student", B=2, T=3, H=128, W=224, flow="opencv", amp="off", repeat=3),
+}
+
+
+def resolve_defaults(args) -> list[str]:
+    """Fill every option left unset from the device's defaults; returns the names that were filled."""
+    chosen = []
+    for key, value in DEFAULTS["cuda" if torch.device(args.device).type == "cuda" else "cpu"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+            chosen.append(f"{key}={value}")
+    return chosen
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dtc.bench step", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", default="unet")
+    parser.add_argument("--model", default=None, help="default: unet on CUDA, student on the CPU")
     parser.add_argument("--kwargs", default=None, help='network kwargs as JSON (default: {"base": 64} for unet)')
-    parser.add_argument("--B", type=int, default=8)
-    parser.add_argument("--T", type=int, default=3)
-    parser.add_argument("--H", type=int, default=256)
-    parser.add_argument("--W", type=int, default=448)
-    parser.add_argument("--flow", default="farneback", choices=["farneback", "opencv", "gt"])
-    parser.add_argument("--amp", default="bf16", choices=["off", "bf16", "fp16"])
+    parser.add_argument("--B", type=int, default=None, help="default 8 on CUDA, 2 on the CPU")
+    parser.add_argument("--T", type=int, default=None, help="default 3")
+    parser.add_argument("--H", type=int, default=None, help="default 256 on CUDA, 128 on the CPU")
+    parser.add_argument("--W", type=int, default=None, help="default 448 on CUDA, 224 on the CPU")
+    parser.add_argument("--flow", default=None, choices=["farneback", "opencv", "gt"],
+                        help="default farneback on CUDA, opencv on the CPU")
+    parser.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="default bf16 on CUDA, off on the CPU")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=None, help="default 5 on CUDA, 3 on the CPU")
     args = parser.parse_args(argv)
+    chosen = resolve_defaults(args)
+    if chosen:
+        print(f"defaults for {torch.device(args.device).type}: {', '.join(chosen)} (set them to override)", flush=True)
 
     from dtc import models
     from dtc.engine.inference import normalise_images
@@ -98,7 +120,8 @@ def main(argv=None) -> int:
     medians = {p: statistics.median(r[p] for r in runs) for p in parts}
     total = statistics.median(sum(r.values()) for r in runs)
     print(f"stage-2 step on {device_name(device)}: {args.model} {kwargs}, B={B} T={T} {args.H}x{args.W}, "
-          f"flow={args.flow}, amp={args.amp}, channels_last={args.channels_last}, median of {args.repeat}")
+          f"flow={args.flow}, amp={args.amp}, channels_last={args.channels_last}, median of {args.repeat}; "
+          f"host load {host_load()}")
     print("| part | ms | share |")
     print("|---|---|---|")
     for p in parts:

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from dtc import ops
-from dtc.bench._timing import copy_bandwidth_gbs, device_name, median_ms
+from dtc.bench._timing import copy_bandwidth_gbs, describe_ratio, device_name, host_load, interleaved
 from dtc.ops import reference
 
 DEFAULT_SIZES = {
@@ -46,10 +46,10 @@ def run(device: str, sizes, dtype=torch.float32, repeat: int = 10):
 
         result = {"shape": (B, C, H, W)}
         for label, make in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-            ours = median_ms(make(ops.warp), device, repeat=repeat)
-            composition = median_ms(make(reference.warp), device, repeat=repeat)
+            t = interleaved({"dtc": make(ops.warp), "composition": make(reference.warp)}, device, warmup=2,
+                            rounds=repeat)
             nbytes = _bytes(B, C, H, W, x.element_size(), backward=label != "fwd")
-            result[label] = (ours, composition, nbytes / (ours * 1e-3) / 1e9)
+            result[label] = (t["dtc"], t["composition"], nbytes / (t["dtc"].median * 1e-3) / 1e9)
         rows.append(result)
     return rows
 
@@ -65,12 +65,15 @@ def main(argv=None) -> int:
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES[device.type]
     dtype = getattr(torch, args.dtype)
     bandwidth = copy_bandwidth_gbs(device)
-    print(f"warp benchmark on {device_name(device)}, {args.dtype}; copy bandwidth {bandwidth:.1f} GB/s")
-    print("| B,C,H,W | pass | dtc (ms) | grid_sample composition (ms) | speed-up | dtc GB/s | % of copy bw |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"warp benchmark on {device_name(device)}, {args.dtype}; copy bandwidth {bandwidth:.1f} GB/s; "
+          f"host load {host_load()}; {args.repeat} interleaved rounds, median [quartiles]")
+    print("| B,C,H,W | pass | dtc ms | grid_sample composition ms | speed-up (paired) | dtc CPU ms | composition CPU ms "
+          "| dtc GB/s | % of copy bw |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in run(str(device), sizes, dtype, args.repeat):
         for label in ("fwd", "fwd+bwd"):
             ours, comp, gbs = row[label]
-            print(f"| {','.join(map(str, row['shape']))} | {label} | {ours:.3f} | {comp:.3f} | {comp / ours:.2f}x "
-                  f"| {gbs:.1f} | {100 * gbs / bandwidth:.0f}% |")
+            print(f"| {','.join(map(str, row['shape']))} | {label} | {ours.describe()} | {comp.describe()} | "
+                  f"{describe_ratio(comp, ours)} | {ours.cpu_median:.2f} | {comp.cpu_median:.2f} | {gbs:.1f} | "
+                  f"{100 * gbs / bandwidth:.0f}% |", flush=True)
     return 0
