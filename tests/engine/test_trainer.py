@@ -199,3 +199,26 @@ def test_two_process_gloo_ddp_through_torchrun_with_collective_early_stop(tmp_pa
     assert summaries[0]["epochs"] == 2 and summaries[0]["early_stopped"]
     ckpt = load_run_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
+
+
+@pytest.mark.parametrize("inner", ["gt", "farneback"])
+def test_student_trains_through_a_cached_flow_provider(tiny_config, tiny_teacher, tmp_path, inner):
+    # The trainer used to hand the cache folder as cache_dir= (the factory wants root=) and to pass a
+    # preset to the ground-truth provider, which takes no options: neither cached provider could start.
+    cache = tmp_path / "flow-cache"
+    cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "optim.epochs=2",
+                      f"flow.provider=cached:{inner}", f"flow.cache_dir={cache}", "data.max_windows=null",
+                      out=f"cached-{inner}")
+    trainer = Trainer(cfg)
+    history = trainer.fit()["history"]
+    assert len(history) == 2 and all(math.isfinite(row["train_loss"]) for row in history)
+    provider = trainer.flow_provider
+    assert provider.misses > 0 and provider.hits > 0, "the second epoch must reuse the first epoch's flows"
+    assert any(cache.rglob("*.npy"))
+
+
+def test_a_cached_flow_provider_with_augmented_frames_is_refused(tiny_config, tiny_teacher, tmp_path):
+    cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "flow.provider=cached:farneback",
+                      f"flow.cache_dir={tmp_path}", "data.augment=true")
+    with pytest.raises(ConfigError, match="data.augment"):
+        cfg.validate()

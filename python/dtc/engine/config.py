@@ -148,6 +148,11 @@ class TrainConfig:
             _choice("flow.provider", base, ("gt", "farneback", "opencv"))
             if provider.startswith("cached:") and not self.flow.cache_dir:
                 raise ConfigError("flow.cache_dir is required with flow.provider='cached:...'")
+            if provider.startswith("cached:") and self.data.augment:
+                # A cached flow belongs to the frames it was computed on; augmented frames change every
+                # epoch, so a cache hit would pair them with another geometry's flow, silently.
+                raise ConfigError("flow.provider='cached:...' cannot be used with data.augment=true (the frames "
+                                  "change every epoch); set data.augment=false or use an uncached provider")
             from dtc.losses import DTCLossConfig
 
             try:

@@ -202,10 +202,12 @@ class Trainer:
         self.objective = DTCObjective(cfg.preset, **{"check_inputs": False, **cfg.loss})
         provider = cfg.flow.provider
         kwargs = dict(cfg.flow.params)
-        if provider != "gt":
+        # The preset picks the Farnebäck preprocessing of the provider that computes flow, which under
+        # "cached:" is the inner one; ground-truth flow has no preprocessing to pick.
+        if provider.removeprefix("cached:") != "gt":
             kwargs.setdefault("preset", cfg.preset)
         if provider.startswith("cached:"):
-            kwargs["cache_dir"] = cfg.flow.cache_dir
+            kwargs["root"] = cfg.flow.cache_dir
         self.flow_provider = make_flow_provider(provider, **kwargs)
 
     def _place(self, model):
