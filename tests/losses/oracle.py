@@ -48,9 +48,16 @@ def kd(zs, zt, tau=4.0):
 
 
 def threshold(p_t, spec):
-    """p_t (B, 1, H, W): mean_b of the 70th percentile, or the fixed value."""
+    """p_t (B, 1, H, W): mean_b of sort(P_t[b].flatten())[int(0.7 N)], or the fixed value.
+
+    Written with Python's own sorted() and list indexing, as the spec reads, so that it shares nothing
+    with the selection (kthvalue) or interpolation (torch.quantile) the implementations could use."""
     if spec == "percentile70":
-        return torch.stack([torch.quantile(p_t[b].flatten(), 0.7) for b in range(p_t.shape[0])]).mean()
+        picks = []
+        for b in range(p_t.shape[0]):
+            values = sorted(p_t[b].flatten().tolist())
+            picks.append(values[int(0.7 * len(values))])
+        return torch.tensor(sum(picks) / len(picks), dtype=p_t.dtype)
     return torch.tensor(float(spec), dtype=p_t.dtype)
 
 
@@ -71,10 +78,17 @@ def confidence(i_prev, i_cur, flow, preset, alpha, flow_bw=None):
     return m
 
 
-def con_pair(p_prev, p_cur, i_prev, i_cur, flow, preset, alpha, warped_target="hard", normalise=False, flow_bw=None):
+def warped_previous(p_prev, flow, warped_target):
+    """P~ of METHOD.md §2: W(P_{t-1}), binarised at 0.5 for the hard target. The consistency term and the
+    local prototypes' mask both read this one target."""
     target = warp(p_prev, flow)
     if warped_target == "hard":
-        target = (target > 0.5).to(p_cur.dtype)
+        target = (target > 0.5).to(p_prev.dtype)
+    return target
+
+
+def con_pair(p_prev, p_cur, i_prev, i_cur, flow, preset, alpha, warped_target="hard", normalise=False, flow_bw=None):
+    target = warped_previous(p_prev, flow, warped_target)
     m = confidence(i_prev, i_cur, flow, preset, alpha, flow_bw)
     agree = m * (1 - (p_cur - target).abs())
     if normalise:
@@ -97,13 +111,14 @@ def nearest_down(mask, size):
     return F.interpolate(mask, size=size, mode="nearest")
 
 
-def proto_pair(p_prev, p_cur, loc_prev, loc_cur, glob_prev, glob_cur, flow, thr_spec, rescale, scales="both"):
+def proto_pair(p_prev, p_cur, loc_prev, loc_cur, glob_prev, glob_cur, flow, thr_spec, rescale, scales="both",
+               warped_target="hard"):
     thr = threshold(p_cur, thr_spec)
     fg_cur = (p_cur > thr).to(p_cur.dtype)
     fg_prev = (p_prev > thr).to(p_cur.dtype)
     terms = {}
     if scales in ("both", "local"):
-        m = fg_cur * (warp(p_prev, flow) > thr).to(p_cur.dtype)
+        m = fg_cur * (warped_previous(p_prev, flow, warped_target) > thr).to(p_cur.dtype)
         size = loc_cur.shape[-2:]
         m = nearest_down(m, size)
         v_prev = masked_average_pool(warp(loc_prev, resize_flow(flow, size, rescale)), m)
@@ -122,10 +137,10 @@ def proto_pair(p_prev, p_cur, loc_prev, loc_cur, glob_prev, glob_cur, flow, thr_
     return terms
 
 
-def proto(p, loc, glob, flows, thr_spec, rescale, scales="both"):
+def proto(p, loc, glob, flows, thr_spec, rescale, scales="both", warped_target="hard"):
     per = [proto_pair(p[:, t - 1], p[:, t], None if loc is None else loc[:, t - 1], None if loc is None else loc[:, t],
                       None if glob is None else glob[:, t - 1], None if glob is None else glob[:, t], flows[:, t],
-                      thr_spec, rescale, scales) for t in range(1, p.shape[1])]
+                      thr_spec, rescale, scales, warped_target) for t in range(1, p.shape[1])]
     return {k: torch.stack([d[k] for d in per]).mean() for k in per[0]}
 
 
@@ -141,6 +156,6 @@ def total(z, loc, glob, zt, y, images, flows, preset, weights=(3, 1, 2, 0.1), fl
     p = torch.sigmoid(z)
     out = {"seg": bce_dice(z, y), "kd": kd(z, zt, 4.0),
            "con": con(z, images, flows, preset, cfg["alpha"], warped_target, normalise, flows_bw)}
-    out.update(proto(p.detach(), loc, glob, flows, cfg["thr"], cfg["rescale"]))
+    out.update(proto(p.detach(), loc, glob, flows, cfg["thr"], cfg["rescale"], warped_target=warped_target))
     out["total"] = weights[0] * out["seg"] + weights[1] * out["kd"] + weights[2] * out["con"] + weights[3] * out["proto"]
     return out

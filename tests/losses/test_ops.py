@@ -35,7 +35,8 @@ def test_gradcheck_prototypes(local_size, rescale):
     thr = torch.tensor([0.5, 0.45], dtype=torch.float64)
     loc = d["loc"].requires_grad_(True)
     glob = d["glob"].requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, d["flows"], thr, rescale)[:2], (loc,))
+    for hard in (False, True):
+        assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, d["flows"], thr, rescale, hard)[:2], (loc,))
     assert torch.autograd.gradcheck(lambda f: ops.global_prototypes(p, f, thr)[:2], (glob,))
     # Through the whole prototype loss (cosine + cross weighting) too.
     assert torch.autograd.gradcheck(
@@ -80,11 +81,12 @@ def test_opcheck_every_op():
                                                           "mean_abs", True, False, False)
     oc(torch.ops.dtc.temporal_consistency_backward.default,
        (torch.ones_like(loss), mass, z.detach(), d["images"], d["flows"], None, [], 13.3, "mean_abs", True, False))
-    oc(torch.ops.dtc.local_prototypes.default, (p, loc, d["flows"], thr, True))
+    for hard in (False, True):
+        oc(torch.ops.dtc.local_prototypes.default, (p, loc, d["flows"], thr, True, hard))
+        v_prev, v_cur, m = torch.ops.dtc.local_prototypes(p, loc.detach(), d["flows"], thr, True, hard)
+        oc(torch.ops.dtc.local_prototypes_backward.default,
+           (torch.randn_like(v_prev), torch.randn_like(v_cur), m, p, loc.detach(), d["flows"], thr, True, hard))
     oc(torch.ops.dtc.global_prototypes.default, (p, glob, thr))
-    v_prev, v_cur, m = torch.ops.dtc.local_prototypes(p, loc.detach(), d["flows"], thr, True)
-    oc(torch.ops.dtc.local_prototypes_backward.default,
-       (torch.randn_like(v_prev), torch.randn_like(v_cur), m, p, loc.detach(), d["flows"], thr, True))
     u_prev, u_cur, mp, mc = torch.ops.dtc.global_prototypes(p, glob.detach(), thr)
     oc(torch.ops.dtc.global_prototypes_backward.default,
        (torch.randn_like(u_prev), torch.randn_like(u_cur), mp, mc, p, glob.detach(), thr))

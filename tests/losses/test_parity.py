@@ -89,17 +89,17 @@ def test_consistency_switches(warped_target, normalise, occlusion, dtype, impl):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scales", ["both", "local", "global"])
 @pytest.mark.parametrize("local_size,rescale", [(None, True), ((6, 7), True), ((6, 7), False), ((5, 9), True)])
-@pytest.mark.parametrize("threshold", [0.5, "percentile70"])
-def test_prototype_switches(threshold, local_size, rescale, scales, dtype, impl):
+@pytest.mark.parametrize("threshold,warped_target", [(0.5, "soft"), ("percentile70", "soft"), ("percentile70", "hard")])
+def test_prototype_switches(threshold, warped_target, local_size, rescale, scales, dtype, impl):
     d = make_case("random", T=3, local_size=local_size, dtype=dtype, seed=5)
     p = torch.sigmoid(d["z"])
     loc = d["loc"].clone().requires_grad_(True)
     glob = d["glob"].clone().requires_grad_(True)
     got, parts = losses.prototype_alignment(p, loc, glob, d["flows"], threshold=threshold, rescale_flow=rescale,
-                                            scales=scales, impl=impl)
+                                            scales=scales, warped_target=warped_target, impl=impl)
     locd = d["loc"].double().requires_grad_(True)
     globd = d["glob"].double().requires_grad_(True)
-    expected = oracle.proto(p.double(), locd, globd, d["flows"].double(), threshold, rescale, scales)
+    expected = oracle.proto(p.double(), locd, globd, d["flows"].double(), threshold, rescale, scales, warped_target)
     close(got, expected["proto"], dtype)
     for name in ("loc", "glob"):
         if name in expected:
@@ -172,7 +172,7 @@ def test_nan_logits_give_nan_losses_like_the_composition():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_percentile_threshold_matches_quantile(impl):
+def test_percentile_threshold_matches_the_sorted_index_oracle(impl):
     d = make_case("random", B=3, T=4, H=10, W=13, seed=8)
     p = torch.sigmoid(d["z"])
     got = losses.foreground_threshold(p, "percentile70", impl=impl)
@@ -180,6 +180,37 @@ def test_percentile_threshold_matches_quantile(impl):
     close(got, expected, torch.float64)
     fixed = losses.foreground_threshold(p, 0.5, impl=impl)
     assert fixed.shape == (3,) and torch.all(fixed == 0.5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_percentile_threshold_is_an_order_statistic_not_an_interpolation(impl):
+    # N = 5 pixels: int(0.7 * 5) = 3, the 4th smallest value of each sample. Sample 0 sorts to
+    # [.1 .3 .5 .7 .9] -> 0.7, sample 1 to [.2 .4 .6 .8 1] -> 0.8; the threshold is their mean, 0.75.
+    # torch.quantile would interpolate at rank 0.7 * 4 = 2.8: 0.66 and 0.76, mean 0.71.
+    cur = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.7], [0.2, 1.0, 0.6, 0.8, 0.4]], dtype=torch.float64)
+    probs = torch.stack([torch.full_like(cur, 0.5), cur], dim=1).view(2, 2, 1, 1, 5)
+    got = losses.foreground_threshold(probs, "percentile70", impl=impl)
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx(0.75, abs=1e-15)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_local_mask_reads_the_hard_warped_target_as_the_consistency_term_does(impl, dtype):
+    # Zero flow, so W(P_{t-1}) = P_{t-1} = [.4 .6 .4 .6]; every current pixel is foreground (0.9 > 0.3).
+    # With the soft target all four previous values pass 0.3; the reference binarises W(P_{t-1}) at 0.5
+    # first, so only the two 0.6 pixels are in m = fg_t * 1[1[W(P_{t-1}) > 0.5] > thr].
+    prev = torch.tensor([0.4, 0.6, 0.4, 0.6], dtype=dtype)
+    probs = torch.stack([prev, torch.full_like(prev, 0.9)]).view(1, 2, 1, 1, 4)
+    features = torch.arange(8, dtype=dtype).view(1, 2, 1, 1, 4)
+    flows = torch.zeros(1, 2, 2, 1, 4, dtype=dtype)
+    thr = torch.tensor([0.3], dtype=dtype)
+    backend = ops if impl == "fused" else ops.reference
+    _, v_cur_soft, mass_soft = backend.local_prototypes(probs, features, flows, thr, hard_target=False)
+    _, v_cur_hard, mass_hard = backend.local_prototypes(probs, features, flows, thr, hard_target=True)
+    assert mass_soft.item() == 4 and mass_hard.item() == 2
+    # Current-frame features 4..7: the soft mask averages all four, the hard one pixels 1 and 3 (5, 7).
+    assert v_cur_soft.item() == pytest.approx(5.5) and v_cur_hard.item() == pytest.approx(6.0)
 
 
 def test_empty_masks_give_terms_of_one():

@@ -55,18 +55,20 @@ at::Tensor temporal_consistency_backward(const at::Tensor& grad_loss, const at::
                                          at::ArrayRef<double> channel_scale, double alpha, std::string_view confidence,
                                          bool soft_target, bool normalise);
 
-// Local (decoder) prototypes of each pair: m = 1[P_t > thr_t] * 1[W(P_{t-1}) > thr_t] at full
-// resolution, nearest-resampled to the features' size; v_prev = MAP(W(F_{t-1}), m), v_cur = MAP(F_t, m)
+// Local (decoder) prototypes of each pair: m = 1[P_t > thr_t] * 1[P~ > thr_t] at full resolution,
+// nearest-resampled to the features' size, where P~ is the warped previous prediction as the
+// consistency term uses it: W(P_{t-1}) itself, or its binarisation 1[W(P_{t-1}) > 0.5] when hard_target
+// (the reference's hard warped target); v_prev = MAP(W(F_{t-1}), m), v_cur = MAP(F_t, m)
 // with MAP(F, m) = sum F m / max(sum m, 1e-6). The flow is resized to the features' size (bilinear,
 // align_corners, components scaled by the size ratio when rescale_flow).
 //   probs [B, T, 1, H, W] in [0, 1]; features [B, T, C, h, w]; flows [B, T, 2, H, W]; threshold [T-1]
 //   returns v_prev, v_cur [B, T-1, C] and mass = sum m [B, T-1]. Differentiable in features.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes(const at::Tensor& probs, const at::Tensor& features,
                                                                 const at::Tensor& flows, const at::Tensor& threshold,
-                                                                bool rescale_flow);
+                                                                bool rescale_flow, bool hard_target = false);
 at::Tensor local_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur, const at::Tensor& mass,
                                      const at::Tensor& probs, const at::Tensor& features, const at::Tensor& flows,
-                                     const at::Tensor& threshold, bool rescale_flow);
+                                     const at::Tensor& threshold, bool rescale_flow, bool hard_target = false);
 
 // Global (bottleneck) prototypes of each pair: u_prev = MAP(G_{t-1}, bg_{t-1}), u_cur = MAP(G_t, bg_t)
 // with bg_x = 1 - 1[P_x > thr_t] nearest-resampled to the features' size.
@@ -79,7 +81,8 @@ at::Tensor global_prototypes_backward(const at::Tensor& grad_prev, const at::Ten
                                       const at::Tensor& mass_prev, const at::Tensor& mass_cur, const at::Tensor& probs,
                                       const at::Tensor& features, const at::Tensor& threshold);
 
-// Per pair t: mean_b of the q-quantile (linear interpolation, like torch.quantile) of probs[b, t],
+// Per pair t: mean_b of sort(probs[b, t].flatten())[floor(q N)] (N = H W, the index clamped to N - 1):
+// an order statistic, no interpolation, as the reference code indexes its sorted probabilities. Found
 // by batched selection on the device (no sort, no host sync). probs [B, T, 1, H, W] -> [T-1].
 at::Tensor foreground_threshold(const at::Tensor& probs, double q);
 

@@ -206,19 +206,19 @@ at::Tensor temporal_consistency_backward(const at::Tensor& grad_loss, const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes(const at::Tensor& probs, const at::Tensor& features,
                                                                 const at::Tensor& flows, const at::Tensor& threshold,
-                                                                bool rescale_flow) {
+                                                                bool rescale_flow, bool hard_target) {
   static auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>("dtc::local_prototypes");
-  return op.call(probs, features, flows, threshold, rescale_flow);
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>("dtc::local_prototypes");
+  return op.call(probs, features, flows, threshold, rescale_flow, hard_target);
 }
 
 at::Tensor local_prototypes_backward(const at::Tensor& grad_prev, const at::Tensor& grad_cur, const at::Tensor& mass,
                                      const at::Tensor& probs, const at::Tensor& features, const at::Tensor& flows,
-                                     const at::Tensor& threshold, bool rescale_flow) {
+                                     const at::Tensor& threshold, bool rescale_flow, bool hard_target) {
   static auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>(
       "dtc::local_prototypes_backward");
-  return op.call(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow);
+  return op.call(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow, hard_target);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> global_prototypes(const at::Tensor& probs,
@@ -245,17 +245,13 @@ at::Tensor foreground_threshold(const at::Tensor& probs, double q) {
   TORCH_CHECK_VALUE(q >= 0 && q <= 1, "foreground_threshold: q must lie in [0, 1], got ", q);
   const int64_t n = probs.size(3) * probs.size(4);
   TORCH_CHECK_VALUE(n > 0 && probs.size(0) > 0, "foreground_threshold: probs must not be empty, got ", probs.sizes());
-  // torch.quantile's linear interpolation between the order statistics around q (n - 1), found with
-  // two batched selections (kthvalue is O(n) per row, on the device, without a host round trip).
+  // The reference indexes each sample's ascending sort at int(q * N) (0-based; no interpolation, unlike
+  // torch.quantile, which would put the threshold between two order statistics). kthvalue selects that
+  // order statistic in O(n) per row on the device, without a host round trip. q = 1 would index one
+  // past the end: it is clamped to the largest value.
   const at::Tensor cur = probs.detach().narrow(1, 1, probs.size(1) - 1).reshape({probs.size(0), probs.size(1) - 1, n});
-  const double rank = q * static_cast<double>(n - 1);
-  const int64_t below = static_cast<int64_t>(std::floor(rank));
-  const int64_t above = std::min<int64_t>(below + 1, n - 1);
-  const double weight = rank - static_cast<double>(below);
-  const at::Tensor lo = std::get<0>(at::kthvalue(cur, below + 1, 2));
-  if (weight == 0.0 || above == below) return lo.mean(0);
-  const at::Tensor hi = std::get<0>(at::kthvalue(cur, above + 1, 2));
-  return at::lerp(lo, hi, weight).mean(0);
+  const int64_t index = std::min<int64_t>(static_cast<int64_t>(std::floor(q * static_cast<double>(n))), n - 1);
+  return std::get<0>(at::kthvalue(cur, index + 1, 2)).mean(0);
 }
 
 std::tuple<at::Tensor, at::Tensor> bce_dice(const at::Tensor& logits, const at::Tensor& target, double smooth) {

@@ -20,9 +20,10 @@ TORCH_LIBRARY(dtc, m) {
         "float alpha, str confidence, bool soft_target, bool normalise, bool return_maps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("temporal_consistency_backward(Tensor grad_loss, Tensor mass, Tensor logits, Tensor images, Tensor flows, "
         "Tensor? flows_backward, float[] channel_scale, float alpha, str confidence, bool soft_target, bool normalise) -> Tensor");
-  m.def("local_prototypes(Tensor probs, Tensor features, Tensor flows, Tensor threshold, bool rescale_flow) -> (Tensor, Tensor, Tensor)");
+  m.def("local_prototypes(Tensor probs, Tensor features, Tensor flows, Tensor threshold, bool rescale_flow, "
+        "bool hard_target=False) -> (Tensor, Tensor, Tensor)");
   m.def("local_prototypes_backward(Tensor grad_prev, Tensor grad_cur, Tensor mass, Tensor probs, Tensor features, "
-        "Tensor flows, Tensor threshold, bool rescale_flow) -> Tensor");
+        "Tensor flows, Tensor threshold, bool rescale_flow, bool hard_target=False) -> Tensor");
   m.def("global_prototypes(Tensor probs, Tensor features, Tensor threshold) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("global_prototypes_backward(Tensor grad_prev, Tensor grad_cur, Tensor mass_prev, Tensor mass_cur, Tensor probs, "
         "Tensor features, Tensor threshold) -> Tensor");

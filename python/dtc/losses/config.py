@@ -43,8 +43,10 @@ class DTCLossConfig:
         ``confidence``: ``"abs_sum"`` is ``|sum_c dI_c|`` (reference), ``"mean_abs"`` is ``mean_c |dI_c|``
         (dtc). With ``normalise_images`` the residual is taken on ``(I - image_mean) / image_std`` (the
         network's input normalisation of the reference code); the images themselves are always passed in
-        ``[0, 1]``. ``fg_threshold`` is a float in (0, 1) or ``"percentile70"`` (``mean_b`` of the per-sample
-        70th percentile of ``P_t``). ``prototype_scales``: ``"both"`` (cross-weighted ``w_bg*L_loc +
+        ``[0, 1]``. ``fg_threshold`` is a float in (0, 1) or ``"percentile70"`` (``mean_b`` of each sample's
+        ``sort(P_t[b].flatten())[int(0.7 N)]``, the reference's indexed order statistic). The local
+        prototypes' mask reads the warped previous prediction exactly as the consistency term does
+        (binarised at 0.5 with ``warped_target="hard"``). ``prototype_scales``: ``"both"`` (cross-weighted ``w_bg*L_loc +
         w_fg*L_glob``), ``"local"`` or ``"global"`` (that term alone, weight 1).
     """
 

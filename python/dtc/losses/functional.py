@@ -128,9 +128,10 @@ def foreground_threshold(probs: torch.Tensor, threshold: Union[str, float] = 0.5
                          impl: str = "fused") -> torch.Tensor:
     """The foreground threshold of each pair ``t = 1..T-1``, shape ``(T-1,)``, on ``probs``' device.
 
-    ``"percentile70"`` (reference): ``mean_b`` of the 70th percentile (linear interpolation, as
-    ``torch.quantile``) of ``P_t[b]``, computed with a batched selection on the device (no sort, no host
-    sync). A float (dtc: 0.5) is used for every pair.
+    ``"percentile70"`` (reference): ``mean_b sort(P_t[b].flatten())[int(0.7 N)]``, ``N = H W``: the
+    order statistic the authors' code indexes, without the interpolation ``torch.quantile`` would add;
+    computed with a batched selection on the device (no sort, no host sync). A float (dtc: 0.5) is used
+    for every pair.
     """
     _check_window("probs", probs, channels=1)
     T = probs.shape[1]
@@ -227,13 +228,15 @@ def prototype_alignment(
     threshold: Union[str, float] = 0.5,
     rescale_flow: bool = True,
     scales: str = "both",
+    warped_target: str = "soft",
     check: bool = True,
     impl: str = "fused",
 ):
     """Prototype alignment ``L_proto`` (METHOD.md §2.5), the mean over the T-1 pairs.
 
     Per pair: ``fg_x = 1[P_x > thr]``; local (decoder) prototypes ``v_{t-1} = MAP(W(F_loc,t-1), m)`` and
-    ``v_t = MAP(F_loc,t, m)`` with ``m = fg_t * 1[W(P_{t-1}) > thr]``; global (bottleneck) prototypes
+    ``v_t = MAP(F_loc,t, m)`` with ``m = fg_t * 1[P~ > thr]``, ``P~`` the warped previous prediction as the
+    consistency term uses it (``W(P_{t-1})``, or ``1[W(P_{t-1}) > 0.5]`` with ``warped_target="hard"``); global (bottleneck) prototypes
     ``u_x = MAP(F_glob,x, bg_x down)`` with ``bg = 1 - fg`` nearest-downsampled per frame;
     ``L_loc = mean_b(1 - cos(v_{t-1}, v_t))``, ``L_glob`` likewise, cosine eps 1e-8, an empty mask gives a
     zero prototype (term 1). ``L_proto,t = (1 - w_fg) L_loc + w_fg L_glob`` with ``w_fg = mean(P_t)``.
@@ -247,12 +250,16 @@ def prototype_alignment(
         flows: ``(B, T, 2, H, W)`` at the resolution of ``probs``.
         threshold: ``"percentile70"`` or a float, see :func:`foreground_threshold`.
         scales: ``"both"``, ``"local"`` or ``"global"`` (a single scale counts with weight 1).
+        warped_target: ``"soft"`` or ``"hard"``, as in :func:`temporal_consistency` (the objective passes
+            its own setting, so both terms see the same target).
 
     Returns:
         ``(loss, {"loc": L_loc, "glob": L_glob})``, the dict entries detached means over pairs.
     """
     if scales not in ("both", "local", "global"):
         raise ValueError(f"scales must be 'both', 'local' or 'global', got {scales!r}")
+    if warped_target not in ("hard", "soft"):
+        raise ValueError(f"warped_target must be 'hard' or 'soft', got {warped_target!r}")
     _check_window("probs", probs, channels=1)
     _check_window("flows", flows, channels=2)
     _check_same_frames("flows", flows, "probs", probs)
@@ -274,7 +281,8 @@ def prototype_alignment(
     thr = foreground_threshold(probs, threshold, impl=impl)
     v_prev = v_cur = u_prev = u_cur = None
     if use_local:
-        v_prev, v_cur, _ = backend.local_prototypes(probs, local, flows.detach(), thr, rescale_flow)
+        v_prev, v_cur, _ = backend.local_prototypes(probs, local, flows.detach(), thr, rescale_flow,
+                                                    hard_target=warped_target == "hard")
     if use_global:
         u_prev, u_cur, _, _ = backend.global_prototypes(probs, global_, thr)
     fg_weight = probs[:, 1:].mean((0, 2, 3, 4))

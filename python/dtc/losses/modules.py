@@ -70,16 +70,20 @@ class PrototypeAlignmentLoss(nn.Module):
     """:func:`dtc.losses.prototype_alignment` as a module: ``forward(probs, local, global_, flows)``."""
 
     def __init__(self, threshold: Union[str, float] = 0.5, rescale_flow: bool = True, scales: str = "both",
-                 check: bool = True, impl: str = "fused"):
+                 warped_target: str = "soft", check: bool = True, impl: str = "fused"):
         super().__init__()
         if scales not in ("both", "local", "global"):
             raise ValueError(f"PrototypeAlignmentLoss: scales must be 'both', 'local' or 'global', got {scales!r}")
+        if warped_target not in ("hard", "soft"):
+            raise ValueError(f"PrototypeAlignmentLoss: warped_target must be 'hard' or 'soft', got {warped_target!r}")
         self.threshold, self.rescale_flow, self.scales, self.check, self.impl = threshold, rescale_flow, scales, check, impl
+        self.warped_target = warped_target
 
     def forward(self, probs, local, global_, flows):
         return LF.prototype_alignment(probs, local, global_, flows, threshold=self.threshold,
-                                      rescale_flow=self.rescale_flow, scales=self.scales, check=self.check,
-                                      impl=self.impl)
+                                      rescale_flow=self.rescale_flow, scales=self.scales,
+                                      warped_target=self.warped_target, check=self.check, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold!r}, rescale_flow={self.rescale_flow}, scales={self.scales!r}, impl={self.impl!r}"
+        return (f"threshold={self.threshold!r}, rescale_flow={self.rescale_flow}, scales={self.scales!r}, "
+                f"warped_target={self.warped_target!r}, impl={self.impl!r}")

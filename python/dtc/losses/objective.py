@@ -124,7 +124,7 @@ class DTCObjective(nn.Module):
             terms["proto"], parts = LF.prototype_alignment(
                 probs, local if scales != "global" else None, global_ if scales != "local" else None,
                 need("flows", flows), threshold=cfg.fg_threshold, rescale_flow=cfg.rescale_flow, scales=scales,
-                check=False, impl=impl)
+                warped_target=cfg.warped_target, check=False, impl=impl)
             terms["loc"], terms["glob"] = parts["loc"], parts["glob"]
             total = total + w * terms["proto"]
         return total, {name: value.detach() for name, value in terms.items()}

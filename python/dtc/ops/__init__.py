@@ -77,9 +77,12 @@ def temporal_consistency(logits, images, flows, flows_backward=None, channel_sca
                                               bool(soft_target), bool(normalise), bool(return_maps))
 
 
-def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True):
-    """Fused warp + masked average pooling of the local features: ``(v_prev, v_cur, mass)``."""
-    return torch.ops.dtc.local_prototypes(probs, features, flows, threshold, bool(rescale_flow))
+def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True, hard_target: bool = False):
+    """Fused warp + masked average pooling of the local features: ``(v_prev, v_cur, mass)``.
+
+    The mask is ``1[P_t > thr] * 1[P~ > thr]`` with ``P~ = W(P_{t-1})``, binarised at 0.5 first when
+    ``hard_target`` (the reference's hard warped target)."""
+    return torch.ops.dtc.local_prototypes(probs, features, flows, threshold, bool(rescale_flow), bool(hard_target))
 
 
 def global_prototypes(probs, features, threshold):
@@ -88,7 +91,8 @@ def global_prototypes(probs, features, threshold):
 
 
 def foreground_threshold(probs, q: float = 0.7):
-    """Per pair, ``mean_b`` of the ``q``-quantile of ``P_t[b]`` (batched selection on the device)."""
+    """Per pair, ``mean_b sort(P_t[b].flatten())[int(q N)]`` (an order statistic, no interpolation; batched
+    selection on the device)."""
     return torch.ops.dtc.foreground_threshold(probs, float(q))
 
 

@@ -47,14 +47,15 @@ def _temporal_consistency_backward_fake(grad_loss, mass, logits, images, flows, 
 
 
 @torch.library.register_fake("dtc::local_prototypes")
-def _local_prototypes_fake(probs, features, flows, threshold, rescale_flow):
+def _local_prototypes_fake(probs, features, flows, threshold, rescale_flow, hard_target=False):
     _window_check("features", features)
     B, T, C = features.shape[:3]
     return features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1, C)), features.new_empty((B, T - 1))
 
 
 @torch.library.register_fake("dtc::local_prototypes_backward")
-def _local_prototypes_backward_fake(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow):
+def _local_prototypes_backward_fake(grad_prev, grad_cur, mass, probs, features, flows, threshold, rescale_flow,
+                                    hard_target=False):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 

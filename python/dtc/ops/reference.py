@@ -82,9 +82,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 
 
 def foreground_threshold(probs: torch.Tensor, q: float = 0.7) -> torch.Tensor:
-    """Per pair ``t = 1..T-1``: ``mean_b quantile(P_t[b], q)`` (linear interpolation), shape ``(T-1,)``."""
+    """Per pair ``t = 1..T-1``: ``mean_b sort(P_t[b].flatten())[int(q N)]`` (no interpolation), shape ``(T-1,)``."""
     cur = probs[:, 1:].flatten(2)
-    return torch.quantile(cur, q, dim=2).mean(0)
+    n = cur.shape[2]
+    index = min(int(q * n), n - 1)
+    return cur.sort(dim=2).values[:, :, index].mean(0)
 
 
 def temporal_consistency(logits, images, flows, flows_backward=None, channel_scale=None, alpha: float = 13.3,
@@ -129,15 +131,19 @@ def _map(features: torch.Tensor, mask: torch.Tensor):
     return pooled, mass.squeeze(-1)
 
 
-def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True):
-    """``v_{t-1} = MAP(W(F_{t-1}), m)``, ``v_t = MAP(F_t, m)`` with ``m = 1[P_t > thr] * 1[W(P_{t-1}) > thr]``.
+def local_prototypes(probs, features, flows, threshold, rescale_flow: bool = True, hard_target: bool = False):
+    """``v_{t-1} = MAP(W(F_{t-1}), m)``, ``v_t = MAP(F_t, m)`` with ``m = 1[P_t > thr] * 1[P~ > thr]``,
+    ``P~ = W(P_{t-1})``, binarised at 0.5 first when ``hard_target``.
 
     Returns ``(v_prev (B,T-1,C), v_cur (B,T-1,C), mass (B,T-1))``."""
     B, T, C, h, w = features.shape
     p_prev, p_cur = _pairs(probs)
     _, flow = _pairs(flows)
     thr = threshold.repeat(B).view(-1, 1, 1, 1)
-    mask = ((p_cur > thr) & (warp(p_prev, flow) > thr)).to(features.dtype)
+    warped = warp(p_prev, flow)
+    if hard_target:
+        warped = (warped > 0.5).to(warped.dtype)
+    mask = ((p_cur > thr) & (warped > thr)).to(features.dtype)
     if mask.shape[-2:] != (h, w):
         mask = F.interpolate(mask, size=(h, w), mode="nearest")
     f_prev, f_cur = _pairs(features)

@@ -71,11 +71,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> consistency_autograd(
 class LocalPrototypesFunction : public torch::autograd::Function<LocalPrototypesFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& probs, const at::Tensor& features,
-                               const at::Tensor& flows, const at::Tensor& threshold, bool rescale_flow) {
+                               const at::Tensor& flows, const at::Tensor& threshold, bool rescale_flow,
+                               bool hard_target) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [v_prev, v_cur, mass] = dtc::local_prototypes(probs, features, flows, threshold, rescale_flow);
+    auto [v_prev, v_cur, mass] = dtc::local_prototypes(probs, features, flows, threshold, rescale_flow, hard_target);
     ctx->save_for_backward({probs, features, flows, threshold, mass});
     ctx->saved_data["rescale_flow"] = rescale_flow;
+    ctx->saved_data["hard_target"] = hard_target;
     ctx->mark_non_differentiable({mass});
     return {v_prev, v_cur, mass};
   }
@@ -88,9 +90,10 @@ class LocalPrototypesFunction : public torch::autograd::Function<LocalPrototypes
       const at::Tensor zeros = at::zeros({B, T - 1, C}, s[1].options());
       grad_features = dtc::local_prototypes_backward(grads[0].defined() ? grads[0] : zeros,
                                                      grads[1].defined() ? grads[1] : zeros, s[4], s[0], s[1], s[2],
-                                                     s[3], ctx->saved_data["rescale_flow"].toBool());
+                                                     s[3], ctx->saved_data["rescale_flow"].toBool(),
+                                                     ctx->saved_data["hard_target"].toBool());
     }
-    return {at::Tensor(), grad_features, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {at::Tensor(), grad_features, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -98,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_autograd(const a
                                                                          const at::Tensor& features,
                                                                          const at::Tensor& flows,
                                                                          const at::Tensor& threshold,
-                                                                         bool rescale_flow) {
-  auto out = LocalPrototypesFunction::apply(probs, features, flows, threshold, rescale_flow);
+                                                                         bool rescale_flow, bool hard_target) {
+  auto out = LocalPrototypesFunction::apply(probs, features, flows, threshold, rescale_flow, hard_target);
   return {out[0], out[1], out[2]};
 }
 

@@ -58,6 +58,14 @@ DTC_HOST_DEVICE T sample_plane(const BilinearTaps<T>& t, const S* plane, int64_t
   return interpolate(t, v00, v01, v10, v11);
 }
 
+// The warped previous prediction as the temporal terms use it: W(P_{t-1}) itself (soft target), or the
+// reference's hard target 1[W(P_{t-1}) > 0.5]. The consistency term and the local prototypes' mask must
+// read the same target, so both call this.
+template <typename T>
+DTC_HOST_DEVICE T warped_target(T warped, bool hard) {
+  return hard ? (warped > T(0.5) ? T(1) : T(0)) : warped;
+}
+
 // Sigmoid applied per tap before interpolating: W(sigmoid(z)), the warped probability of METHOD.md.
 template <typename T, typename S>
 DTC_HOST_DEVICE T sample_sigmoid_plane(const BilinearTaps<T>& t, const S* plane, int64_t width) {
@@ -132,7 +140,7 @@ DTC_HOST_DEVICE ConsistencyPixel<T> consistency_pixel(const ConsistencyParams<T>
   }
   const S* prev = logits + (b * P.T_ + t - 1) * HW;
   const T warped = P.probabilities ? sample_plane(out.taps, prev, P.W) : sample_sigmoid_plane(out.taps, prev, P.W);
-  out.target = P.soft_target ? warped : (warped > T(0.5) ? T(1) : T(0));
+  out.target = warped_target(warped, !P.soft_target);
   const S* img_cur = images + (b * P.T_ + t) * P.C * HW;
   const S* img_prev = images + (b * P.T_ + t - 1) * P.C * HW;
   T acc = T(0);

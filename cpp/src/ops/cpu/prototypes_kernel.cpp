@@ -26,10 +26,11 @@ std::vector<int64_t> nearest_sources(int64_t out, int64_t in) {
   return src;
 }
 
-// m = 1[P_t > thr] * 1[W(P_{t-1}) > thr] at each feature pixel's nearest full-resolution source.
+// m = 1[P_t > thr] * 1[P~ > thr] at each feature pixel's nearest full-resolution source, with P~ the
+// warped previous prediction W(P_{t-1}), binarised at 0.5 first when hard_target (math::warped_target).
 template <typename T>
-void local_masks(const T* probs, const T* flows, const T* thr, int64_t B, int64_t Tn, int64_t H, int64_t W, int64_t h,
-                 int64_t w, std::vector<uint8_t>& mask, std::vector<double>& mass) {
+void local_masks(const T* probs, const T* flows, const T* thr, bool hard_target, int64_t B, int64_t Tn, int64_t H,
+                 int64_t W, int64_t h, int64_t w, std::vector<uint8_t>& mask, std::vector<double>& mass) {
   const int64_t pairs = B * (Tn - 1), HW = H * W;
   const auto sy = nearest_sources(h, H), sx = nearest_sources(w, W);
   mask.assign(pairs * h * w, 0);
@@ -49,7 +50,7 @@ void local_masks(const T* probs, const T* flows, const T* thr, int64_t B, int64_
           if (!(p_cur[src] > threshold)) continue;
           const auto taps = math::bilinear_taps<T>(T(sx[j]) - flow[src], T(sy[i]) - flow[HW + src], W, H,
                                                    math::Padding::Border);
-          if (taps.finite && math::sample_plane(taps, p_prev, W) > threshold) {
+          if (taps.finite && math::warped_target(math::sample_plane(taps, p_prev, W), hard_target) > threshold) {
             m[i * w + j] = 1;
             ++count;
           }
@@ -198,7 +199,8 @@ void local_backward_impl(const T* g_prev, const T* g_cur, const T* mass, const P
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cpu(const at::Tensor& probs_in,
                                                                     const at::Tensor& features_in,
                                                                     const at::Tensor& flows_in,
-                                                                    const at::Tensor& threshold_in, bool rescale_flow) {
+                                                                    const at::Tensor& threshold_in, bool rescale_flow,
+                                                                    bool hard_target) {
   check_prototype_args("local_prototypes", probs_in, features_in, &flows_in, threshold_in);
   const at::Tensor probs = probs_in.contiguous(), features = features_in.contiguous(), flows = flows_in.contiguous();
   const at::Tensor threshold = threshold_in.contiguous();
@@ -212,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cpu(const at::Te
     std::vector<uint8_t> mask;
     std::vector<double> mass_d;
     local_masks<scalar_t>(probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
-                          threshold.const_data_ptr<scalar_t>(), B, Tn, H, W, h, w, mask, mass_d);
+                          threshold.const_data_ptr<scalar_t>(), hard_target, B, Tn, H, W, h, w, mask, mass_d);
     if (C > 0) {
       const auto weights = pair_weights<scalar_t>(feature_flow(flows, h, w, rescale_flow), mask, B, Tn, h, w);
       local_forward_impl<scalar_t>(features.const_data_ptr<scalar_t>(), weights, mass_d, B, Tn, C, h, w,
@@ -226,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cpu(const at::Te
 at::Tensor local_prototypes_backward_cpu(const at::Tensor& grad_prev_in, const at::Tensor& grad_cur_in,
                                          const at::Tensor& mass_in, const at::Tensor& probs_in,
                                          const at::Tensor& features_in, const at::Tensor& flows_in,
-                                         const at::Tensor& threshold_in, bool rescale_flow) {
+                                         const at::Tensor& threshold_in, bool rescale_flow, bool hard_target) {
   check_local_prototypes_backward_args(grad_prev_in, grad_cur_in, mass_in, probs_in, features_in, flows_in,
                                        threshold_in);
   const int64_t B = probs_in.size(0), Tn = probs_in.size(1), H = probs_in.size(3), W = probs_in.size(4);
@@ -240,7 +242,7 @@ at::Tensor local_prototypes_backward_cpu(const at::Tensor& grad_prev_in, const a
     std::vector<uint8_t> mask;
     std::vector<double> mass_d;
     local_masks<scalar_t>(probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(),
-                          threshold.const_data_ptr<scalar_t>(), B, Tn, H, W, h, w, mask, mass_d);
+                          threshold.const_data_ptr<scalar_t>(), hard_target, B, Tn, H, W, h, w, mask, mass_d);
     const auto weights = pair_weights<scalar_t>(feature_flow(flows, h, w, rescale_flow), mask, B, Tn, h, w);
     local_backward_impl<scalar_t>(g_prev.const_data_ptr<scalar_t>(), g_cur.const_data_ptr<scalar_t>(),
                                   mass.const_data_ptr<scalar_t>(), weights, B, Tn, C, h, w,

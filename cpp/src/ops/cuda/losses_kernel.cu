@@ -182,8 +182,8 @@ at::Tensor consistency_backward_cuda(const at::Tensor& grad_loss, const at::Tens
 // ---------------------------------------------------------------- prototypes
 template <typename scalar_t>
 __global__ void local_mask_kernel(const scalar_t* __restrict__ probs, const scalar_t* __restrict__ flows,
-                                  const scalar_t* __restrict__ thr, uint8_t* __restrict__ mask, int64_t B, int64_t Tn,
-                                  int64_t H, int64_t W, int64_t h, int64_t w) {
+                                  const scalar_t* __restrict__ thr, bool hard_target, uint8_t* __restrict__ mask,
+                                  int64_t B, int64_t Tn, int64_t H, int64_t W, int64_t h, int64_t w) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t hw = h * w, HW = H * W;
   if (i >= B * (Tn - 1) * hw) return;
@@ -197,7 +197,8 @@ __global__ void local_mask_kernel(const scalar_t* __restrict__ probs, const scal
     const scalar_t* flow = flows + (b * Tn + t) * 2 * HW;
     const auto taps = math::bilinear_taps<scalar_t>(scalar_t(sx) - flow[src], scalar_t(sy) - flow[HW + src], W, H,
                                                     math::Padding::Border);
-    m = taps.finite && math::sample_plane(taps, probs + (b * Tn + t - 1) * HW, W) > threshold;
+    m = taps.finite &&
+        math::warped_target(math::sample_plane(taps, probs + (b * Tn + t - 1) * HW, W), hard_target) > threshold;
   }
   mask[i] = m;
 }
@@ -260,8 +261,8 @@ __global__ void local_backward_kernel(const scalar_t* __restrict__ g_prev, const
   }
 }
 
-at::Tensor local_masks_cuda(const at::Tensor& probs, const at::Tensor& flows, const at::Tensor& threshold, int64_t h,
-                            int64_t w) {
+at::Tensor local_masks_cuda(const at::Tensor& probs, const at::Tensor& flows, const at::Tensor& threshold,
+                            bool hard_target, int64_t h, int64_t w) {
   const int64_t B = probs.size(0), Tn = probs.size(1), H = probs.size(3), W = probs.size(4);
   at::Tensor mask = at::empty({B, Tn - 1, h, w}, probs.options().dtype(at::kByte));
   const int64_t n = mask.numel();
@@ -269,7 +270,7 @@ at::Tensor local_masks_cuda(const at::Tensor& probs, const at::Tensor& flows, co
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "dtc::local_prototypes mask (CUDA)", [&] {
     local_mask_kernel<scalar_t><<<blocks_for(n, kMaxGridX), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         probs.const_data_ptr<scalar_t>(), flows.const_data_ptr<scalar_t>(), threshold.const_data_ptr<scalar_t>(),
-        mask.mutable_data_ptr<uint8_t>(), B, Tn, H, W, h, w);
+        hard_target, mask.mutable_data_ptr<uint8_t>(), B, Tn, H, W, h, w);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return mask;
@@ -279,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cuda(const at::T
                                                                      const at::Tensor& features_in,
                                                                      const at::Tensor& flows_in,
                                                                      const at::Tensor& threshold_in,
-                                                                     bool rescale_flow) {
+                                                                     bool rescale_flow, bool hard_target) {
   check_prototype_args("local_prototypes", probs_in, features_in, &flows_in, threshold_in);
   const c10::cuda::CUDAGuard guard(probs_in.device());
   const at::Tensor probs = probs_in.contiguous(), features = features_in.contiguous(), flows = flows_in.contiguous();
@@ -288,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cuda(const at::T
   const int64_t C = features.size(2), h = features.size(3), w = features.size(4);
   at::Tensor v_prev = at::zeros({B, Tn - 1, C}, features.options());
   at::Tensor v_cur = at::zeros({B, Tn - 1, C}, features.options());
-  const at::Tensor mask = local_masks_cuda(probs, flows, threshold, h, w);
+  const at::Tensor mask = local_masks_cuda(probs, flows, threshold, hard_target, h, w);
   // An integer count: exact and deterministic.
   const at::Tensor mass = mask.view({B, Tn - 1, h * w}).sum(2, /*keepdim=*/false, at::kLong).to(features.scalar_type());
   if (B == 0 || C == 0) return {v_prev, v_cur, mass};
@@ -309,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_prototypes_cuda(const at::T
 at::Tensor local_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const at::Tensor& grad_cur_in,
                                           const at::Tensor& mass_in, const at::Tensor& probs_in,
                                           const at::Tensor& features_in, const at::Tensor& flows_in,
-                                          const at::Tensor& threshold_in, bool rescale_flow) {
+                                          const at::Tensor& threshold_in, bool rescale_flow, bool hard_target) {
   check_local_prototypes_backward_args(grad_prev_in, grad_cur_in, mass_in, probs_in, features_in, flows_in,
                                        threshold_in);
   const int64_t B = probs_in.size(0), Tn = probs_in.size(1);
@@ -320,7 +321,7 @@ at::Tensor local_prototypes_backward_cuda(const at::Tensor& grad_prev_in, const 
   const at::Tensor g_prev = grad_prev_in.contiguous(), g_cur = grad_cur_in.contiguous(), mass = mass_in.contiguous();
   at::Tensor grad = at::zeros(features_in.sizes(), features_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad.numel() == 0) return grad;
-  const at::Tensor mask = local_masks_cuda(probs, flows, threshold, h, w);
+  const at::Tensor mask = local_masks_cuda(probs, flows, threshold, hard_target, h, w);
   const FeatureFlow ff = feature_flow(flows, h, w, rescale_flow);
   const int64_t n = mask.numel();
   AT_DISPATCH_FLOATING_TYPES(features_in.scalar_type(), "dtc::local_prototypes_backward (CUDA)", [&] {
