@@ -25,6 +25,28 @@ Physics, in the order a frame is rendered:
    undoes the nominal attenuation; the envelope (Rayleigh in homogeneous tissue) is log-compressed to
    the display dynamic range and scan-converted to the Cartesian image.
 
+4. Transient events (off by default; ``SynthConfig.*_rate`` knobs, drawn from their own random stream
+   so that switching them on leaves the scene, its masks and its flow untouched): what makes a
+   per-frame network fail for a few frames while the anatomy does not change.
+   - ``gas_shadow``: bowel gas or a calcified fragment drifting through the beam: a bright specular
+     interface with a near-total acoustic shadow behind it, sliding across the scan lines.
+   - ``contact``: partial loss of probe contact (air under part of the probe face): a dark sector of
+     scan lines, transmission down to a few per cent from the probe face on.
+   - ``gain``: the operator moves the overall gain or one TGC slider: a depth band brightens or darkens
+     by up to ~8 dB for several frames.
+   - ``interference``: electronic interference burst: bright streaks along random scan lines for one
+     or two frames.
+   - ``reverberation``: multiple reflections between the probe face and a strong near-field reflector
+     (the rectal wall under pressure): fading ghost copies of the near field at multiples of its depth.
+   - ``jerk``: sudden probe motion: a quick in-plane jump of the probe (which moves the anatomy, so
+     masks and flow follow it exactly) and an out-of-plane jump (speckle decorrelates at once).
+   Every event records the frames and the pixels it touched (``SynthVideo.events``, bit ``k`` of
+   ``EVENT_KINDS[k]``), so metrics can score event frames and calm frames apart.
+
+Motion: the defaults move the gland ~0.1-0.2 px per frame (a probe held still). Freehand TRUS at
+25 frames/s sweeps the probe at a few pixels per frame at 256x448; ``sweep_speed`` (px per frame at
+448 px width, scaled with the width) adds that slow back-and-forth sweep as a rigid probe motion.
+
 Convention:
     image coordinates are pixels, x to the right (columns), y down (rows); the probe is at the
     bottom of the image, depth increases upwards.
@@ -46,6 +68,11 @@ import numpy as np
 
 VIEWS = ("axial", "sagittal")
 _COARSE = 4  # motion fields are smooth: evaluated every 4 px and linearly upsampled
+# Transient event kinds; bit k of an event map / record is EVENT_KINDS[k].
+EVENT_KINDS = ("gas_shadow", "contact", "gain", "interference", "reverberation", "jerk")
+# Frames an event lasts: (min, max), drawn uniformly per event.
+_EVENT_DURATION = {"gas_shadow": (4, 10), "contact": (3, 8), "gain": (5, 12), "interference": (1, 2),
+                   "reverberation": (3, 8), "jerk": (1, 1)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,11 @@ class SynthConfig:
     phantom: homogeneous scattering medium (no structures, uniform attenuation); masks and flow
         are still those of the gland, for checking speckle statistics and motion.
     keep_envelope: also return the beam-domain envelope before log compression.
+    sweep_speed: peak speed of a freehand back-and-forth probe sweep, px per frame at 448 px width
+        (0 = the probe is held still; ~2-3 is freehand TRUS at 25 frames/s).
+    <kind>_rate, <kind>_strength for kind in EVENT_KINDS: transient events (module docstring, step 4).
+        The rate is the expected number of events starting per 100 frames (0 = never); the strength
+        scales the event's effect (1 = the default magnitude).
     """
 
     height: int = 256
@@ -83,6 +115,19 @@ class SynthConfig:
     gland_steadiness: float = 0.8
     phantom: bool = False
     keep_envelope: bool = False
+    sweep_speed: float = 0.0
+    gas_shadow_rate: float = 0.0
+    gas_shadow_strength: float = 1.0
+    contact_rate: float = 0.0
+    contact_strength: float = 1.0
+    gain_rate: float = 0.0
+    gain_strength: float = 1.0
+    interference_rate: float = 0.0
+    interference_strength: float = 1.0
+    reverberation_rate: float = 0.0
+    reverberation_strength: float = 1.0
+    jerk_rate: float = 0.0
+    jerk_strength: float = 1.0
 
     def __post_init__(self):
         if not (isinstance(self.height, (int, np.integer)) and isinstance(self.width, (int, np.integer))):
@@ -95,9 +140,13 @@ class SynthConfig:
         object.__setattr__(self, "views", views)
         if not views or any(v not in VIEWS for v in views):
             raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {self.views!r}")
-        for name in ("motion", "shadow_rate", "noise", "decorrelation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        event_knobs = [f"{kind}_{what}" for kind in EVENT_KINDS for what in ("rate", "strength")]
+        for name in ("motion", "shadow_rate", "noise", "decorrelation", "sweep_speed", *event_knobs):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0.0 <= self.gland_steadiness <= 1.0:
             raise ValueError(f"gland_steadiness must be in [0, 1], got {self.gland_steadiness}")
         if self.dynamic_range_db <= 0 or self.depth_mm <= 0:
@@ -127,6 +176,14 @@ class SynthVideo:
     seed: int
     envelope: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    events: np.ndarray | None = None  # (T, H, W) uint8: bit k set where EVENT_KINDS[k] touched the pixel
+
+    @property
+    def event_frames(self) -> np.ndarray:
+        """(T,) bool: frames that any transient event touched."""
+        if self.events is None:
+            return np.zeros(len(self.frames), bool)
+        return self.events.reshape(len(self.events), -1).any(axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,6 +275,8 @@ class TRUSScene:
         self._build_geometry()
         self._build_tissue(rng)
         self._build_motion(rng)
+        # Events and the sweep draw from their own stream: switching them on or off leaves the scene.
+        self._build_events(np.random.default_rng(np.random.SeedSequence([int(seed), VIEWS.index(view), 0x6576])))
 
     # -- geometry ------------------------------------------------------------------------------
     def _build_geometry(self):
@@ -430,6 +489,110 @@ class TRUSScene:
         self.mix_angle = np.concatenate([[0.0], np.cumsum(steps[1:])]) + rng.uniform(0, 2 * math.pi)
         self.noise_offsets = rng.integers(0, 33, size=(n, 2))
 
+    # -- transient events and the freehand sweep -----------------------------------------------
+    def _build_events(self, rng: np.random.Generator):
+        cfg = self.config
+        n, nl, nd = cfg.frames, self.nl, self.nd
+        scale = cfg.width / 448.0
+        # freehand sweep: a lateral back-and-forth probe translation with peak speed sweep_speed px/frame
+        period = rng.uniform(60.0, 120.0)
+        phase = rng.uniform(0, 2 * math.pi)
+        sweep_amp = cfg.sweep_speed * scale * period / (2 * math.pi)
+        self.events = []
+        for kind in EVENT_KINDS:
+            rate, strength = getattr(cfg, f"{kind}_rate"), getattr(cfg, f"{kind}_strength")
+            count = int(rng.poisson(rate * n / 100.0)) if rate > 0 else 0
+            for _ in range(count):
+                lo, hi = _EVENT_DURATION[kind]
+                start = int(rng.integers(0, n))
+                ev = {"kind": kind, "start": start, "stop": min(n, start + int(rng.integers(lo, hi + 1))),
+                      "strength": float(strength)}
+                if kind == "gas_shadow":
+                    ev.update(line_from=rng.uniform(0.1, 0.9) * nl, line_to=rng.uniform(0.1, 0.9) * nl,
+                              half_width=rng.uniform(0.04, 0.10) * nl, row=int(rng.uniform(0.15, 0.6) * nd))
+                elif kind == "contact":
+                    width = rng.uniform(0.15, 0.4) * nl
+                    lo_line = 0.0 if rng.random() < 0.5 else nl - width
+                    ev.update(lines=(lo_line, lo_line + width), db=rng.uniform(15.0, 30.0))
+                elif kind == "gain":
+                    whole = rng.random() < 0.5  # the overall gain, or one TGC slider
+                    ev.update(db=float(rng.choice([-1, 1])) * rng.uniform(4.0, 8.0),
+                              row_centre=rng.uniform(0.2, 0.8) * nd, row_width=(np.inf if whole else rng.uniform(0.1, 0.25) * nd))
+                elif kind == "interference":
+                    ev.update(lines=np.sort(rng.choice(nl, size=int(rng.integers(3, 11)), replace=False)),
+                              amplitude=rng.uniform(20.0, 60.0))
+                elif kind == "reverberation":
+                    centre, half = rng.uniform(0.3, 0.7) * nl, rng.uniform(0.15, 0.3) * nl
+                    ev.update(lines=(centre - half, centre + half), spacing=int(rng.uniform(0.06, 0.12) * nd),
+                              gain=rng.uniform(0.3, 0.5))
+                else:  # jerk: the probe jumps in plane (rotation, translation) and out of plane
+                    ev.update(rotation=math.radians(rng.uniform(0.5, 1.5)) * float(rng.choice([-1, 1])),
+                              shift=(rng.uniform(3.0, 8.0) * scale * float(rng.choice([-1, 1])),
+                                     rng.uniform(1.0, 4.0) * scale * float(rng.choice([-1, 1]))),
+                              decorrelation=rng.uniform(0.8, 1.5))
+                self.events.append(ev)
+        jerks = [ev for ev in self.events if ev["kind"] == "jerk"]
+        base_rigid = self._rigid
+
+        def rigid(t):
+            ang, tx, ty = base_rigid(t)
+            tx = tx + sweep_amp * math.sin(2 * math.pi * t / period + phase) if sweep_amp else tx
+            for ev in jerks:
+                if t >= ev["start"]:  # the probe stays where the jump left it
+                    s = ev["strength"]
+                    ang, tx, ty = ang + s * ev["rotation"], tx + s * ev["shift"][0], ty + s * ev["shift"][1]
+            return ang, tx, ty
+
+        self._rigid = rigid
+        for ev in jerks:
+            self.mix_angle[ev["start"]:] += ev["strength"] * ev["decorrelation"]
+
+    def active_events(self, t: int) -> list[dict]:
+        """The transient events that touch frame t (each a dict with its kind and parameters)."""
+        return [ev for ev in self.events if ev["start"] <= t < ev["stop"]]
+
+    def _line_weights(self, lo: float, hi: float) -> np.ndarray:
+        """(nl,) weights in [0, 1] of scan lines inside [lo, hi], with one-line soft edges."""
+        j = np.arange(self.nl, dtype=np.float32)
+        return np.clip(np.minimum(j - lo, hi - j) + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def _event_beam_weights(self, ev: dict, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where event ev acts in the beam domain at frame t: (rows (nd,), lines (nl,)) weights in [0, 1]."""
+        nd, nl = self.nd, self.nl
+        rows, lines = np.ones(nd, np.float32), np.ones(nl, np.float32)
+        kind = ev["kind"]
+        if kind == "gas_shadow":
+            u = (t - ev["start"]) / max(1, ev["stop"] - ev["start"] - 1)
+            centre = ev["line_from"] + u * (ev["line_to"] - ev["line_from"])
+            lines = self._line_weights(centre - ev["half_width"], centre + ev["half_width"])
+            rows = (np.arange(nd) >= ev["row"] - 1).astype(np.float32)
+        elif kind in ("contact", "reverberation"):
+            lines = self._line_weights(*ev["lines"])
+            if kind == "reverberation":
+                i = np.arange(nd)
+                rows = ((i >= ev["spacing"]) & (i < 5 * ev["spacing"])).astype(np.float32)
+        elif kind == "gain":
+            i = np.arange(nd, dtype=np.float32)
+            if np.isfinite(ev["row_width"]):
+                rows = np.exp(-0.5 * ((i - ev["row_centre"]) / ev["row_width"]) ** 2).astype(np.float32)
+        elif kind == "interference":
+            lines = np.zeros(nl, np.float32)
+            lines[ev["lines"]] = 1.0
+        return rows, lines
+
+    def event_map(self, t: int) -> np.ndarray:
+        """(H, W) uint8: bit k set at the pixels EVENT_KINDS[k] touches at frame t (0 outside the field of view)."""
+        H, W = self.config.height, self.config.width
+        beam = np.zeros((self.nd, self.nl), np.uint8)
+        for ev in self.active_events(t):
+            rows, lines = self._event_beam_weights(ev, t)
+            beam |= (np.outer(rows, lines) > 0.05).astype(np.uint8) << EVENT_KINDS.index(ev["kind"])
+        if not beam.any():
+            return np.zeros((H, W), np.uint8)
+        out = cv2.remap(beam, self.scan_map_j, self.scan_map_i, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0)
+        return out * self.fov
+
     def _tx(self):
         return np.arange(self.tissue_shape[1], dtype=np.float32)[None, :] - self.margin + np.zeros(self.tissue_shape, np.float32)
 
@@ -565,6 +728,11 @@ class TRUSScene:
         s = cv2.remap(self.scatter_table, ub, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         # the attenuation table is stored as -2 dr alpha: its column sums are log round-trip transmissions
         log_trans = cv2.remap(self.log_trans_table, ub, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        events = [(ev, *self._event_beam_weights(ev, t)) for ev in self.active_events(t)]
+        for ev, rows, lines in events:
+            if ev["kind"] == "gas_shadow":
+                # gas reflects almost everything: -6 Np (~ -52 dB round trip) just below the interface
+                log_trans[min(ev["row"] + 1, self.nd - 1)] -= np.float32(6.0 * ev["strength"]) * lines
         ca, sa = math.cos(self.mix_angle[t]), math.sin(self.mix_angle[t])
         # out-of-plane decorrelation: rotate between the two realisations (keeps the variance).
         # Written out rather than as a BLAS matmul, whose rounding can depend on threads and alignment.
@@ -577,13 +745,39 @@ class TRUSScene:
         # round trip attenuation along each beam, then electronic noise, then TGC
         iqc = iq.view(np.complex64)[..., 0]
         iqc *= np.exp(np.cumsum(log_trans, axis=0))
+        for ev, rows, lines in events:
+            s = np.float32(ev["strength"])
+            if ev["kind"] == "gas_shadow":  # the bright specular interface itself
+                r = ev["row"]
+                iqc[max(r - 1, 0):r + 1] *= 1 + 4 * s * lines
+            elif ev["kind"] == "contact":  # air under the probe face: little energy gets in or back
+                iqc *= np.exp(np.float32(-ev["db"] / 8.686) * s * lines)[None, :]
         oy, ox = self.noise_offsets[t]
         iq += self.noise_pool[oy:oy + self.nd, ox:ox + self.nl]
+        for ev, rows, lines in events:
+            if ev["kind"] == "interference":
+                # its own generator per (video, frame, event): frames render identically in any order
+                burst = np.random.default_rng([self.seed, t, ev["start"], 0x696E]).standard_normal(
+                    (self.nd, len(ev["lines"]), 2)).astype(np.float32)
+                iq[:, ev["lines"]] += burst * np.float32(ev["amplitude"] * ev["strength"] * 0.002 * self.ref_rms)
         # Not cv2.magnitude: its SIMD path rounds differently with the buffer's alignment, and the
         # simulator must be bitwise reproducible (an exact resume relies on it). sqrt is correctly rounded.
         sq = iq * iq
         env = np.sqrt(sq[..., 0] + sq[..., 1])
+        for ev, rows, lines in events:
+            if ev["kind"] == "reverberation":
+                # echoes bouncing between the probe face and the near field arrive at multiples of its depth
+                L = ev["spacing"]
+                near = env[:L].copy()
+                for k in range(1, 5):
+                    lo, hi = k * L, min((k + 1) * L, self.nd)
+                    if lo >= hi:
+                        break
+                    env[lo:hi] += np.float32((ev["gain"] * min(ev["strength"], 2.0)) ** k) * near[:hi - lo] * lines
         env *= self.tgc
+        for ev, rows, lines in events:
+            if ev["kind"] == "gain":
+                env *= (10.0 ** (ev["db"] * ev["strength"] * rows / 20.0)).astype(np.float32)[:, None]
         # log compression to the display range; tissue of unit echogenicity sits ~20 dB below white
         disp = env * np.float32(0.1 / self.ref_rms)
         disp += np.float32(1e-12)
@@ -621,11 +815,15 @@ def simulate_video(config: SynthConfig | None = None, seed: int = 0, view: str |
     masks = np.empty((T, H, W), np.uint8)
     flows = np.empty((T, 2, H, W), np.float32)
     env = np.empty((T, scene.nd, scene.nl), np.float32) if config.keep_envelope else None
+    events = np.zeros((T, H, W), np.uint8)
     for t in range(T):
         f, mk, fl, e = scene.render(t)
         frames[t], masks[t], flows[t] = f, mk, fl
+        events[t] = scene.event_map(t)
         if env is not None:
             env[t] = e
     return SynthVideo(frames=frames, masks=masks, flows=flows, fov=scene.fov.copy(), view=view,
-                      spacing=config.spacing, seed=int(seed), envelope=env,
-                      meta={"calcifications": scene.calcifications, "lipschitz_bound": scene.lipschitz_bound})
+                      spacing=config.spacing, seed=int(seed), envelope=env, events=events,
+                      meta={"calcifications": scene.calcifications, "lipschitz_bound": scene.lipschitz_bound,
+                            "events": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ev.items()}
+                                       for ev in scene.events]})
