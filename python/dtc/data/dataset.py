@@ -370,7 +370,8 @@ class SyntheticTRUSDataset(Dataset):
     (`split` = "train" | "val" | "test" | "all", fractions `split_fractions`). Windows of T frames
     with `stride` and `frame_gap`; each item is rendered on demand (a frame costs a few ms) from a
     cached scene, so random access is cheap. Items follow the module docstring, with "flow" always
-    present (exact, from the simulator) and every frame labelled.
+    present (exact, from the simulator), every frame labelled, and "event" (T,) bool: the frames a
+    transient event of the simulator touched (``SynthConfig.*_rate``; all False when events are off).
     """
 
     def __init__(self, num_videos: int = 8, frames: int = 48, size: tuple[int, int] = DEFAULT_SIZE, T: int = 3,
@@ -424,6 +425,7 @@ class SyntheticTRUSDataset(Dataset):
         sc = self.scene(vi)
         idx = [start + k * self.frame_gap for k in range(self.T)]
         frames, masks, flows = [], [], []
+        event = torch.tensor([bool(sc.active_events(t)) for t in idx], dtype=torch.bool)
         for k, t in enumerate(idx):
             f, m, fl, _ = sc.render(t, flow_from=idx[k - 1] if k else None)
             frames.append(f)
@@ -438,6 +440,7 @@ class SyntheticTRUSDataset(Dataset):
             "video_id": self.videos[vi]["video_id"],
             "frame_index": torch.tensor(idx, dtype=torch.int64),
             "spacing": torch.tensor(self.config.spacing, dtype=torch.float64),
+            "event": event,
         }
         if self.augment is not None:
             item = self.augment(item)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclasses_fields
 
 import cv2
 import numpy as np
@@ -161,6 +162,38 @@ class SynthConfig:
         d = asdict(self)
         d["views"] = list(self.views)
         return d
+
+
+# Named simulator settings (SynthConfig keyword arguments) for benchmarks. "events" is the temporal
+# benchmark: a freehand sweep (~2 px/frame at 256x448, 25 frames/s) and transient events on roughly
+# 40 % of the frames, so that a per-frame network fails for a few frames while the anatomy does not
+# change. "calm" is the simulator's default: a probe held still, nothing transient.
+BENCHMARKS = {
+    "calm": {},
+    "events": dict(sweep_speed=2.0, gas_shadow_rate=2.0, contact_rate=1.5, gain_rate=1.5, interference_rate=3.0,
+                   reverberation_rate=1.5, jerk_rate=2.0),
+}
+# Settings the dataset takes from its own arguments (size, length) rather than from a benchmark.
+_DATASET_OWNED = ("height", "width", "frames", "keep_envelope")
+
+
+def synth_config(benchmark: str = "calm", overrides: dict | None = None, *, events: bool = True) -> "SynthConfig":
+    """SynthConfig of a named benchmark with ``overrides`` on top; ``events=False`` switches every transient
+    event off (curated still images for a stage-1 teacher) while keeping the rest, motion included."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {benchmark!r}")
+    overrides = dict(overrides or {})
+    owned = sorted(set(overrides) & set(_DATASET_OWNED))
+    if owned:
+        raise ValueError(f"{owned} are set by the dataset (data.height, data.width, data.frames), not by the simulator")
+    known = {f.name for f in dataclasses_fields(SynthConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown simulator setting(s) {unknown}; known: {sorted(known - set(_DATASET_OWNED))}")
+    kwargs = {**BENCHMARKS[benchmark], **overrides}
+    if not events:
+        kwargs.update({f"{kind}_rate": 0.0 for kind in EVENT_KINDS})
+    return SynthConfig(**kwargs)
 
 
 @dataclass

@@ -41,6 +41,9 @@ class DataConfig:
     augment: bool = False              # stage 1: still-image augmentation; stage 2 (dtc preset): sequence-consistent
     seed: int = 0                      # dataset seed (simulator, split)
     max_windows: Optional[int] = None  # cap windows per epoch (quick runs)
+    benchmark: str = "calm"            # synthetic: a named simulator setting, dtc.data.synth.BENCHMARKS (calm | events)
+    synth: dict = field(default_factory=dict)  # synthetic: SynthConfig settings on top of the benchmark (data.synth.gain_rate=3)
+    events_in_stills: bool = False     # synthetic, stage 1: also train the teacher on event frames (curated stills are clean)
 
 
 @dataclass
@@ -105,6 +108,19 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _build(cls, data, "")
 
+    def synth_config(self, split: str = "test"):
+        """The simulator's SynthConfig for ``split``: ``data.benchmark`` with ``data.synth`` on top; a stage-1
+        teacher's training stills are clean (no transient events) unless ``data.events_in_stills``."""
+        from dtc.data.synth import BENCHMARKS, synth_config
+
+        d = self.data
+        _choice("data.benchmark", d.benchmark, sorted(BENCHMARKS))
+        clean = self.stage == "teacher" and split == "train" and not d.events_in_stills
+        try:
+            return synth_config(d.benchmark, d.synth, events=not clean)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"data.synth: {exc}") from exc
+
     def validate(self, *, check_paths: bool = True) -> "TrainConfig":
         """Raise :class:`ConfigError` naming the first bad value; called before anything is trained."""
         _choice("stage", self.stage, ("teacher", "student"))
@@ -120,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"data.T must be >= 2 for stage 2 (temporal terms need a previous frame), got {d.T}")
         if d.height % 16 or d.width % 16:
             raise ConfigError(f"data.height and data.width must be multiples of 16, got {d.height}x{d.width}")
+        if d.source == "synthetic":
+            self.synth_config()  # every data.synth.* value, checked by the simulator itself
         if d.source != "synthetic":
             if not d.root:
                 raise ConfigError(f"data.root is required for data.source={d.source!r}")

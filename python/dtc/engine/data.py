@@ -29,7 +29,7 @@ def build_dataset(cfg: TrainConfig, split: str, *, T: int | None = None, stride:
 
         return SyntheticTRUSDataset(num_videos=d.num_videos, frames=d.frames, size=(d.height, d.width), T=T,
                                     seed=d.seed, split=split, stride=stride, frame_gap=d.frame_gap if T > 1 else 1,
-                                    augment=augment)
+                                    augment=augment, config=cfg.synth_config(split))
     from dtc.data import VideoSegmentationDataset, index, patient_split
 
     if d.source == "csv":

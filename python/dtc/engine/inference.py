@@ -44,7 +44,8 @@ def normalise_images(images: torch.Tensor) -> torch.Tensor:
 def predict_videos(model, dataset, *, device, batch_size: int = 8, amp_dtype: Optional[torch.dtype] = None,
                    rank: int = 0, world_size: int = 1, progress: bool = False) -> dict[str, dict]:
     """Per video id: ``frame`` (sorted frame numbers), ``prob`` (F, H, W) float32 on the CPU, ``mask``
-    (F, H, W), ``valid`` (F,) bool and ``image`` (F, H, W) grey, from a dataset of single-frame
+    (F, H, W), ``valid`` (F,) bool, ``event`` (F,) bool (a simulated transient event touched the frame)
+    and ``image`` (F, H, W) grey, from a dataset of single-frame
     windows (``T=1``). With ``world_size > 1`` this rank handles every ``world_size``-th video.
     """
     from dtc.engine.trainer import logits_of
@@ -73,12 +74,15 @@ def predict_videos(model, dataset, *, device, batch_size: int = 8, amp_dtype: Op
             masks = batch["mask"].flatten(0, 1)[:, 0]
             valid = batch["mask_valid"].flatten()
             frames = batch["frame_index"].flatten()
+            # Frames a simulated transient event touched (absent for real data: every frame counts as calm).
+            events = batch["event"].flatten() if "event" in batch else torch.zeros(len(frames), dtype=torch.bool)
             for j, vid in enumerate(batch["video_id"]):
-                v = videos.setdefault(vid, {"frame": [], "prob": [], "mask": [], "valid": [], "image": []})
+                v = videos.setdefault(vid, {"frame": [], "prob": [], "mask": [], "valid": [], "image": [], "event": []})
                 v["frame"].append(int(frames[j]))
                 v["prob"].append(probs[j])
                 v["mask"].append(masks[j])
                 v["valid"].append(bool(valid[j]))
+                v["event"].append(bool(events[j]))
                 v["image"].append(images[j].mean(0))
     finally:
         model.train(was_training)
@@ -88,6 +92,7 @@ def predict_videos(model, dataset, *, device, batch_size: int = 8, amp_dtype: Op
         for key in ("prob", "mask", "image"):
             v[key] = torch.stack([v[key][i] for i in order])
         v["valid"] = torch.tensor([v["valid"][i] for i in order])
+        v["event"] = torch.tensor([v["event"][i] for i in order])
     return videos
 
 
