@@ -323,6 +323,30 @@ def test_training_signal_maps_on_a_still_window_are_exact():
         training_signal_maps(model, {"image": torch.rand(1, 3, 32, 48)})
 
 
+def test_training_signal_maps_local_mask_reads_the_binarised_target_under_the_reference_preset():
+    """Reference preset: the threshold is the 70 % order statistic (above 0.5 here), and the local mask
+    tests the binarised warped previous prediction against it, as the loss does, not W(P_{t-1})."""
+    from dtc.experiments import training_signal_maps
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            logits = 5 * (x[:, :1] - x[:, :1].mean())
+            return logits, x, torch.nn.functional.avg_pool2d(x, 16)
+
+    torch.manual_seed(1)
+    frames = torch.rand(3, 1, 32, 48).expand(3, 3, 32, 48).clone()
+    window = {"image": frames, "mask": torch.zeros(3, 1, 32, 48), "flow": torch.zeros(3, 2, 32, 48)}
+    maps = training_signal_maps(Net(), window, preset="reference")
+    thr = maps["threshold"][:, None, None]
+    assert (thr > 0.5).all()
+    fg = maps["prob"][1:] > thr
+    # Zero flow: the warped target is P_{t-1} binarised at 0.5.
+    assert (maps["warped_target"] == (maps["prob"][:-1] > 0.5)).all()
+    assert (maps["local_mask"] == (fg & (maps["warped_target"] > thr))).all()
+    soft_reading = fg & (maps["prob"][:-1] > thr)
+    assert (maps["local_mask"] != soft_reading).any(), "the case must tell the two readings apart"
+
+
 def test_flicker_series_and_figures():
     from dtc.experiments.plots import ablation_figure, flicker_figure, flicker_series
 

@@ -47,11 +47,15 @@ def test_cuda_gradcheck_and_opcheck():
     thr = torch.tensor([0.5, 0.45], dtype=torch.float64, device="cuda")
     loc = d["loc"].requires_grad_(True)
     glob = d["glob"].requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, flows, thr, True)[:2], (loc,), nondet_tol=1e-12)
+    for hard in (False, True):
+        assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, flows, thr, True, hard)[:2], (loc,),
+                                        nondet_tol=1e-12)
     assert torch.autograd.gradcheck(lambda f: ops.global_prototypes(p, f, thr)[:2], (glob,))
     assert torch.autograd.gradcheck(lambda z: ops.bce_dice(z, d["y"], 1e-5)[0], (z,))
     assert torch.autograd.gradcheck(lambda z: ops.kd_loss(z, d["zt"], 4.0), (z,))
-    torch.library.opcheck(torch.ops.dtc.local_prototypes.default, (p.float(), loc.float(), flows.float(), thr.float(), True))
+    for hard in (False, True):
+        torch.library.opcheck(torch.ops.dtc.local_prototypes.default,
+                              (p.float(), loc.float(), flows.float(), thr.float(), True, hard))
     with pytest.raises(ValueError, match="same device|device"):
         torch.ops.dtc.kd_loss(d["z"].detach(), d["zt"].cpu(), 4.0)
 
@@ -100,3 +104,19 @@ def test_cuda_more_samples_and_pairs_than_a_grid_row_holds():
         ops.global_prototypes(p.cuda(), feats.cuda(), thr.cuda())
     for a, b in zip(cpu, cuda):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_cuda_reference_objective_matches_the_from_scratch_step_loss(impl):
+    """The reference preset on the GPU against the independent NumPy step (order-statistic threshold,
+    binarised warped target in the local mask), at a size where interpolation would differ."""
+    from . import reference_step
+
+    d = make_case("random", B=2, T=3, H=9, W=11, local_size=(5, 6), seed=21)
+    x = {k: v.cuda() for k, v in d.items()}
+    total, terms = losses.DTCObjective("reference", implementation=impl)(
+        x["z"], x["loc"], x["glob"], x["zt"], x["y"], x["images"], x["flows"])
+    expected = reference_step.step_loss(*(d[k].numpy() for k in ("z", "loc", "glob", "zt", "y", "images", "flows")))
+    for name in ("seg", "kd", "con", "proto", "loc", "glob"):
+        assert abs(terms[name].item() - expected[name]) < 1e-10, name
+    assert abs(total.item() - expected["total"]) < 1e-10

@@ -26,14 +26,13 @@ def training_signal_maps(student, window: dict, *, preset: str = "dtc", loss: Op
     Returns:
         numpy arrays: ``image``, ``mask``, ``prob``, ``pseudo`` ``(T, H, W)``; per pair ``t = 1..T-1``:
         ``flow (T-1, 2, H, W)``, ``confidence`` (M), ``warped_target`` (``P~`` as the loss uses it),
-        ``local_mask`` (``fg_t * 1[W(P_{t-1}) > thr]``) ``(T-1, H, W)``, ``global_bg_prev``/``global_bg_cur``
+        ``local_mask`` (``fg_t * 1[P~ > thr]``, ``P~`` the warped target) ``(T-1, H, W)``, ``global_bg_prev``/``global_bg_cur``
         (background masks at the bottleneck size ``(T-1, h, w)``); ``threshold (T-1,)`` and ``loss_con``.
 
     Convention:
         Same as :mod:`dtc.losses.functional`: ``flow[t-1]`` here is the flow of the pair ``(t-1, t)`` in
         the backward-warp convention ``W(A)(p) = A(p - F(p))``.
     """
-    from dtc import ops
     from dtc.engine.inference import normalise_images
     from dtc.engine.trainer import split_outputs
     from dtc.flow import make_flow_provider
@@ -67,10 +66,10 @@ def training_signal_maps(student, window: dict, *, preset: str = "dtc", loss: Op
     thr = foreground_threshold(probs, cfg.fg_threshold, impl=cfg.implementation)
     local_masks, bg_prev, bg_cur = [], [], []
     for t in range(1, T):
-        # The prototype mask uses the soft warped previous prediction, whatever target the consistency uses.
-        warped = ops.warp(probs[:, t - 1], flows[:, t], padding="border")
+        # The prototype mask tests the consistency term's warped target against the threshold.
+        target = maps["target"][:, t - 1]
         fg_cur = (probs[:, t] > thr[t - 1]).float()
-        local_masks.append(fg_cur * (warped > thr[t - 1]).float())
+        local_masks.append(fg_cur * (target > thr[t - 1]).float())
         if global_ is not None:
             size = global_.shape[-2:]
             bg_prev.append(F.interpolate(1 - (probs[:, t - 1] > thr[t - 1]).float(), size=size, mode="nearest"))
