@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {
-    "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "experiments", "bench", "cli", "io",
+    "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "experiments", "bench", "cli", "io", "deploy",
 }
 
 
@@ -44,6 +44,8 @@ def cuda_arch_supported(capability: tuple[int, int], archs: str | None = None) -
 
 
 def __getattr__(name: str):
+    if name == "Segmenter":  # the deployable predictor, dtc.deploy.Segmenter
+        return importlib.import_module("dtc.deploy").Segmenter
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"dtc.{name}")
     raise AttributeError(f"module 'dtc' has no attribute {name!r}")
