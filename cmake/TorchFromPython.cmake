@@ -39,11 +39,16 @@ foreach(lib c10 torch torch_cpu torch_python)
   list(APPEND _dtc_torch_libs "${DTC_LIB_${lib}}")
 endforeach()
 
+# dtc::libtorch: LibTorch without its Python bindings, for programs that run without Python (the C++
+# runtime); dtc::torch adds torch_python for the extension module.
+add_library(dtc_libtorch INTERFACE)
+add_library(dtc::libtorch ALIAS dtc_libtorch)
+target_include_directories(dtc_libtorch SYSTEM INTERFACE ${_dtc_torch_includes})
+target_link_libraries(dtc_libtorch INTERFACE "${DTC_LIB_c10}" "${DTC_LIB_torch}" "${DTC_LIB_torch_cpu}")
+target_compile_definitions(dtc_libtorch INTERFACE _GLIBCXX_USE_CXX11_ABI=${DTC_TORCH_CXX11_ABI})
 add_library(dtc_torch INTERFACE)
 add_library(dtc::torch ALIAS dtc_torch)
-target_include_directories(dtc_torch SYSTEM INTERFACE ${_dtc_torch_includes})
-target_link_libraries(dtc_torch INTERFACE ${_dtc_torch_libs})
-target_compile_definitions(dtc_torch INTERFACE _GLIBCXX_USE_CXX11_ABI=${DTC_TORCH_CXX11_ABI})
+target_link_libraries(dtc_torch INTERFACE dtc_libtorch "${DTC_LIB_torch_python}")
 message(STATUS "dtc: torch ${DTC_TORCH_VERSION} (CUDA '${DTC_TORCH_CUDA_VERSION}', cxx11 ABI ${DTC_TORCH_CXX11_ABI}) at ${DTC_TORCH_LIB_DIR}")
 
 function(dtc_torch_add_cuda target)

@@ -6,6 +6,7 @@
 #include <torch/python.h>
 
 #include "dtc/nets.h"
+#include "dtc/runtime_model.h"
 
 namespace py = pybind11;
 
@@ -33,4 +34,34 @@ void dtc_bind_nets(py::module_& m) {
       .def_readonly("in_channels", &RealtimeStudentImpl::in_channels)
       .def_readonly("base", &RealtimeStudentImpl::base)
       .def_property_readonly_static("multiple", [](py::object) { return RealtimeStudentImpl::kMultiple; });
+
+  // The C++ runtime's model files (dtc.deploy.export writes them; tests read them back through the
+  // runtime's own loader). A runtime Error surfaces in Python as ValueError with its message.
+  py::register_exception<dtc::runtime::Error>(nets, "RuntimeModelError", PyExc_ValueError);
+  nets.def(
+      "save_runtime_model",
+      [](const std::string& path, const std::string& net, const std::map<std::string, int64_t>& kwargs,
+         const std::map<std::string, at::Tensor>& tensors, int64_t in_channels, const std::vector<double>& mean,
+         const std::vector<double>& std, int64_t multiple, const std::vector<int64_t>& train_size, double threshold,
+         const std::string& metadata) {
+        dtc::runtime::Preprocessing pre;
+        pre.in_channels = in_channels;
+        pre.mean = mean;
+        pre.std = std;
+        pre.multiple = multiple;
+        if (train_size.size() == 2) pre.train_height = train_size[0], pre.train_width = train_size[1];
+        pre.threshold = threshold;
+        py::gil_scoped_release no_gil;
+        dtc::runtime::save_model(path, net, kwargs, tensors, pre, metadata);
+      },
+      py::arg("path"), py::arg("net"), py::arg("kwargs"), py::arg("tensors"), py::arg("in_channels"), py::arg("mean"),
+      py::arg("std"), py::arg("multiple"), py::arg("train_size"), py::arg("threshold"), py::arg("metadata"));
+  nets.def(
+      "runtime_probabilities",
+      [](const std::string& path, const at::Tensor& frames, const std::string& device) {
+        py::gil_scoped_release no_gil;
+        return dtc::runtime::Model::load(path, device).probabilities(frames);
+      },
+      py::arg("path"), py::arg("frames"), py::arg("device") = "cpu",
+      "Loads a runtime model file with the C++ runtime's loader and returns its probabilities of `frames`.");
 }

@@ -7,7 +7,7 @@ import sys
 
 # Modules under dtc.cli, each defining `register(subparsers)`; a subcommand's parser sets
 # `func(args) -> int`. Imported lazily per run so `dtc --help` stays fast.
-SUBCOMMAND_MODULES = ["demo", "train", "infer", "evaluate", "data", "bench", "experiment"]
+SUBCOMMAND_MODULES = ["demo", "train", "infer", "evaluate", "data", "bench", "experiment", "export", "stream"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stream"]:
+        # dtc-stream parses its own options (including --help); argparse would claim them.
+        from dtc.cli.stream import passthrough
+
+        return passthrough(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -6,7 +6,7 @@
 * ``model.onnx``: when ``onnx`` (and ``onnxruntime`` to verify it) are installed.
 
 Every file follows one contract: float32 frames in [0, 1], ``(N, C_in, H, W)``, un-normalised, H and W
-any multiples of the size multiple -> probabilities ``(N, 1, H, W)``. Each is verified when written, by
+multiples of the size multiple (at least two of them for .pt2/ONNX) -> probabilities ``(N, 1, H, W)``. Each is verified when written, by
 running it on probe frames at two sizes and comparing with the checkpoint's own network (max-abs
 difference <= ``TOLERANCE``); a file that fails is not left behind.
 """
@@ -111,11 +111,14 @@ def export(checkpoint, out, *, onnx: Optional[bool] = None) -> dict:
         twin.load_state_dict(model.state_dict())
         wrapped = ExportedModel(twin, pre).eval()
         m = pre.multiple
+        # At least two blocks per side: the exporter specialises a bottleneck of size 1 (0/1 specialisation),
+        # so the .pt2/ONNX files take H, W >= 2 multiples (the runtime file takes any multiple).
         dims = {"x": {0: torch.export.Dim("batch", min=1, max=1024),
-                      2: m * torch.export.Dim("h_blocks", min=1, max=4096 // m),
-                      3: m * torch.export.Dim("w_blocks", min=1, max=4096 // m)}}
+                      2: m * torch.export.Dim("h_blocks", min=2, max=4096 // m),
+                      3: m * torch.export.Dim("w_blocks", min=2, max=4096 // m)}}
         with torch.no_grad():
-            program = torch.export.export(wrapped, (probes[0],), dynamic_shapes=dims)
+            # The batch-of-two probe: an example batch of one would specialise the batch size to 1.
+            program = torch.export.export(wrapped, (probes[1],), dynamic_shapes=dims)
         path = out / "model.pt2"
         tmp = _tmp(path)
         torch.export.save(program, str(tmp))
@@ -137,7 +140,7 @@ def export(checkpoint, out, *, onnx: Optional[bool] = None) -> dict:
             path = out / "model.onnx"
             tmp = _tmp(path)
             with torch.no_grad():
-                torch.onnx.export(wrapped, (probes[0],), str(tmp), input_names=["x"], output_names=["prob"],
+                torch.onnx.export(wrapped, (probes[1],), str(tmp), input_names=["x"], output_names=["prob"],
                                   dynamic_shapes=dims, dynamo=True)
             session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             run = lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])  # noqa: E731

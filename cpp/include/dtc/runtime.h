@@ -1,0 +1,50 @@
+#pragma once
+// dtc's C++ runtime: run a trained dtc network on live frames without Python.
+//
+//   auto model = dtc::runtime::Model::load("student.dtc", "cpu");   // written by `dtc export`
+//   dtc::runtime::Stream stream(model);
+//   for (cv::Mat frame; camera.read(frame);) {
+//     dtc::runtime::Result r = stream.push(frame);                  // r.mask: CV_8U 0/255, r.prob: CV_32F
+//   }
+//
+// The model file is a LibTorch archive (torch::serialize) holding the network's weights, the name and
+// constructor arguments of the C++ network that trained them, and the preprocessing it expects. The
+// runtime builds that very network (cpp/src/nets) and loads the weights into it: it runs the code that
+// trained, with no TorchScript, JIT or Python involved.
+//
+// Every failure (a missing or foreign model file, a frame of the wrong kind or size, an unavailable
+// device) throws dtc::runtime::Error with a message naming the argument and what was expected.
+
+#include <opencv2/core/mat.hpp>
+
+#include "dtc/runtime_model.h"
+
+namespace dtc::runtime {
+
+// One frame's result, at the frame's own size.
+struct Result {
+  cv::Mat prob;  // CV_32FC1 probabilities in [0, 1]
+  cv::Mat mask;  // CV_8UC1, 255 where prob > threshold, else 0
+  double inference_ms = 0;        // preprocessing + forward + copy back
+};
+
+// Frame-by-frame segmentation of a stream (camera, video, scanner feed).
+class Stream {
+ public:
+  // pad: frames whose size is not a multiple of the net's are padded (edge replication, bottom/right) and
+  // the result cropped back; without it such a frame throws Error naming the size and the multiple.
+  explicit Stream(Model model, bool pad = false);
+  // frame: CV_8UC1 (grey), CV_8UC3 (BGR, as OpenCV decodes) or CV_8UC4 (BGRA), or CV_32FC1/CV_32FC3 in [0, 1].
+  Result push(const cv::Mat& frame);
+  // The frame as the network's input tensor (1, C_in, H, W) float32 in [0, 1] (RGB order).
+  at::Tensor to_input(const cv::Mat& frame) const;
+  const Model& model() const { return model_; }
+  int64_t frames() const { return frames_; }
+
+ private:
+  Model model_;
+  bool pad_;
+  int64_t frames_ = 0;
+};
+
+}  // namespace dtc::runtime

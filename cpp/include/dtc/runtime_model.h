@@ -1,0 +1,60 @@
+#pragma once
+// The model half of dtc's C++ runtime (no OpenCV): load a model file, run it on tensors, write one.
+// Applications include dtc/runtime.h; this part is also compiled into the Python extension, which
+// writes model files for `dtc export`.
+
+#include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dtc::runtime {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// What a network expects of its input (recorded by the trainer, carried by the model file).
+struct Preprocessing {
+  int64_t in_channels = 3;
+  std::vector<double> mean, std;  // per channel: x_normalised = (x - mean) / std, x in [0, 1]
+  int64_t multiple = 16;          // H and W must be multiples of this
+  int64_t train_height = 0, train_width = 0;  // the size it was trained at (0: unknown)
+  double threshold = 0.5;         // mask = prob > threshold
+};
+
+// A loaded network. Cheap to copy (shared); `probabilities` may be called from one thread at a time.
+class Model {
+ public:
+  // device: "cpu", "cuda" or "cuda:N". Throws Error when the file is missing or not a dtc model, or the
+  // device is unavailable.
+  static Model load(const std::string& path, const std::string& device = "cpu");
+
+  // The contract of every exported dtc model: float frames in [0, 1], (N, C_in, H, W), un-normalised,
+  // H and W multiples of preprocessing().multiple -> probabilities (N, 1, H, W), float32, on device().
+  at::Tensor probabilities(const at::Tensor& frames) const;
+
+  const Preprocessing& preprocessing() const;
+  const std::string& net() const;      // "student", "unet" or "unetpp"
+  const std::string& metadata() const;  // JSON written by `dtc export` (checkpoint, versions)
+  c10::Device device() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+// Writes a model file (what `dtc export` calls through Python): the weights by name for the network
+// `net` built with `kwargs`, its preprocessing and free-form JSON metadata. Every tensor the network has
+// must be given, with its shape; the file is written to a temporary name and renamed into place.
+void save_model(const std::string& path, const std::string& net, const std::map<std::string, int64_t>& kwargs,
+                const std::map<std::string, at::Tensor>& tensors, const Preprocessing& pre,
+                const std::string& metadata);
+
+}  // namespace dtc::runtime

@@ -1,0 +1,73 @@
+// dtc::runtime::Stream: OpenCV frames in, probabilities and masks at the frame's size out.
+#include <ATen/ATen.h>
+#include <opencv2/core.hpp>
+#include <torch/utils.h>
+
+#include <chrono>
+#include <string>
+
+#include "dtc/runtime.h"
+
+namespace dtc::runtime {
+
+Stream::Stream(Model model, bool pad) : model_(std::move(model)), pad_(pad) {}
+
+at::Tensor Stream::to_input(const cv::Mat& frame) const {
+  if (frame.empty()) throw Error("dtc runtime: the frame is empty");
+  const int depth = frame.depth(), channels = frame.channels();
+  if ((depth != CV_8U && depth != CV_32F) || (channels != 1 && channels != 3 && channels != 4)) {
+    throw Error("dtc runtime: a frame must be 8-bit or 32-bit float with 1 (grey), 3 (BGR) or 4 (BGRA) channels, got "
+                "OpenCV type " + cv::typeToString(frame.type()));
+  }
+  cv::Mat dense = frame.isContinuous() ? frame : frame.clone();
+  const auto dtype = depth == CV_8U ? at::kByte : at::kFloat;
+  at::Tensor t = at::from_blob(dense.data, {1, dense.rows, dense.cols, channels}, at::TensorOptions().dtype(dtype));
+  // Identical arithmetic to dtc.deploy.Segmenter (uint8 -> float32 / 255), so both give the same bits.
+  t = depth == CV_8U ? t.to(at::kFloat) / 255.0 : t.clone();
+  if (depth == CV_32F) {
+    const double lo = t.min().item<double>(), hi = t.max().item<double>();
+    if (!(lo >= 0.0 && hi <= 1.0)) {
+      throw Error("dtc runtime: float frames must be in [0, 1], got values in [" + std::to_string(lo) + ", " +
+                  std::to_string(hi) + "]");
+    }
+  }
+  t = t.permute({0, 3, 1, 2});
+  if (channels >= 3) t = t.narrow(1, 0, 3).flip({1});  // OpenCV's BGR(A) -> RGB
+  const int64_t want = model_.preprocessing().in_channels, have = t.size(1);
+  if (have == 1 && want != 1) {
+    t = t.expand({-1, want, -1, -1});
+  } else if (have == 3 && want == 1) {
+    // ITU-R BT.601 luma, as dtc.deploy.Segmenter.
+    const at::Tensor luma = at::tensor({0.299, 0.587, 0.114}, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat).view({1, 3, 1, 1});
+    t = (t * luma).sum(1, /*keepdim=*/true);
+  } else if (have != want) {
+    throw Error("dtc runtime: the network takes " + std::to_string(want) + " channel(s), cannot feed " +
+                std::to_string(have) + "-channel frames");
+  }
+  return t.contiguous();
+}
+
+Result Stream::push(const cv::Mat& frame) {
+  const auto start = std::chrono::steady_clock::now();
+  at::Tensor x = to_input(frame);
+  const int64_t h = x.size(2), w = x.size(3), m = model_.preprocessing().multiple;
+  const int64_t pad_h = (m - h % m) % m, pad_w = (m - w % m) % m;
+  if (pad_h || pad_w) {
+    if (!pad_) {
+      throw Error("dtc runtime: frame size " + std::to_string(w) + "x" + std::to_string(h) + " (WxH) is not a multiple of " +
+                  std::to_string(m) + " (the network downsamples by " + std::to_string(m) +
+                  "); resize the frames, or let the runtime pad them (Stream(model, /*pad=*/true), dtc-stream --pad)");
+    }
+    x = at::replication_pad2d(x, {0, pad_w, 0, pad_h});
+  }
+  at::Tensor prob = model_.probabilities(x).select(1, 0).select(0, 0).narrow(0, 0, h).narrow(1, 0, w).to(at::kCPU).contiguous();
+  Result r;
+  r.prob = cv::Mat(static_cast<int>(h), static_cast<int>(w), CV_32FC1);
+  std::memcpy(r.prob.data, prob.data_ptr<float>(), sizeof(float) * h * w);
+  cv::compare(r.prob, model_.preprocessing().threshold, r.mask, cv::CMP_GT);
+  r.inference_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  ++frames_;
+  return r;
+}
+
+}  // namespace dtc::runtime
