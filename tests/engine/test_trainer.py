@@ -222,3 +222,15 @@ def test_a_cached_flow_provider_with_augmented_frames_is_refused(tiny_config, ti
                       f"flow.cache_dir={tmp_path}", "data.augment=true")
     with pytest.raises(ConfigError, match="data.augment"):
         cfg.validate()
+
+
+def test_checkpoints_record_the_preprocessing_deployment_needs(tiny_teacher):
+    # dtc.Segmenter and dtc export read it; before, the normalisation lived only in the training code.
+    from dtc.deploy import Preprocessing, Segmenter
+    from dtc.engine.data import IMAGE_MEAN, IMAGE_STD
+
+    ckpt = load_run_checkpoint(tiny_teacher)
+    pre = Preprocessing.from_dict(ckpt["preprocess"])
+    assert pre == Preprocessing(in_channels=3, mean=tuple(IMAGE_MEAN), std=tuple(IMAGE_STD), multiple=16,
+                                train_size=(48, 64), threshold=0.5)
+    assert Segmenter.from_checkpoint(tiny_teacher, device="cpu").preprocess == pre

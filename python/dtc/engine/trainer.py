@@ -406,8 +406,16 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": self.best,
             "bad_epochs": self.bad_epochs, "history": self.history, "config": self.cfg.to_dict(),
-            "torch_version": torch.__version__,
+            "torch_version": torch.__version__, "preprocess": self._preprocessing().to_dict(),
         }
+
+    def _preprocessing(self):
+        # What deployment needs to feed the network as training did (dtc.deploy.Segmenter, dtc export).
+        from dtc.deploy.preprocess import preprocessing_of
+        from dtc.models import _unwrap
+
+        return preprocessing_of(_unwrap(self.model), {"config": {"data": {"height": self.cfg.data.height,
+                                                                          "width": self.cfg.data.width}}})
 
     def _save(self, path: Path) -> None:
         atomic_torch_save(self._state(), path)
