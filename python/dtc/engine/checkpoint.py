@@ -27,12 +27,16 @@ def load_run_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location="cpu"):
-    """(model in eval mode, checkpoint dict): rebuilds the network from its stored name and kwargs."""
-    from dtc.models import create
+    """(model in eval mode, checkpoint dict): rebuilds the network through the factory its stored name
+    resolves to (built-in, registered or import path), with its kwargs and feature taps."""
+    from dtc.models import build
 
     ckpt = load_run_checkpoint(path, map_location)
     spec = ckpt["model"]
-    model = create(spec["name"], **spec["kwargs"])
+    try:
+        model = build(spec["name"], spec["kwargs"], spec.get("taps"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path}: its model {spec['name']!r} cannot be rebuilt: {exc}") from exc
     model.load_state_dict(spec["state_dict"])
     model.eval()
     return model, ckpt

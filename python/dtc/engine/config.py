@@ -48,8 +48,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "student"              # a name of dtc.models.create
-    kwargs: dict = field(default_factory=dict)
+    name: str = "student"              # a dtc.models name (built-in or registered) or an import path "pkg.mod:factory"
+    kwargs: dict = field(default_factory=dict)  # the factory's keyword arguments, checked against its signature
+    taps: dict = field(default_factory=dict)    # FeatureTaps layers of a user's net: {local: decoder.4, global: bottleneck}
 
 
 @dataclass
@@ -121,8 +122,9 @@ class TrainConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"data.synth: {exc}") from exc
 
-    def validate(self, *, check_paths: bool = True) -> "TrainConfig":
-        """Raise :class:`ConfigError` naming the first bad value; called before anything is trained."""
+    def validate(self, *, check_paths: bool = True, teacher_given: bool = False) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first bad value; called before anything is trained.
+        ``teacher_given``: stage 2 gets its teacher as a module (``Trainer(teacher=...)``), not a checkpoint."""
         _choice("stage", self.stage, ("teacher", "student"))
         _choice("preset", self.preset, ("dtc", "reference"))
         d, o, r = self.data, self.optim, self.run
@@ -157,9 +159,9 @@ class TrainConfig:
         if r.log_every < 1 or r.val_every < 1:
             raise ConfigError("run.log_every and run.val_every must be >= 1")
         if self.stage == "student":
-            if not self.teacher_checkpoint:
+            if not self.teacher_checkpoint and not teacher_given:
                 raise ConfigError("teacher_checkpoint is required for stage 2 (train the teacher first: dtc train-teacher)")
-            if check_paths and not Path(self.teacher_checkpoint).is_file():
+            if check_paths and self.teacher_checkpoint and not Path(self.teacher_checkpoint).is_file():
                 raise ConfigError(f"teacher_checkpoint does not exist: {self.teacher_checkpoint}")
             provider = self.flow.provider
             base = provider.split(":", 1)[1] if provider.startswith("cached:") else provider
@@ -180,10 +182,27 @@ class TrainConfig:
             if loss.occlusion_check and base == "gt":
                 raise ConfigError("loss.occlusion_check needs backward flows, which flow.provider='gt' cannot give; "
                                   "use flow.provider=farneback or opencv")
-        from dtc.models import names
-
-        _choice("model.name", self.model.name, tuple(names()))
+        self.validate_model()
         return self
+
+    def validate_model(self) -> None:
+        """``model.name`` resolves (built-in, registered or importable) and ``model.kwargs`` fit its factory's
+        signature; ``model.taps`` has only ``local``/``global`` layer names."""
+        from dtc.models import check_kwargs
+
+        m = self.model
+        try:
+            check_kwargs(m.name, m.kwargs, where="model.kwargs")
+        except ValueError as exc:
+            raise ConfigError(f"model.name: {exc}") from exc
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        unknown = sorted(set(m.taps) - {"local", "global"})
+        if unknown:
+            raise ConfigError(f"model.taps: unknown key(s) {unknown}; expected local and/or global (layer names)")
+        for role, layer in m.taps.items():
+            if layer is not None and not isinstance(layer, str):
+                raise ConfigError(f"model.taps.{role} must be a layer name (a string), got {layer!r}")
 
 
 def _choice(key: str, value, allowed) -> None:

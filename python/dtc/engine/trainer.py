@@ -93,10 +93,21 @@ class Trainer:
     ``resume=True`` continues the run in ``run.out_dir`` from its ``last.pt``. A run folder that
     already holds a run is never overwritten without ``resume``.
     ``on_step(trainer, epoch, step)`` is an optional hook (used by tests to interrupt a run).
+
+    ``model``: a network to train instead of building ``cfg.model`` (any ``nn.Module`` of the model
+    protocol); its checkpoints still record ``cfg.model`` (name, kwargs, taps), which must rebuild it for
+    ``dtc infer``/``evaluate`` or a later stage 2 to load them. ``teacher``: stage 2's frozen teacher as a
+    module instead of ``teacher_checkpoint``.
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, on_step: Optional[Callable] = None):
-        cfg.validate()
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, on_step: Optional[Callable] = None,
+                 model: Optional[torch.nn.Module] = None, teacher: Optional[torch.nn.Module] = None):
+        for role, given in (("model", model), ("teacher", teacher)):
+            if given is not None and not isinstance(given, torch.nn.Module):
+                raise TypeError(f"Trainer: {role} must be an nn.Module or None, got {type(given).__name__}")
+        if teacher is not None and cfg.stage != "student":
+            raise ConfigError("Trainer: teacher= is for stage 2 (stage=student); stage 1 trains the teacher itself")
+        cfg.validate(teacher_given=teacher is not None)
         self.cfg, self.on_step = cfg, on_step
         run = cfg.run
         self.device = self._resolve_device(run.device)
@@ -130,14 +141,20 @@ class Trainer:
         self.loader = DataLoader(self.train_set, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, collate_fn=collate_windows, drop_last=False)
 
-        from dtc.models import create
+        if model is None:
+            from dtc.models import build
 
-        self.model = self._place(create(cfg.model.name, **cfg.model.kwargs))
+            try:
+                model = build(cfg.model.name, cfg.model.kwargs, cfg.model.taps)
+            except ValueError as exc:  # a tap naming no layer is only found once the net exists
+                raise ConfigError(str(exc)) from exc
+        self.model = self._place(model)
         self.teacher = None
         self.objective = None
         self.flow_provider = None
+        self._proto_skipped = False
         if cfg.stage == "student":
-            self._setup_student()
+            self._setup_student(teacher)
         self.train_module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -182,17 +199,23 @@ class Trainer:
                                   "e.g. DTC_CUDA_ARCHS=80 pip install --no-build-isolation .")
         return device
 
-    def _setup_student(self) -> None:
+    def _setup_student(self, teacher: Optional[torch.nn.Module]) -> None:
         from dtc.engine.checkpoint import model_from_checkpoint
         from dtc.flow import make_flow_provider
         from dtc.losses import DTCObjective
 
         cfg = self.cfg
-        teacher, ckpt = model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+        if teacher is None:
+            teacher, ckpt = model_from_checkpoint(cfg.teacher_checkpoint, map_location="cpu")
+            spec = ckpt["model"]
+            same_arch = (spec["name"], spec["kwargs"], spec.get("taps", {})) == \
+                (cfg.model.name, cfg.model.kwargs, cfg.model.taps)
+        else:
+            same_arch = teacher.state_dict().keys() == self.model.state_dict().keys() and all(
+                v.shape == self.model.state_dict()[k].shape for k, v in teacher.state_dict().items())
         self.teacher = self._place(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        same_arch = ckpt["model"]["name"] == cfg.model.name and ckpt["model"]["kwargs"] == cfg.model.kwargs
         self.student_init = "teacher copy" if (cfg.init_from_teacher and same_arch) else "random"
         if self.student_init == "teacher copy":
             self.model.load_state_dict(self.teacher.state_dict())
@@ -260,6 +283,8 @@ class Trainer:
             pseudo = self.objective.pseudo_labels(self.model, self.teacher, x).float()
         with self._autocast():
             logits, local, global_ = split_outputs(self.train_module(x))
+        if (local is None or global_ is None) and self.objective.config.weight("proto") > 0:
+            self._fit_prototype_term_to_taps(local is not None, global_ is not None)
 
         def window(t):
             return None if t is None else t.float().unflatten(0, (B, T))
@@ -268,6 +293,35 @@ class Trainer:
         loss, terms = self.objective(window(logits), window(local), window(global_), window(teacher_logits),
                                      window(pseudo), images, flows, flows_backward)
         return loss, terms
+
+    def _fit_prototype_term_to_taps(self, has_local: bool, has_global: bool) -> None:
+        """A student without feature taps (logits only) trains with the prototype term off; one with a single
+        tap aligns prototypes at that scale alone. Either is said once, as a warning (the objective is
+        replaced, so later steps do not come here again)."""
+        import dataclasses
+        import warnings
+
+        from dtc.losses import DTCObjective
+
+        config = self.objective.config
+        scales = config.prototype_scales
+        if has_local or has_global:
+            available = "local" if has_local else "global"
+            if scales in ("both", available):
+                if scales == "both":
+                    self.objective = DTCObjective(config=dataclasses.replace(config, prototype_scales=available))
+                    warnings.warn(f"the student {self.cfg.model.name!r} has only a {available} feature tap, so the "
+                                  f"prototype term aligns {available} prototypes only (model.taps sets both)",
+                                  UserWarning, stacklevel=2)
+                return
+        self.objective = DTCObjective(config=dataclasses.replace(
+            config, terms=tuple(t for t in config.terms if t != "proto")))
+        self._proto_skipped = True
+        what = "logits only (no feature taps)" if not (has_local or has_global) else \
+            f"no {scales} feature tap (loss.prototype_scales={scales})"
+        warnings.warn(f"the student {self.cfg.model.name!r} returns {what}, so the prototype term is skipped; set "
+                      "model.taps.local / model.taps.global to layer names of the network (or return "
+                      "(logits, local, global)) to train with it", UserWarning, stacklevel=2)
 
     def backward_flows(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
         """``(B, T, 2, H, W)``: index ``t`` holds the flow from frame ``t`` to ``t-1`` (the occlusion test's)."""
@@ -399,7 +453,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
         model_spec = {"name": self.cfg.model.name, "kwargs": dict(self.cfg.model.kwargs),
-                      "state_dict": self.model.state_dict()}
+                      "taps": dict(self.cfg.model.taps), "state_dict": self.model.state_dict()}
         return {
             "format": FORMAT, "version": VERSION, "stage": self.cfg.stage, "preset": self.cfg.preset,
             "model": model_spec, "optimizer": self.optimizer.state_dict(),
@@ -426,9 +480,10 @@ class Trainer:
             if saved.get(key) != getattr(self.cfg, key):
                 raise ConfigError(f"cannot resume: the checkpoint's {key} is {saved.get(key)!r}, the config's "
                                   f"{getattr(self.cfg, key)!r}")
-        if ckpt["model"]["name"] != self.cfg.model.name or ckpt["model"]["kwargs"] != self.cfg.model.kwargs:
-            raise ConfigError(f"cannot resume: the checkpoint holds model {ckpt['model']['name']} "
-                              f"{ckpt['model']['kwargs']}, the config asks for {self.cfg.model.name} {self.cfg.model.kwargs}")
+        spec, m = ckpt["model"], self.cfg.model
+        if (spec["name"], spec["kwargs"], spec.get("taps", {})) != (m.name, m.kwargs, m.taps):
+            raise ConfigError(f"cannot resume: the checkpoint holds model {spec['name']} {spec['kwargs']} taps "
+                              f"{spec.get('taps', {})}, the config asks for {m.name} {m.kwargs} taps {m.taps}")
         self.model.load_state_dict(ckpt["model"]["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
