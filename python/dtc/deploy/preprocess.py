@@ -61,7 +61,7 @@ def preprocessing_of(model, ckpt: Optional[dict] = None) -> Preprocessing:
         return Preprocessing.from_dict(ckpt["preprocess"])
     from dtc.engine.data import IMAGE_MEAN, IMAGE_STD
 
-    c = int(model.init_kwargs.get("in_channels", 3))
+    c = _input_channels(model)
     if c == 3:
         mean, std = tuple(IMAGE_MEAN), tuple(IMAGE_STD)
     else:  # grey (or other) inputs: the channel average of the RGB statistics
@@ -70,7 +70,22 @@ def preprocessing_of(model, ckpt: Optional[dict] = None) -> Preprocessing:
     data = (ckpt or {}).get("config", {}).get("data", {}) if ckpt else {}
     if "height" in data and "width" in data:
         size = (int(data["height"]), int(data["width"]))
-    return Preprocessing(in_channels=c, mean=mean, std=std, multiple=int(model.multiple), train_size=size)
+    # A user's network has no declared multiple: the frame sizes the config allows (multiples of 16) are
+    # the ones it was trained on.
+    return Preprocessing(in_channels=c, mean=mean, std=std, multiple=int(getattr(model, "multiple", 16)),
+                         train_size=size)
+
+
+def _input_channels(model) -> int:
+    """dtc's nets declare ``in_channels``; for any other module (a FeatureTaps wrapper included) it is the
+    first convolution's, else 3 (RGB frames)."""
+    kwargs = getattr(model, "init_kwargs", None)
+    if isinstance(kwargs, dict):
+        return int(kwargs.get("in_channels", 3))
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return 3
 
 
 def normalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
