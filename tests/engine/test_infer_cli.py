@@ -1,8 +1,11 @@
 """`dtc infer` on a frame folder and a video file, and the training CLI's validation path."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+
 import pytest
 
 from dtc.cli.main import main
@@ -79,6 +82,9 @@ def test_evaluate_checkpoint_on_its_test_split(teacher_ckpt, tmp_path, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] > 0 and summary["FPS"] > 0 and 0 <= summary["Dice@0.5"] <= 1
+    # The simulator's exact flow reaches the flow-compensated metrics; its calm benchmark has no event frame.
+    assert 0 <= summary["warp_IoU"] <= 1 and 0 <= summary["worst_Dice"] <= summary["Dice@0.5"] + 1e-12
+    assert summary["Dice_calm"] == pytest.approx(summary["Dice@0.5"]) and math.isnan(summary["Dice_event"])
     assert (out / "per_frame.csv").is_file() and (out / "overall.md").is_file()
     cap = cv2.VideoCapture(str(out / "worst_frames.mp4"))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == min(16, summary["frames"])

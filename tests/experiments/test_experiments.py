@@ -98,6 +98,7 @@ def test_scientific_notation_is_a_number(tmp_path):
     ("grid: {a: {}}\npresets: {p: {}}\n", "q", "preset must be one of"),
     ("grid: {a: {}}\npresets: {p: {arms: [b]}}\n", "p", "must list arms of the grid"),
     ("grid: {a: {}}\nevaluation: {split: train}\n", None, "evaluation.split"),
+    ("grid: {a: {}}\nevaluation: {baseline: b}\n", None, "evaluation.baseline must be an arm"),
     ("grid: {a: {}}\nname: 'a b'\n", None, "folder-safe"),
     ("- a\n", None, "top level must be a mapping"),
 ])
@@ -180,7 +181,8 @@ def test_interrupted_experiment_redoes_only_what_is_missing_and_a_finished_one_d
                               "seed0/full": "skipped", "seed1/baseline": "skipped", "seed1/full": "resumed"}
     after = _snapshot(folder)
     changed = sorted(k for k in after if before.get(k) != after[k])
-    assert all(k.startswith("seed1/full/") or k in ("results.csv", "results.md", "runs.csv", "ablation.png")
+    assert all(k.startswith("seed1/full/") or k in ("results.csv", "results.md", "runs.csv", "paired.csv",
+                                                     "ablation.png")
                for k in changed), changed
     from dtc.engine import load_run_checkpoint
 
@@ -202,6 +204,11 @@ def test_interrupted_experiment_redoes_only_what_is_missing_and_a_finished_one_d
         assert row["seeds"] == 2
     md = (folder / "results.md").read_text()
     assert "| + KD | 2 |" in md and "dtc experiment run" in md and "--preset tiny" in md
+    # Every arm against evaluation.baseline, paired by seed (the numbers are checked in test_event_metrics).
+    assert "## Paired by seed against `+ KD`" in md and "| full |" in md.split("## Paired")[1]
+    paired = (folder / "paired.csv").read_text().splitlines()
+    assert paired[0].startswith("arm,label,baseline,metric,seeds,baseline_mean,arm_mean,mean_diff,wins,losses")
+    assert any(line.startswith("full,full,baseline,Dice_calm,2,") for line in paired[1:])
     assert (folder / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Finished: nothing is trained, evaluated or rewritten.

@@ -418,6 +418,15 @@ class SyntheticTRUSDataset(Dataset):
             self._scenes.popitem(last=False)
         return sc
 
+    def flow_between(self, video_id: str, frame_from: int, frame_to: int) -> np.ndarray:
+        """The simulator's exact backward flow (2, H, W) float32 from frame ``frame_from`` to ``frame_to``
+        of ``video_id``, in the items' convention (what the flow-compensated metrics of a single-frame
+        evaluation need between consecutive evaluated frames)."""
+        for vi, v in enumerate(self.videos):
+            if v["video_id"] == video_id:
+                return self.scene(vi).render(int(frame_to), flow_from=int(frame_from))[2]
+        raise KeyError(f"video {video_id!r} is not in the {self.split!r} split")
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.windows):
             raise IndexError(f"window index {index} out of range [0, {len(self.windows)})")

@@ -131,7 +131,10 @@ def score_checkpoint(checkpoint: str | Path, dataset, *, out_dir: str | Path | N
     Returns ``(scores, videos)``: ``videos`` as :func:`dtc.engine.inference.predict_videos` gives them;
     ``scores`` holds ``epoch``, ``Dice`` (at 0.5, per video then mean), ``TC``, ``area_flicker``,
     ``dice_flicker``, the SUN-SEG columns ``S_alpha``, ``E_mean``, ``F_w``, ``Dice_sunseg`` and ``Sen``
-    (threshold-averaged), ``HD95`` and ``FPS`` (batch 1 on ``device`` at the dataset's frame size).
+    (threshold-averaged), ``HD95``, ``FPS`` (batch 1 on ``device`` at the dataset's frame size), and the
+    event-aware columns ``Dice_event``, ``Dice_calm``, ``worst_Dice`` (Dice at 0.5 on frames a simulated
+    event touched, on the others, on each video's worst frame; per video then mean), ``warp_IoU`` and
+    ``TC_flow`` (flow-compensated, with the simulator's exact flow).
     With ``out_dir`` the full metric tables and plots go there.
     """
     from dtc.engine.checkpoint import model_from_checkpoint
@@ -147,6 +150,8 @@ def score_checkpoint(checkpoint: str | Path, dataset, *, out_dir: str | Path | N
         "area_flicker": overall["area_flicker"], "dice_flicker": overall["dice_flicker"],
         "S_alpha": overall["Sα"], "E_mean": overall["E^mn_φ"], "F_w": overall["F^w_β"],
         "Dice_sunseg": overall["Dice"], "Sen": overall["Sen"], "HD95": overall["HD95"], "FPS": overall["FPS"],
+        "Dice_event": overall["Dice_event"], "Dice_calm": overall["Dice_calm"], "worst_Dice": overall["worst_Dice"],
+        "warp_IoU": overall["warp_IoU"], "TC_flow": overall["TC_flow"],
     }
     videos = evaluation["videos"]
     return result, videos

@@ -45,18 +45,23 @@ def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, wors
     ``summary.json`` (overall metrics, FPS) and ``worst_frames.mp4`` (the ``worst`` frames by Dice,
     prediction green, truth yellow). Returns ``{"summary", "videos", "suite"}``; the summary holds the
     suite's overall columns plus ``Dice_per_video``/``TC_per_video`` (Dice at 0.5 and TC per video,
-    then averaged) and ``FPS``."""
+    then averaged) and ``FPS``.
+
+    The dataset's per-frame ``event`` flags (simulated transient events) feed Dice on event and calm
+    frames. When the dataset knows the exact flow between two frames (``flow_between``, the
+    simulator), the flow-compensated metrics (TC_flow, warping IoU on binary masks, warping error) are
+    computed with it through dtc's warp op; otherwise they are NaN."""
     from dtc.engine.inference import predict_videos, video_scores
     from dtc.metrics import evaluate_predictions
+    from dtc.metrics.temporal import compiled_warp
 
     out_dir = Path(out_dir) if out_dir is not None else None
     videos = predict_videos(model, dataset, device=device, batch_size=batch_size, amp_dtype=amp_dtype,
                             progress=progress)
     if not videos:
         raise ValueError("the dataset split has no frames to evaluate")
-    frames = ((vid, v["frame"][k], v["prob"][k].numpy(), v["mask"][k].numpy())
-              for vid, v in videos.items() for k in range(len(v["frame"])) if v["valid"][k])
-    suite = evaluate_predictions(frames, out_dir=out_dir, progress=progress)
+    suite = evaluate_predictions(_scored_frames(videos, dataset), out_dir=out_dir, progress=progress,
+                                 warp=compiled_warp)
     scores = {vid: video_scores(v) for vid, v in videos.items()}
     size = tuple(next(iter(videos.values()))["prob"].shape[-2:])
     summary = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in suite.overall.items()}
@@ -71,6 +76,23 @@ def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, wors
         if worst > 0:
             write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst)
     return {"summary": summary, "videos": videos, "suite": suite}
+
+
+def _scored_frames(videos: dict, dataset):
+    """``(video, frame, prob, gt, flow, event)`` for every labelled frame, ``flow`` from the previous
+    labelled frame of the video when the dataset can give it exactly."""
+    flow_between = getattr(dataset, "flow_between", None)
+    for vid, v in videos.items():
+        events = v.get("event")
+        previous = None
+        for k in range(len(v["frame"])):
+            if not v["valid"][k]:
+                continue
+            frame = v["frame"][k]
+            flow = flow_between(vid, previous, frame) if flow_between is not None and previous is not None else None
+            event = bool(events[k]) if events is not None else None
+            yield vid, frame, v["prob"][k].numpy(), v["mask"][k].numpy(), flow, event
+            previous = frame
 
 
 def write_worst_frames(videos: dict, scores: dict, path: Path, count: int) -> Path:

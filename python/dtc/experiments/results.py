@@ -7,6 +7,16 @@ Convention:
     (fraction of the frame) and of the per-frame Dice, per video, averaged over videos. ``FPS`` is batch-1
     inference on the evaluation device. ``std`` is the sample standard deviation over seeds (ddof 1);
     with one seed it is undefined (empty in the CSV, ``–`` in Markdown).
+
+    Event-aware columns (the event benchmark): ``Dice@0.5 event``/``calm`` are the mean Dice at 0.5 over
+    the frames a simulated transient event touched / did not touch, ``worst-frame Dice`` each video's
+    lowest frame Dice, ``warping IoU`` is ``IoU(B_t, W(B_{t-1}))`` on binary masks with the exact flow;
+    all per video, then over videos.
+
+    Paired comparison (``paired.csv`` and the second table of ``results.md``): every arm minus the
+    experiment's ``evaluation.baseline`` arm, seed by seed (the same data, split and teacher), on the
+    seeds both have: the mean difference, the number of seeds where the arm is better (in the metric's
+    direction), and two-sided p-values of the Wilcoxon signed-rank test (exact) and of the sign test.
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ import numpy as np
 from dtc.experiments.spec import TEACHER, Experiment
 from dtc.io import atomic_write_bytes
 
-__all__ = ["METRICS", "canonical_command", "collect_runs", "aggregate", "write_results", "load_results", "format_markdown"]
+__all__ = ["METRICS", "PAIRED_METRICS", "canonical_command", "collect_runs", "aggregate", "paired_comparison",
+           "write_results", "load_results", "format_markdown", "format_paired_markdown"]
 
 # (key in evaluation.json scores, column name, higher is better, decimals)
 METRICS = (
@@ -36,8 +47,16 @@ METRICS = (
     ("TC", "TC", True, 4),
     ("area_flicker", "area flicker", False, 4),
     ("dice_flicker", "Dice flicker", False, 4),
+    ("Dice_event", "Dice@0.5 event", True, 4),
+    ("Dice_calm", "Dice@0.5 calm", True, 4),
+    ("worst_Dice", "worst-frame Dice", True, 4),
+    ("warp_IoU", "warping IoU", True, 4),
     ("FPS", "FPS", True, 0),
 )
+
+# The metrics compared arm against baseline, paired by seed (FPS is a property of the machine).
+PAIRED_METRICS = ("Dice", "Dice_event", "Dice_calm", "worst_Dice", "dice_flicker", "warp_IoU", "TC",
+                  "area_flicker", "Dice_sunseg")
 
 
 def collect_runs(experiment: Experiment, out_root: str | os.PathLike) -> list[dict]:
@@ -75,6 +94,82 @@ def aggregate(rows: list[dict], order: list[str], labels: dict[str, str]) -> lis
             row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         table.append(row)
     return table
+
+
+def _paired_tests(diffs: np.ndarray) -> tuple[float, float]:
+    """Two-sided p-values of the exact Wilcoxon signed-rank test and of the sign test on paired
+    differences; NaN when every difference is zero (nothing to test)."""
+    from scipy import stats
+
+    nonzero = diffs[diffs != 0]
+    if len(nonzero) == 0:
+        return math.nan, math.nan
+    wilcoxon = float(stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided", method="exact").pvalue)
+    sign = float(stats.binomtest(int((nonzero > 0).sum()), len(nonzero), 0.5, alternative="two-sided").pvalue)
+    return wilcoxon, sign
+
+
+def paired_comparison(rows: list[dict], baseline: str, arms: list[str], labels: Optional[dict] = None,
+                      metrics=PAIRED_METRICS) -> list[dict]:
+    """Each arm of ``arms`` (the baseline itself and arms without runs skipped) against ``baseline``,
+    paired by seed: one row per (arm, metric) with ``seeds`` (pairs with both values finite),
+    ``baseline_mean``, ``arm_mean``, ``mean_diff`` (arm − baseline), ``wins`` (seeds where the arm is
+    better in the metric's direction), ``losses``, ``p_wilcoxon`` and ``p_sign`` (two-sided)."""
+    labels = labels or {}
+    direction = {key: up for key, _, up, _ in METRICS}
+    unknown = [m for m in metrics if m not in direction]
+    if unknown:
+        raise ValueError(f"metrics {unknown} are not experiment metrics; known: {list(direction)}")
+    base = {r["seed"]: r for r in rows if r["arm"] == baseline}
+    out = []
+    for arm in arms:
+        if arm == baseline:
+            continue
+        mine = {r["seed"]: r for r in rows if r["arm"] == arm}
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            continue
+        for key in metrics:
+            pairs = [(mine[s][key], base[s][key]) for s in seeds
+                     if math.isfinite(mine[s][key]) and math.isfinite(base[s][key])]
+            a = np.array([p[0] for p in pairs], float)
+            b = np.array([p[1] for p in pairs], float)
+            diffs = a - b
+            better = diffs if direction[key] else -diffs
+            p_wilcoxon, p_sign = _paired_tests(diffs) if len(diffs) else (math.nan, math.nan)
+            out.append({"arm": arm, "label": labels.get(arm, arm), "baseline": baseline, "metric": key,
+                        "seeds": len(diffs),
+                        "baseline_mean": float(b.mean()) if len(b) else math.nan,
+                        "arm_mean": float(a.mean()) if len(a) else math.nan,
+                        "mean_diff": float(diffs.mean()) if len(diffs) else math.nan,
+                        "wins": int((better > 0).sum()), "losses": int((better < 0).sum()),
+                        "p_wilcoxon": p_wilcoxon, "p_sign": p_sign})
+    return out
+
+
+def format_paired_markdown(paired: list[dict], baseline_label: str) -> str:
+    """The paired comparison as Markdown: one row per arm, per metric ``Δ mean (wins/seeds, p)``."""
+    if not paired:
+        return ""
+    names = {key: name for key, name, _, _ in METRICS}
+    ups = {key: up for key, _, up, _ in METRICS}
+    metrics = list(dict.fromkeys(r["metric"] for r in paired))
+    head = ["arm"] + [f"Δ {names[m]} {'↑' if ups[m] else '↓'}" for m in metrics]
+    lines = [f"## Paired by seed against `{baseline_label}`", "",
+             "Each cell: mean of (arm − baseline) over seeds; in brackets the seeds where the arm is better / "
+             "seeds compared, and the two-sided exact Wilcoxon signed-rank p-value (sign-test p in `paired.csv`).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in dict.fromkeys(r["arm"] for r in paired):
+        cells = [next(r["label"] for r in paired if r["arm"] == arm)]
+        for m in metrics:
+            r = next((r for r in paired if r["arm"] == arm and r["metric"] == m), None)
+            if r is None or not r["seeds"]:
+                cells.append("–")
+                continue
+            p = "–" if math.isnan(r["p_wilcoxon"]) else f"{r['p_wilcoxon']:.3g}"
+            cells.append(f"{r['mean_diff']:+.4f} ({r['wins']}/{r['seeds']}, p {p})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _csv(rows: list[dict]) -> str:
@@ -154,10 +249,18 @@ def write_results(experiment: Experiment, out_root: str | os.PathLike, *, comman
              "of Dice (lower is steadier); FPS is batch 1 on the evaluation device."]
     paths = {"csv": folder / "results.csv", "markdown": folder / "results.md", "runs": folder / "runs.csv",
              "plot": folder / "ablation.png"}
+    baseline = experiment.evaluation.get("baseline")
+    paired = paired_comparison(rows, baseline, list(experiment.arms), labels) if baseline else []
     changed = _write_if_changed(paths["csv"], _csv(table).encode())
     changed |= _write_if_changed(paths["runs"], _csv(rows).encode())
+    if paired:
+        paths["paired"] = folder / "paired.csv"
+        changed |= _write_if_changed(paths["paired"], _csv(paired).encode())
     title = f"{experiment.name} ({experiment.preset})" if experiment.preset else experiment.name
-    changed |= _write_if_changed(paths["markdown"], format_markdown(table, title=title, notes=notes).encode())
+    markdown = format_markdown(table, title=title, notes=notes)
+    if paired:
+        markdown += "\n" + format_paired_markdown(paired, labels.get(baseline, baseline))
+    changed |= _write_if_changed(paths["markdown"], markdown.encode())
     if changed or not paths["plot"].is_file():
         from dtc.experiments.plots import ablation_figure, figure_png
 
@@ -182,7 +285,7 @@ def load_results(folder: str | os.PathLike) -> tuple[list[dict], list[dict]]:
 
 
 def _parse(key: str, value: str):
-    if key in ("arm", "label", "run_id", "device"):
+    if key in ("arm", "label", "run_id", "device", "baseline", "metric"):
         return value
     if value == "":
         return math.nan
@@ -190,4 +293,4 @@ def _parse(key: str, value: str):
         number = float(value)
     except ValueError:
         return value
-    return int(number) if key in ("seed", "seeds") else number
+    return int(number) if key in ("seed", "seeds", "wins", "losses") else number

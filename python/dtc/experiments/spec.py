@@ -11,7 +11,7 @@ An experiment file (YAML) describes a two-stage study::
     grid:                                # named arms: stage-2 overrides (+ an optional display label)
       seg:  {label: "L_seg", loss: {ablation: seg}}
       full: {label: "full", loss: {ablation: full}}
-    evaluation: {batch_size: 8}
+    evaluation: {batch_size: 8, baseline: seg}  # baseline: the arm the others are compared with, by seed
     presets:                             # size variants; each may override seeds, arms and any section
       cpu-small: {seeds: [0, 1], base: {...}, teacher: {...}, student: {...}}
 
@@ -39,7 +39,7 @@ TEACHER = "teacher"
 _TOP_KEYS = {"name", "description", "seeds", "seed_keys", "base", "teacher", "student", "grid", "evaluation",
              "presets"}
 _PRESET_KEYS = {"description", "seeds", "arms", "base", "teacher", "student", "evaluation"}
-_EVAL_KEYS = {"batch_size", "split"}
+_EVAL_KEYS = {"batch_size", "split", "baseline"}
 # Keys the experiment sets itself; an arm or preset that set them would break the plan's layout.
 _RESERVED = {"stage", "run.out_dir", "teacher_checkpoint"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
@@ -278,6 +278,11 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
     bs = evaluation.setdefault("batch_size", 8)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise ExperimentError(f"{path}: evaluation.batch_size must be a positive integer, got {bs!r}")
+    # The arm every other arm is compared with, paired by seed (the per-frame baseline of the ablation).
+    baseline = evaluation.setdefault("baseline", "seg+kd" if "seg+kd" in arms else None)
+    if baseline is not None and baseline not in arms:
+        raise ExperimentError(f"{path}: evaluation.baseline must be an arm of the experiment {list(arms)}, "
+                              f"got {baseline!r}")
     overrides = list(overrides or [])
     bad = [o for o in overrides if o.split("=", 1)[0].strip() in _RESERVED]
     if bad:

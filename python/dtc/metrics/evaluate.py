@@ -42,11 +42,14 @@ TABLE_COLUMNS = OrderedDict([
     ("warp_error", ("tmp", "warp_error")),
     ("area_flicker", ("tmp", "area_flicker")),
     ("dice_flicker", ("tmp", "dice_flicker")),
+    ("worst_Dice", ("tmp", "worst_Dice")),
+    ("Dice_event", ("tmp", "Dice_event")),
+    ("Dice_calm", ("tmp", "Dice_calm")),
 ])
 
 FRAME_COLUMNS = ("video", "frame", "Smeasure", "meanEm", "wFmeasure", "meanFm", "MAE", "meanDice", "meanSen",
                  "Dice@0.5", "IoU@0.5", "Sen@0.5", "Prec@0.5", "Spec@0.5", "HD95", "ASSD", "area", "TC", "TC_flow",
-                 "warp_IoU", "warp_error")
+                 "warp_IoU", "warp_error", "event")
 
 
 @dataclass
@@ -65,11 +68,14 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
                          plots: bool = True, progress: bool = True, total: int | None = None) -> EvaluationResult:
     """Evaluate a stream of frames.
 
-    ``pred_iter`` yields ``(video_id, frame_index, prob, gt)`` or ``(video_id, frame_index, prob, gt,
-    flow)``: ``prob`` an (H, W) float array in [0, 1], ``gt`` an (H, W) binary mask of the same size,
-    ``flow`` None or the (2, H, W) flow from the previous frame of the video to this one (pixels, dx
-    then dy; enables TC_flow, warping IoU and warping error). Frames of one video must come in
-    increasing ``frame_index`` order; videos may interleave.
+    ``pred_iter`` yields ``(video_id, frame_index, prob, gt)``, ``(..., flow)`` or ``(..., flow, event)``:
+    ``prob`` an (H, W) float array in [0, 1], ``gt`` an (H, W) binary mask of the same size, ``flow``
+    None or the (2, H, W) flow from the previous frame of the video to this one (pixels, dx then dy;
+    enables TC_flow, warping IoU and warping error), ``event`` None or a bool: a transient event touched
+    the frame (enables Dice on event frames; unflagged frames count as calm). Frames of one video must
+    come in increasing ``frame_index`` order; videos may interleave. ``warp`` is the warp of the
+    flow-compensated metrics (default grid_sample; :func:`dtc.metrics.temporal.compiled_warp` is dtc's
+    op).
 
     ``preset``/``normalize``/``drop_ends``/``case_decimals`` configure the SUN-SEG suite (see
     :class:`dtc.metrics.objects.SUNSegMetric`); threshold metrics and temporal metrics use every frame.
@@ -85,14 +91,16 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
     result = EvaluationResult()
     n = 0
     for item in tqdm(pred_iter, total=total, desc="evaluate", unit="frame", disable=not progress):
-        if not isinstance(item, (tuple, list)) or len(item) not in (4, 5):
-            raise ValueError("pred_iter must yield (video_id, frame_index, prob, gt) or (..., flow) tuples, "
-                             f"got {type(item).__name__} of length {len(item) if hasattr(item, '__len__') else '?'}")
+        if not isinstance(item, (tuple, list)) or len(item) not in (4, 5, 6):
+            raise ValueError("pred_iter must yield (video_id, frame_index, prob, gt), (..., flow) or (..., flow, "
+                             f"event) tuples, got {type(item).__name__} of length "
+                             f"{len(item) if hasattr(item, '__len__') else '?'}")
         video, frame, prob, gt = item[:4]
-        flow = item[4] if len(item) == 5 else None
+        flow = item[4] if len(item) >= 5 else None
+        event = item[5] if len(item) == 6 else None
         s = sun(prob, gt, video_id=video, frame_index=frame)[0]
         b = binm(prob, gt, video_id=video, frame_index=frame)[0]
-        t = tmp(prob, gt, video_id=video, frame_index=frame, flow=flow)[0]
+        t = tmp(prob, gt, video_id=video, frame_index=frame, flow=flow, event=event)[0]
         result.per_frame.append(OrderedDict([
             ("video", video), ("frame", frame), ("Smeasure", s["Smeasure"]), ("meanEm", float(s["Em"].mean())),
             ("wFmeasure", s["wFmeasure"]), ("meanFm", float(s["Fm"].mean())), ("MAE", s["MAE"]),
@@ -101,6 +109,7 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
             ("Prec@0.5", b["precision"]), ("Spec@0.5", b["specificity"]), ("HD95", b["HD95"]), ("ASSD", b["ASSD"]),
             ("area", t["area"]), ("TC", t.get("TC", math.nan)), ("TC_flow", t.get("TC_flow", math.nan)),
             ("warp_IoU", t.get("warp_IoU", math.nan)), ("warp_error", t.get("warp_error", math.nan)),
+            ("event", int(t["event"]) if "event" in t else ""),
         ]))
         n += 1
     if n == 0:

@@ -197,9 +197,12 @@ class BinaryMetric(_PerVideo):
 
 class TemporalMetric(_PerVideo):
     """Temporal stability per video: TC, and with ``flow``: TC_flow, warping IoU, warping error (Lai et
-    al.; occlusion-masked when ``flow_backward`` or ``mask`` is given); area flicker, and Dice flicker
-    when ``gt`` is given. Frames of a video must arrive in increasing ``frame_index`` order, because
-    each frame is compared with the previous one of its video."""
+    al.; occlusion-masked when ``flow_backward`` or ``mask`` is given); area flicker, and with ``gt``:
+    Dice flicker, the worst frame's Dice (``worst_Dice``) and, from the per-frame ``event`` flags (a
+    transient event touched the frame; frames without a flag count as calm), the mean Dice on event
+    frames and on calm frames (``Dice_event``, ``Dice_calm``; NaN for a video without such frames).
+    Frames of a video must arrive in increasing ``frame_index`` order, because each frame is compared
+    with the previous one of its video."""
 
     def __init__(self, preset: str = "sunseg", threshold: float = 0.5, warp=None):
         self.threshold = float(threshold)
@@ -211,7 +214,7 @@ class TemporalMetric(_PerVideo):
         self._prev: dict = {}
 
     def __call__(self, pred, gt=None, video_id="video", frame_index=None, flow=None, flow_backward=None,
-                 mask=None) -> list[dict]:
+                 mask=None, event=None) -> list[dict]:
         from dtc.metrics import temporal as tm
 
         p_all = as_array(pred, "pred")
@@ -225,6 +228,10 @@ class TemporalMetric(_PerVideo):
                 raise ValueError(f"gt must have pred's shape {p.shape}, got {g.shape}")
         idx = self._index(video_id, frame_index)
         rec = {"area": float(np.mean(p > self.threshold))}
+        if event is not None:
+            if not isinstance(event, (bool, np.bool_)) and event not in (0, 1):
+                raise ValueError(f"event must be a bool (a transient event touched the frame), got {event!r}")
+            rec["event"] = bool(event)
         if g is not None:
             rec["Dice"] = ref.binary_metrics(p, g, self.threshold)["Dice"]
         prev = self._prev.get(video_id)
@@ -250,11 +257,15 @@ class TemporalMetric(_PerVideo):
             for k in ("TC", "TC_flow", "warp_IoU", "warp_error"):
                 v = [r[k] for r in recs if k in r and np.isfinite(r[k])]
                 out[k] = float(np.mean(v)) if v else float("nan")
-            from dtc.metrics.temporal import flicker
+            from dtc.metrics.temporal import event_split, flicker, worst_frame
 
             out["area_flicker"] = flicker([r["area"] for r in recs])
-            dices = [r["Dice"] for r in recs if "Dice" in r]
+            scored = [r for r in recs if "Dice" in r]
+            dices = [r["Dice"] for r in scored]
             out["dice_flicker"] = flicker(dices) if dices else float("nan")
+            out["worst_Dice"] = worst_frame(dices) if dices else float("nan")
+            out["Dice_event"], out["Dice_calm"] = (event_split(dices, [r.get("event", False) for r in scored])
+                                                   if dices else (float("nan"), float("nan")))
             per_video[video] = out
         keys = next(iter(per_video.values())).keys()
         overall = OrderedDict()

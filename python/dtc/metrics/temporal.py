@@ -50,6 +50,14 @@ def grid_sample_warp(image, flow):
     return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def compiled_warp(image, flow):
+    """The same warp through dtc's compiled op (:func:`dtc.ops.warp`, border padding), for callers that
+    have the core loaded; bit-for-bit the convention above."""
+    from dtc import ops
+
+    return ops.warp(image, flow.to(image.dtype), padding="border")
+
+
 def warp_map(a: np.ndarray, flow: np.ndarray, warp: WarpFn | None = None) -> np.ndarray:
     """Warp one (H, W) or (C, H, W) float map with the convention above; returns float64 numpy."""
     import torch
@@ -169,3 +177,38 @@ def dice_flicker(preds, gts, threshold: float = 0.5) -> float:
     if p.shape != g.shape:
         raise ValueError(f"preds and gts must have the same (T, H, W) shape, got {p.shape} and {g.shape}")
     return flicker([binary_metrics(p[t], g[t], threshold)["Dice"] for t in range(p.shape[0])])
+
+
+def _finite(values) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be a 1-D per-frame series, got shape {v.shape}")
+    return v[np.isfinite(v)]
+
+
+def worst_frame(values) -> float:
+    """The lowest value of a per-frame series (e.g. Dice), NaNs skipped; NaN when nothing is left."""
+    v = _finite(values)
+    return float(v.min()) if v.size else float("nan")
+
+
+def event_split(values, events) -> tuple[float, float]:
+    """``(mean over event frames, mean over calm frames)`` of a per-frame series of one video.
+
+    ``events`` is one bool per frame (a transient event touched the frame). NaN values are skipped; a
+    class without a finite frame gives NaN.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(events)
+    if v.ndim != 1 or e.shape != v.shape:
+        raise ValueError(f"values and events must be 1-D per-frame series of the same length, got shapes "
+                         f"{v.shape} and {e.shape}")
+    if e.dtype != np.bool_:
+        if not np.isin(e, (0, 1)).all():
+            raise ValueError("events must hold booleans (or 0/1), one per frame")
+        e = e.astype(bool)
+    out = []
+    for chosen in (v[e], v[~e]):
+        chosen = chosen[np.isfinite(chosen)]
+        out.append(float(chosen.mean()) if chosen.size else float("nan"))
+    return out[0], out[1]
