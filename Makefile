@@ -50,7 +50,7 @@ dev: env
 	flock build/dev/.lock bash -c '\
 	  test -f build/dev/CMakeCache.txt || cmake -S . -B build/dev -G Ninja -DPython_EXECUTABLE=$(PY) -DCMAKE_BUILD_TYPE=Release; \
 	  cmake --build build/dev -j $(JOBS) && for so in build/dev/_C*.so; do \
-	    name=$$(basename $$so); cp -f $$so python/dtc/.$$name.tmp && mv -f python/dtc/.$$name.tmp python/dtc/$$name; done; \
+	    name=$$(basename $$so); cp -f $$so python/dtc/.$$name.tmp && mv -f python/dtc/.$$name.tmp python/dtc/$$name; done && \
 	  if [ -x build/dev/dtc-stream ]; then mkdir -p python/dtc/bin && cp -f build/dev/dtc-stream python/dtc/bin/.dtc-stream.tmp \
 	    && mv -f python/dtc/bin/.dtc-stream.tmp python/dtc/bin/dtc-stream; fi'
 

@@ -23,12 +23,34 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
+#include <array>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
 namespace dtc::nets {
 
 using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Inference path of Conv → BatchNorm (→ ReLU): in eval mode, when no gradient to the parameters is
+// wanted, the batch norm is folded into the convolution (w·γ/σ, β − μ·γ/σ with σ = √(var + ε)) and the
+// ReLU applied in place, one convolution instead of three ops and two temporaries. The folded tensors
+// are cached and rebuilt whenever a parameter or statistic changes (new storage, or an in-place write:
+// the tensors' version counters), so load_state_dict, .to() and optimiser steps are always seen.
+// Training mode runs the unfused ops unchanged.
+struct FoldedConvBn {
+  at::Tensor forward(torch::nn::Conv2d& conv, torch::nn::BatchNorm2d& bn, const at::Tensor& x, bool relu);
+  // Whether forward would take the folded path for these modules now (eval mode, no parameter gradient).
+  static bool applies(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn);
+
+ private:
+  at::Tensor weight_, bias_;
+  std::array<const void*, 5> storage_{};
+  std::array<int64_t, 5> versions_{};
+  c10::ScalarType dtype_ = c10::ScalarType::Undefined;
+  c10::MemoryFormat format_ = c10::MemoryFormat::Contiguous;
+  std::mutex mu_;
+};
 
 // Conv(k×k, no bias) → BatchNorm → optional ReLU. `groups == in_channels` makes it depthwise.
 // Children: conv, bn.
@@ -39,6 +61,7 @@ struct ConvBnActImpl : torch::nn::Module {
   torch::nn::Conv2d conv{nullptr};
   torch::nn::BatchNorm2d bn{nullptr};
   bool relu;
+  std::shared_ptr<FoldedConvBn> folded = std::make_shared<FoldedConvBn>();
 };
 TORCH_MODULE(ConvBnAct);
 
@@ -48,6 +71,7 @@ struct DoubleConvImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  std::shared_ptr<FoldedConvBn> folded1 = std::make_shared<FoldedConvBn>(), folded2 = std::make_shared<FoldedConvBn>();
 };
 TORCH_MODULE(DoubleConv);
 
@@ -77,6 +101,7 @@ struct BasicBlockImpl : torch::nn::Module {
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Sequential downsample{nullptr};
+  std::shared_ptr<FoldedConvBn> folded1 = std::make_shared<FoldedConvBn>(), folded2 = std::make_shared<FoldedConvBn>();
 };
 TORCH_MODULE(BasicBlock);
 

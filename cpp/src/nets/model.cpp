@@ -152,6 +152,14 @@ Model Model::load(const std::string& path, const std::string& device) {
   }
   impl->net.module->eval();
   impl->net.module->to(dev);
+  {
+    // Channels-last activations run the depthwise-separable student about twice as fast on the CPU
+    // (oneDNN); dtc.deploy.Segmenter does the same, so both compute alike.
+    torch::NoGradGuard no_grad;
+    for (auto& p : impl->net.module->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+  }
   impl->device = dev;
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(dev);
   impl->mean = at::tensor(impl->pre.mean, at::TensorOptions().dtype(at::kDouble)).to(opts).view({1, -1, 1, 1});
@@ -176,8 +184,9 @@ at::Tensor Model::probabilities(const at::Tensor& frames) const {
                 std::to_string(p.multiple) + "); pad or resize the frames");
   }
   torch::NoGradGuard no_grad;
-  // The same ops, in the same order and dtype, as dtc.deploy.Segmenter: (x - mean) / std, forward, sigmoid.
-  const at::Tensor x = (frames.to(impl_->device, at::kFloat) - impl_->mean) / impl_->std;
+  // The same ops, in the same order, dtype and layout, as dtc.deploy.Segmenter: (x - mean) / std, forward, sigmoid.
+  const at::Tensor x =
+      (frames.to(impl_->device, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) - impl_->mean) / impl_->std;
   return at::sigmoid(impl_->net.logits(x).to(at::kFloat));
 }
 

@@ -34,6 +34,49 @@ at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 
 }  // namespace
 
 // ------------------------------------------------------------------------------------- building blocks
+bool FoldedConvBn::applies(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {
+  return !conv->is_training() && !bn->is_training() && bn->options.track_running_stats() &&
+         !(at::GradMode::is_enabled() && (conv->weight.requires_grad() || bn->weight.requires_grad()));
+}
+
+at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at::Tensor& x, bool relu) {
+  if (!applies(conv, bn)) {
+    auto y = bn->forward(conv->forward(x));
+    return relu ? at::relu(y) : y;
+  }
+  const at::Tensor* sources[5] = {&conv->weight, &bn->weight, &bn->bias, &bn->running_mean, &bn->running_var};
+  const auto format = conv->weight.suggest_memory_format();
+  at::Tensor w, b;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool fresh = weight_.defined() && dtype_ == conv->weight.scalar_type() && format_ == format;
+    for (int i = 0; i < 5 && fresh; ++i) {
+      fresh = storage_[i] == sources[i]->unsafeGetTensorImpl()->storage().data() && versions_[i] == sources[i]->_version();
+    }
+    if (!fresh) {
+      at::NoGradGuard no_grad;
+      // In float64, then rounded once to the parameters' dtype.
+      const at::Tensor scale =
+          bn->weight.to(at::kDouble) / at::sqrt(bn->running_var.to(at::kDouble) + bn->options.eps());
+      weight_ = (conv->weight.to(at::kDouble) * scale.view({-1, 1, 1, 1}))
+                    .to(conv->weight.scalar_type())
+                    .contiguous(format);
+      bias_ = (bn->bias.to(at::kDouble) - bn->running_mean.to(at::kDouble) * scale).to(conv->weight.scalar_type());
+      for (int i = 0; i < 5; ++i) {
+        storage_[i] = sources[i]->unsafeGetTensorImpl()->storage().data();
+        versions_[i] = sources[i]->_version();
+      }
+      dtype_ = conv->weight.scalar_type();
+      format_ = format;
+    }
+    w = weight_;
+    b = bias_;
+  }
+  const auto& o = conv->options;
+  at::Tensor y = at::conv2d(x, w, b, *o.stride(), *std::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
+  return relu ? at::relu_(y) : y;
+}
+
 ConvBnActImpl::ConvBnActImpl(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
                              int64_t groups, bool relu_)
     : relu(relu_) {
@@ -41,10 +84,7 @@ ConvBnActImpl::ConvBnActImpl(int64_t in_channels, int64_t out_channels, int64_t 
   bn = register_module("bn", nn::BatchNorm2d(out_channels));
 }
 
-at::Tensor ConvBnActImpl::forward(const at::Tensor& x) {
-  auto y = bn->forward(conv->forward(x));
-  return relu ? at::relu(y) : y;
-}
+at::Tensor ConvBnActImpl::forward(const at::Tensor& x) { return folded->forward(conv, bn, x, relu); }
 
 DoubleConvImpl::DoubleConvImpl(int64_t in_channels, int64_t out_channels, int64_t mid_channels) {
   if (mid_channels < 0) mid_channels = out_channels;
@@ -55,8 +95,7 @@ DoubleConvImpl::DoubleConvImpl(int64_t in_channels, int64_t out_channels, int64_
 }
 
 at::Tensor DoubleConvImpl::forward(const at::Tensor& x) {
-  auto y = at::relu(bn1->forward(conv1->forward(x)));
-  return at::relu(bn2->forward(conv2->forward(y)));
+  return folded2->forward(conv2, bn2, folded1->forward(conv1, bn1, x, true), true);
 }
 
 // ------------------------------------------------------------------------------------------ U-Net
@@ -109,8 +148,8 @@ BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_
 }
 
 at::Tensor BasicBlockImpl::forward(const at::Tensor& x) {
-  auto y = at::relu(bn1->forward(conv1->forward(x)));
-  y = bn2->forward(conv2->forward(y));
+  auto y = folded1->forward(conv1, bn1, x, true);
+  y = folded2->forward(conv2, bn2, y, false);
   return at::relu(y + (downsample ? downsample->forward(x) : x));
 }
 

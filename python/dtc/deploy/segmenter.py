@@ -88,7 +88,9 @@ class Segmenter:
         from dtc.engine.inference import resolve_device
 
         self.device = resolve_device(str(device))
-        self.model = model.to(self.device).eval()
+        # Channels-last runs the student about twice as fast on the CPU (oneDNN); the C++ runtime does the
+        # same, so both compute alike.
+        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.preprocess = preprocess
         self.frames_seen = 0
 
@@ -114,7 +116,7 @@ class Segmenter:
         if x.dim() != 4 or x.shape[1] != self.preprocess.in_channels or x.shape[2] % m or x.shape[3] % m:
             raise ValueError(f"Segmenter.probabilities: x must be (N, {self.preprocess.in_channels}, H, W) with H and W "
                              f"multiples of {m}, got {tuple(x.shape)}")
-        x = normalise(x.to(self.device, torch.float32), self.preprocess)
+        x = normalise(x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last), self.preprocess)
         return torch.sigmoid(logits_of(self.model(x)).float())
 
     def _run(self, x: torch.Tensor) -> Prediction:

@@ -1,0 +1,69 @@
+"""Eval-mode inference folds batch norm into the convolutions (cpp FoldedConvBn): same outputs as the
+unfused ops, and the cache follows every change of the weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtc.models import create
+
+
+def randomise_(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                t.copy_(0.2 * torch.randn(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) / max(1, t[0].numel()) ** 0.5)
+    return model
+
+
+def outputs(model, x, folded: bool):
+    # The folded path is taken without a parameter gradient; with one the unfused ops run (so that
+    # gradients reach the batch-norm parameters).
+    if folded:
+        with torch.no_grad():
+            return model(x)
+    return tuple(t.detach() for t in model(x))
+
+
+@pytest.mark.parametrize("name, kwargs", [("student", {"base": 8}), ("unet", {"base": 4}),
+                                          ("unetpp", {"width": 8, "decoder_width": 8})])
+def test_folded_eval_equals_the_unfused_ops(name, kwargs):
+    model = randomise_(create(name, **kwargs), 0).eval()
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(outputs(model, x, True), outputs(model, x, False)):
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+def test_folded_cache_follows_weights_dtype_and_layout():
+    model = randomise_(create("student", base=8), 0).eval()
+    x = torch.rand(1, 3, 32, 48)
+    first = outputs(model, x, True)[0]
+    randomise_(model, 5)  # in-place writes: the version counters move
+    second = outputs(model, x, True)[0]
+    assert float((second - outputs(model, x, False)[0]).abs().max()) <= 1e-5
+    assert float((second - first).abs().max()) > 1e-3
+    other = randomise_(create("student", base=8), 9).eval()
+    model.load_state_dict(other.state_dict())
+    assert float((outputs(model, x, True)[0] - outputs(other, x, False)[0]).abs().max()) <= 1e-5
+    model.double()
+    out64 = outputs(model, x.double(), True)[0]
+    assert out64.dtype == torch.float64
+    assert float((out64 - outputs(model, x.double(), False)[0]).abs().max()) <= 1e-10
+    model.float().to(memory_format=torch.channels_last)
+    cl = outputs(model, x.contiguous(memory_format=torch.channels_last), True)[0]
+    assert float((cl - outputs(other, x, False)[0]).abs().max()) <= 1e-5
+
+
+def test_training_mode_is_unchanged_and_gets_gradients():
+    model = randomise_(create("student", base=8), 0).train()
+    x = torch.rand(2, 3, 32, 48)
+    model(x)[0].sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.stem.bn.weight.grad.abs().sum() > 0
