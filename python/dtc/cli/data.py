@@ -1,4 +1,4 @@
-"""`dtc data synth` (write a simulated TRUS-V dataset) and `dtc data preview` (a picture of the data)."""
+"""`dtc data synth` (write a simulated TRUS-V dataset), `dtc data synth3d` (simulated NIfTI volumes) and `dtc data preview` (a picture of the data)."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,19 @@ def _run_synth(args) -> int:
         counts[s] = counts.get(s, 0) + 1
     print(f"wrote {summary['frames_written']} frames of {args.videos} videos to {args.out} "
           f"(patients per split: {counts})")
+    return 0
+
+
+def _run_synth3d(args) -> int:
+    from dtc.data.synth3d import Synth3DConfig, write_synth3d_dataset
+
+    cfg = Synth3DConfig(height=args.size[0], width=args.size[1], planes=args.planes, sweep=args.sweep,
+                        plane_spacing_mm=args.plane_spacing, sweep_angle_deg=args.sweep_angle,
+                        voxel_mm=args.voxel_mm, shadow_rate=args.shadow_rate, noise=args.noise)
+    summary = write_synth3d_dataset(args.out, args.volumes, cfg, seed=args.seed)
+    shapes = {tuple(v["shape"]) for v in summary["volumes"]}
+    print(f"wrote {args.volumes} {args.sweep} volumes (shape {sorted(shapes)} slices x rows x columns) "
+          f"as NIfTI image + label to {args.out}")
     return 0
 
 
@@ -143,6 +156,20 @@ def register(subparsers) -> None:
     s.add_argument("--split", type=_fractions, default=(0.7, 0.15, 0.15), help="train,val,test patient fractions")
     s.add_argument("--no-flows", action="store_true", help="do not write the ground-truth flows")
     s.set_defaults(func=_run_synth)
+    s3 = sub.add_parser("synth3d", help="write simulated 3-D TRUS volumes (NIfTI image + label, exact affine)")
+    s3.add_argument("out", help="output folder (images/, labels/, meta.json)")
+    s3.add_argument("--volumes", type=int, default=4, help="number of volumes")
+    s3.add_argument("--planes", type=int, default=48, help="planes per sweep")
+    s3.add_argument("--size", type=_size, default=(128, 128), help="plane HxW (default 128x128)")
+    s3.add_argument("--sweep", choices=("linear", "rotational"), default="linear",
+                    help="linear: axial planes stepped along the probe; rotational: sagittal planes rotated about it")
+    s3.add_argument("--plane-spacing", type=float, default=1.0, help="mm between planes of a linear sweep")
+    s3.add_argument("--sweep-angle", type=float, default=60.0, help="half-angle (degrees) of a rotational sweep")
+    s3.add_argument("--voxel-mm", type=float, default=None, help="Cartesian voxel of a rotational sweep (default: pixel size)")
+    s3.add_argument("--shadow-rate", type=float, default=2.0, help="mean calcifications per volume")
+    s3.add_argument("--noise", type=float, default=1.0, help="electronic noise level (relative)")
+    s3.add_argument("--seed", type=int, default=0)
+    s3.set_defaults(func=_run_synth3d)
     v = sub.add_parser("preview", help="PNG strip (frames + gland outline, masks, GT flow) and an optional GIF")
     v.add_argument("out", help="PNG file to write")
     v.add_argument("--gif", default=None, help="also write a GIF (frame | flow) here")

@@ -13,6 +13,9 @@ _EXPORTS = {
     "read_video_file": "index", "read_ellipse_stills": "index", "read_nifti": "index",
     "VideoSegmentationDataset": "dataset", "SyntheticTRUSDataset": "dataset", "patient_split": "dataset",
     "fill_ellipse_outline": "dataset", "compose_backward_flows": "dataset",
+    "Synth3DConfig": "synth3d", "SynthVolume": "synth3d", "simulate_volume": "synth3d", "Volume": "synth3d",
+    "read_volume": "synth3d", "read_sweep_video": "synth3d", "write_volume_nifti": "synth3d",
+    "write_synth3d_dataset": "synth3d",
     "SequenceAugment": "augment", "write_synth_dataset": "write",
 }
 
