@@ -59,13 +59,13 @@ def test_errors_name_the_file(tmp_path):
         models.load_checkpoint(missing)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x04garbage" * 10)
-    with pytest.raises(ValueError, match="corrupt.pt.*not a readable checkpoint"):
+    with pytest.raises(ValueError, match="corrupt.pt could not be read"):
         models.load_checkpoint(corrupt)
     torch.manual_seed(0)
     net = models.create("student", base=4)
     bare = tmp_path / "bare.pt"
     torch.save(net.state_dict(), bare)
-    with pytest.raises(ValueError, match="bare.pt.*not a dtc model checkpoint"):
+    with pytest.raises(ValueError, match="bare.pt is not a dtc checkpoint"):
         models.load_checkpoint(bare)
     good = tmp_path / "good.pt"
     models.save_checkpoint(good, net)

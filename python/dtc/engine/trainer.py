@@ -26,8 +26,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
-from dtc.engine.checkpoint import FORMAT, VERSION, load_run_checkpoint
-from dtc.io import atomic_torch_save, atomic_write_text
+from dtc.engine.checkpoint import FORMAT, VERSION, check_architecture, load_run_checkpoint, load_weights, save_checkpoint_file
+from dtc.io import atomic_write_text
 from dtc.engine.config import ConfigError, TrainConfig
 from dtc.engine.data import build_dataset
 from dtc.engine.distributed import DistContext
@@ -460,7 +460,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step, "best": self.best,
             "bad_epochs": self.bad_epochs, "history": self.history, "config": self.cfg.to_dict(),
-            "torch_version": torch.__version__, "preprocess": self._preprocessing().to_dict(),
+            "torch_version": str(torch.__version__), "preprocess": self._preprocessing().to_dict(),
         }
 
     def _preprocessing(self):
@@ -472,7 +472,7 @@ class Trainer:
                                                                           "width": self.cfg.data.width}}})
 
     def _save(self, path: Path) -> None:
-        atomic_torch_save(self._state(), path)
+        save_checkpoint_file(self._state(), path)
 
     def _restore(self, ckpt: dict) -> None:
         saved = ckpt.get("config", {})
@@ -480,11 +480,10 @@ class Trainer:
             if saved.get(key) != getattr(self.cfg, key):
                 raise ConfigError(f"cannot resume: the checkpoint's {key} is {saved.get(key)!r}, the config's "
                                   f"{getattr(self.cfg, key)!r}")
-        spec, m = ckpt["model"], self.cfg.model
-        if (spec["name"], spec["kwargs"], spec.get("taps", {})) != (m.name, m.kwargs, m.taps):
-            raise ConfigError(f"cannot resume: the checkpoint holds model {spec['name']} {spec['kwargs']} taps "
-                              f"{spec.get('taps', {})}, the config asks for {m.name} {m.kwargs} taps {m.taps}")
-        self.model.load_state_dict(ckpt["model"]["state_dict"])
+        m = self.cfg.model
+        check_architecture(ckpt, m.name, m.kwargs, self.last_path, taps=m.taps, context="cannot resume: ",
+                           error=ConfigError)
+        load_weights(self.model, ckpt["model"]["state_dict"], self.last_path, m.name, m.kwargs)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -268,7 +268,9 @@ def save_checkpoint(path, model: nn.Module, name: Optional[str] = None, kwargs: 
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"save_checkpoint: extra must be a dict or None, got {type(extra).__name__}")
     from dtc import __version__
+    from dtc.engine.checkpoint import check_plain
 
+    check_plain(dict(extra or {}), "save_checkpoint: extra")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "name": name,
@@ -304,28 +306,22 @@ def load_checkpoint(path, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a readable dtc checkpoint, or its weights do not fit the net.
     """
+    from dtc.engine.checkpoint import MODEL_FORMAT, CheckpointError, load_weights, read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_checkpoint: no such checkpoint file {str(path)!r}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (truncated, corrupt or foreign files all land here)
-        raise ValueError(f"load_checkpoint: {str(path)!r} is not a readable checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"load_checkpoint: {str(path)!r} is not a dtc model checkpoint (format {found!r}, "
-                         f"expected {CHECKPOINT_FORMAT!r}); it may be a bare state_dict: build the net with "
-                         "dtc.models.create(...) and call load_state_dict on it")
+    payload = read_checkpoint(path, map_location)  # weights_only: a checkpoint never runs code
+    if payload["format"] != MODEL_FORMAT:
+        raise CheckpointError(f"load_checkpoint: {str(path)!r} is not a dtc model checkpoint (format "
+                              f"{payload['format']!r}, expected {CHECKPOINT_FORMAT!r}); a training run's checkpoint "
+                              "loads with dtc.engine.model_from_checkpoint")
     name, kwargs, taps = payload.get("name"), payload.get("kwargs", {}), payload.get("taps", {})
     try:
         model = build(name, kwargs, taps)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"load_checkpoint: {str(path)!r} names a net that cannot be built: {exc}") from exc
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"load_checkpoint: the weights in {str(path)!r} do not fit {name}({kwargs}): {exc}") from exc
+    load_weights(model, payload["state_dict"], path, name, kwargs)
     device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else None
     if device is not None:
         model.to(device)
