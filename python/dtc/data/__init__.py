@@ -11,6 +11,7 @@ _EXPORTS = {
     "VideoRecord": "index", "FrameRef": "index", "DataWarning": "index", "apply_gap_policy": "index",
     "read_csv_index": "index", "read_sunseg_tree": "index", "read_folder_index": "index",
     "read_video_file": "index", "read_ellipse_stills": "index", "read_nifti": "index",
+    "read_dicom_cine": "index", "dicom_spacing": "index",
     "VideoSegmentationDataset": "dataset", "SyntheticTRUSDataset": "dataset", "patient_split": "dataset",
     "fill_ellipse_outline": "dataset", "compose_backward_flows": "dataset",
     "Synth3DConfig": "synth3d", "SynthVolume": "synth3d", "simulate_volume": "synth3d", "Volume": "synth3d",

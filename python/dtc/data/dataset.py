@@ -165,8 +165,11 @@ class VideoSegmentationDataset(Dataset):
             if n < span:
                 self.short_videos.append((rec.video_id, n))
                 continue
+            # A NIfTI video's labels are its mask volume (every slice), not per-frame files.
+            volume_labels = rec.kind == "nifti" and rec.mask_source is not None
             for start in range(0, n - span + 1, stride):
-                if require_labels and not any(rec.frames[start + k * frame_gap].mask for k in range(T)):
+                if require_labels and not volume_labels and \
+                        not any(rec.frames[start + k * frame_gap].mask for k in range(T)):
                     continue
                 self.windows.append((vi, start))
         if self.short_videos:
@@ -209,12 +212,14 @@ class VideoSegmentationDataset(Dataset):
             raw_frames = self._decode_video_file(rec)
         elif rec.kind == "nifti":
             raw_frames, raw_masks = self._decode_nifti(rec)
+        elif rec.kind == "dicom":
+            raw_frames = self._decode_dicom(rec)
         native = None
         for k, fr in enumerate(rec.frames):
             if rec.kind == "images":
                 img = _read_image(fr.image, self.color)
                 where = fr.image
-            elif rec.kind == "video":
+            elif rec.kind in ("video", "dicom"):
                 img = raw_frames[fr.position]
                 where = f"{rec.source} frame {fr.position}"
             else:
@@ -279,6 +284,41 @@ class VideoSegmentationDataset(Dataset):
         if len(frames) < need:
             raise ValueError(f"video file {rec.source}: decoded {len(frames)} frames, index expects {need} (corrupt?)")
         return frames
+
+    def _decode_dicom(self, rec: VideoRecord) -> np.ndarray:
+        from dtc.data.index import _pydicom
+
+        pydicom = _pydicom()
+        ds = pydicom.dcmread(rec.source)
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001  (compressed without a decoder, truncated pixel data, ...)
+            raise ValueError(f"DICOM file {rec.source}: cannot decode its pixels ({type(exc).__name__}: {exc}); "
+                             "compressed transfer syntaxes need a pydicom pixel handler (e.g. pip install "
+                             "pylibjpeg pylibjpeg-libjpeg)") from exc
+        n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1))
+        if n == 1:
+            pixels = pixels[None]
+        if samples == 3 and str(getattr(ds, "PhotometricInterpretation", "")).startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            pixels = convert_color_space(pixels, ds.PhotometricInterpretation, "RGB", per_frame=True)
+        if pixels.dtype != np.uint8:
+            # Wider than 8 bits: map the stored range to 0..255 as one window for the whole loop, so the
+            # frames keep their relative brightness.
+            lo, hi = float(pixels.min()), float(pixels.max())
+            pixels = np.round((pixels.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+        if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":  # 0 is white
+            pixels = 255 - pixels
+        if samples == 1 and self.color == "rgb":
+            pixels = np.repeat(pixels[..., None], 3, axis=-1)
+        elif samples == 3 and self.color == "grey":
+            pixels = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in pixels])
+        need = max(f.position for f in rec.frames) + 1
+        if len(pixels) < need:
+            raise ValueError(f"DICOM file {rec.source}: {len(pixels)} frames, the index expects {need}")
+        return pixels
 
     def _decode_nifti(self, rec: VideoRecord):
         import nibabel as nib

@@ -55,8 +55,9 @@ class FrameRef:
 class VideoRecord:
     """A video: an ordered list of frames plus what is known about it.
 
-    kind: "images" (one file per frame), "video" (frames of `source`, a video file) or "nifti"
-    (slices of the volume `source` along `axis`, masks from `mask_source`).
+    kind: "images" (one file per frame), "video" (frames of `source`, a video file), "nifti"
+    (slices of the volume `source` along `axis`, masks from `mask_source`) or "dicom" (frames of the
+    multi-frame DICOM cine `source`).
     mask_kind: "binary" (a mask image) or "ellipse_outline" (a 1-pixel outline to fill).
     spacing: (row, column) mm per pixel of the source images, or None.
     """
@@ -339,3 +340,133 @@ def read_nifti(volume: str | os.PathLike, mask: str | os.PathLike | None = None,
     frames = [FrameRef(number=i, position=i, mask=None) for i in range(shape[ax])]
     return [VideoRecord(video_id=vid, frames=frames, patient_id=vid, kind="nifti", source=volume,
                         mask_source=mask, axis=ax, spacing=(zooms[0], zooms[1]))]
+
+
+# ------------------------------------------------------------------------------------------------
+# multi-frame ultrasound DICOM (cine loops)
+
+# DICOM PS3.3 C.8.5.5.1.1: the Physical Units X/Y Direction code for centimetres.
+_DICOM_UNITS_CM = 3
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as exc:  # optional dependency
+        raise ImportError("reading DICOM needs pydicom: pip install dtc[dicom] (or pip install pydicom)") from exc
+    return pydicom
+
+
+def dicom_spacing(ds) -> tuple[float, float] | None:
+    """(row, column) mm per pixel of a DICOM data set: the ultrasound region calibration
+    (SequenceOfUltrasoundRegions, PhysicalDeltaY/X in cm) when present, else PixelSpacing (mm), else None.
+
+    Of several regions the first whose units are centimetres on both axes is used (scanners put the
+    B-mode image first; Doppler strips are calibrated in cm/s or seconds and are skipped that way).
+    """
+    for region in getattr(ds, "SequenceOfUltrasoundRegions", None) or []:
+        units = (getattr(region, "PhysicalUnitsYDirection", None), getattr(region, "PhysicalUnitsXDirection", None))
+        dy, dx = getattr(region, "PhysicalDeltaY", None), getattr(region, "PhysicalDeltaX", None)
+        if units == (_DICOM_UNITS_CM, _DICOM_UNITS_CM) and dy and dx:
+            return (abs(float(dy)) * 10.0, abs(float(dx)) * 10.0)
+    spacing = getattr(ds, "PixelSpacing", None)
+    if spacing is not None and len(spacing) == 2:
+        return (float(spacing[0]), float(spacing[1]))
+    return None
+
+
+def read_dicom_cine(path: str | os.PathLike, mask_dir: str | os.PathLike | None = None,
+                    video_id: str | None = None) -> list[VideoRecord]:
+    """A multi-frame ultrasound DICOM (a cine loop, as scanners store them) as one video (pydicom, the
+    optional extra ``dtc[dicom]``). A single-frame file is a one-frame video.
+
+    Spacing: :func:`dicom_spacing`. Patient: the PatientID tag when set, else the file's stem. Masks in
+    `mask_dir` are matched by the trailing number of their stem = 0-based frame index.
+    """
+    pydicom = _pydicom()
+    path = Path(_require(path, "DICOM file"))
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001  (pydicom raises many kinds for foreign or truncated files)
+        raise ValueError(f"cannot read DICOM file {path}: {type(exc).__name__}: {exc}") from exc
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ValueError(f"DICOM file {path} holds no image (no Rows/Columns)")
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    masks = {}
+    if mask_dir is not None:
+        mask_dir = Path(mask_dir)
+        if not mask_dir.is_dir():
+            raise FileNotFoundError(f"mask folder not found: {mask_dir}")
+        masks = {_frame_number(p.stem, str(mask_dir)): str(p) for p in _list_images(mask_dir)}
+        beyond = sorted(k for k in masks if k >= n)
+        if beyond:
+            raise ValueError(f"{mask_dir}: masks for frames {beyond[:5]} but {path} has only {n} frames")
+    vid = video_id or path.stem
+    patient = str(getattr(ds, "PatientID", "") or "").strip() or vid
+    frames = [FrameRef(number=i, position=i, mask=masks.get(i)) for i in range(n)]
+    return [VideoRecord(video_id=vid, frames=frames, patient_id=patient, kind="dicom", source=str(path),
+                        spacing=dicom_spacing(ds), meta={"modality": str(getattr(ds, "Modality", ""))})]
+
+
+# ------------------------------------------------------------------------------------------------
+# one entry point per data.source
+
+#: ``data.source`` values that name files on disk, and the file endings each reads from a folder.
+SOURCES = ("csv", "sunseg", "folder", "video", "nifti", "stills", "dicom")
+_ENDINGS = {"video": (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".wmv", ".mpg", ".mpeg"),
+            "nifti": (".nii", ".nii.gz"), "dicom": (".dcm", ".dicom")}
+
+
+def _files(root: Path, source: str) -> list[Path]:
+    endings = _ENDINGS[source]
+    if root.is_file():
+        return [root]
+    found = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(endings))
+    if not found:
+        raise ValueError(f"data.root {root}: no {source} files (ending in {', '.join(endings)})")
+    return found
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def read_source(source: str, root: str | os.PathLike, masks: str | os.PathLike | None = None,
+                spacing_csv: str | os.PathLike | None = None) -> list[VideoRecord]:
+    """The videos of ``data.source`` under ``data.root``: one reader per source.
+
+    * ``csv``: an index CSV (:func:`read_csv_index`); ``sunseg``: a SUN-SEG tree; ``folder``: per-video
+      image/mask folders (:func:`read_folder_index`).
+    * ``video`` / ``nifti`` / ``dicom``: one file, or a folder of such files, each a video (DICOM: a
+      multi-frame cine). Masks: for video and DICOM files, ``masks/<stem>/`` holds per-frame mask images
+      (numbered by frame index); for NIfTI, ``masks/<file name>`` is the mask volume. Without ``masks``
+      (or without a match in it) a video is unlabelled.
+    * ``stills``: ellipse-annotated stills (HC18 layout), each a one-frame video; ``spacing_csv`` gives
+      their pixel sizes.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {list(SOURCES)} for files on disk, got {source!r}")
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data.root not found: {root}")
+    masks = Path(masks) if masks is not None else None
+    if masks is not None and not masks.is_dir():
+        raise FileNotFoundError(f"data.masks folder not found: {masks}")
+    if source == "csv":
+        return read_csv_index(root)
+    if source == "sunseg":
+        return read_sunseg_tree(root)
+    if source == "folder":
+        return read_folder_index(root)
+    if source == "stills":
+        return read_ellipse_stills(root, spacing_csv=spacing_csv)
+    records = []
+    for path in _files(root, source):
+        if source == "nifti":
+            mask = masks / path.name if masks is not None and (masks / path.name).is_file() else None
+            records += read_nifti(path, mask=mask, video_id=_stem(path))
+            continue
+        mask_dir = masks / _stem(path) if masks is not None and (masks / _stem(path)).is_dir() else None
+        reader = read_video_file if source == "video" else read_dicom_cine
+        records += reader(path, mask_dir=mask_dir, video_id=_stem(path))
+    return records

@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where windows come from. ``source="synthetic"`` is the embedded simulator (no files needed)."""
 
-    source: str = "synthetic"          # synthetic | csv | sunseg | folder
-    root: Optional[str] = None         # dataset root (csv: the CSV file) for real data
+    source: str = "synthetic"          # synthetic | csv | sunseg | folder | video | nifti | stills | dicom
+    root: Optional[str] = None         # dataset root (csv: the CSV file; video/nifti/dicom: a file or a folder of them)
+    masks: Optional[str] = None        # video/dicom: masks/<stem>/ per-frame masks; nifti: masks/<file> mask volumes
+    spacing_csv: Optional[str] = None  # stills: the pixel-size CSV (columns filename, pixel size(mm))
     num_videos: int = 12               # synthetic: videos (patients x views)
     frames: int = 24                   # synthetic: frames per video
     height: int = 256
@@ -128,7 +130,9 @@ class TrainConfig:
         _choice("stage", self.stage, ("teacher", "student"))
         _choice("preset", self.preset, ("dtc", "reference"))
         d, o, r = self.data, self.optim, self.run
-        _choice("data.source", d.source, ("synthetic", "csv", "sunseg", "folder"))
+        from dtc.data.index import SOURCES
+
+        _choice("data.source", d.source, ("synthetic", *SOURCES))
         for key in ("num_videos", "frames", "height", "width", "T", "stride", "frame_gap", "batch_size"):
             if getattr(d, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
@@ -145,6 +149,9 @@ class TrainConfig:
                 raise ConfigError(f"data.root is required for data.source={d.source!r}")
             if check_paths and not Path(d.root).exists():
                 raise ConfigError(f"data.root does not exist: {d.root}")
+            for key in ("masks", "spacing_csv"):
+                if check_paths and getattr(d, key) and not Path(getattr(d, key)).exists():
+                    raise ConfigError(f"data.{key} does not exist: {getattr(d, key)}")
         if o.lr <= 0 or o.weight_decay < 0 or o.epochs < 1 or o.accumulate < 1:
             raise ConfigError(f"optim: lr > 0, weight_decay >= 0, epochs >= 1, accumulate >= 1 required, got "
                               f"lr={o.lr}, weight_decay={o.weight_decay}, epochs={o.epochs}, accumulate={o.accumulate}")

@@ -32,12 +32,7 @@ def build_dataset(cfg: TrainConfig, split: str, *, T: int | None = None, stride:
                                     augment=augment, config=cfg.synth_config(split))
     from dtc.data import VideoSegmentationDataset, index, patient_split
 
-    if d.source == "csv":
-        records = index.read_csv_index(d.root)
-    elif d.source == "sunseg":
-        records = index.read_sunseg_tree(d.root)
-    else:
-        records = index.read_folder_index(d.root)
+    records = index.read_source(d.source, d.root, masks=d.masks, spacing_csv=d.spacing_csv)
     assign = patient_split(sorted({r.patient_id for r in records}), d.seed)
     chosen = [r for r in records if assign[r.patient_id] == split]
     if not chosen:
