@@ -10,7 +10,9 @@ Presets:
     pool the batch's pixels before dividing ("batch-pooled"); curve metrics average the batch's frames.
 
 Convention:
-    ``pred``: (H, W) or (N, H, W) probabilities in [0, 1]; ``gt``: same shape, binary.
+    ``pred``: (H, W) or (N, H, W) probabilities in [0, 1]; ``gt``: same shape, binary. MONAI's
+    conventions work too: ``(B, 1, H, W)`` tensors (the channel axis is dropped) and the keywords
+    ``y_pred=`` / ``y=`` for ``pred`` / ``gt``.
     ``video_id``: a hashable or a sequence of N; ``frame_index``: int or sequence of N (defaults to
     arrival order within the video).
 """
@@ -31,6 +33,33 @@ def _check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     return preset
+
+
+def _drop_channel(x, name: str):
+    """``(B, 1, H, W)`` -> ``(B, H, W)`` (MONAI's layout of a one-class segmentation), on the input's device."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    if len(shape) == 4:
+        if shape[1] != 1:
+            raise ValueError(f"{name}: a 4-D input must be (B, 1, H, W) with one foreground channel, got shape {shape}")
+        return x[:, 0]
+    return x
+
+
+def _inputs(owner: str, pred, gt, y_pred, y, *, gt_required: bool = True):
+    """Resolve MONAI's ``y_pred``/``y`` keywords against ``pred``/``gt`` and drop a channel axis of one."""
+    if y_pred is not None:
+        if pred is not None:
+            raise TypeError(f"{owner}: pass pred or y_pred, not both")
+        pred = y_pred
+    if y is not None:
+        if gt is not None:
+            raise TypeError(f"{owner}: pass gt or y, not both")
+        gt = y
+    if pred is None:
+        raise TypeError(f"{owner}: pred (or y_pred) is required")
+    if gt is None and gt_required:
+        raise TypeError(f"{owner}: gt (or y) is required")
+    return _drop_channel(pred, "pred"), (None if gt is None else _drop_channel(gt, "gt"))
 
 
 def _split_batch(pred, gt, video_id, frame_index):
@@ -119,9 +148,10 @@ class SUNSegMetric(_PerVideo):
         self.case_decimals = case_decimals
         super().__init__(preset)
 
-    def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
+    def __call__(self, pred=None, gt=None, video_id="video", frame_index=None, *, y_pred=None, y=None) -> list[dict]:
         from dtc.metrics.functional import sunseg_frame
 
+        pred, gt = _inputs("SUNSegMetric", pred, gt, y_pred, y)
         frames = []
         for vid, fi, p, g in _split_batch(pred, gt, video_id, frame_index):
             if self.normalize == "minmax":
@@ -163,7 +193,8 @@ class BinaryMetric(_PerVideo):
         self.distances = distances
         super().__init__(preset)
 
-    def __call__(self, pred, gt, video_id="video", frame_index=None) -> list[dict]:
+    def __call__(self, pred=None, gt=None, video_id="video", frame_index=None, *, y_pred=None, y=None) -> list[dict]:
+        pred, gt = _inputs("BinaryMetric", pred, gt, y_pred, y)
         batch, counts = [], np.zeros(4)
         for vid, fi, p, g in _split_batch(pred, gt, video_id, frame_index):
             rec = ref.binary_metrics(p, g, self.threshold)
@@ -213,14 +244,47 @@ class TemporalMetric(_PerVideo):
         super().reset()
         self._prev: dict = {}
 
-    def __call__(self, pred, gt=None, video_id="video", frame_index=None, flow=None, flow_backward=None,
-                 mask=None, event=None) -> list[dict]:
+    def __call__(self, pred=None, gt=None, video_id="video", frame_index=None, flow=None, flow_backward=None,
+                 mask=None, event=None, *, y_pred=None, y=None) -> list[dict]:
+        """One frame ``(H, W)``, or a batch of consecutive frames ``(N, H, W)`` / ``(N, 1, H, W)`` in time
+        order (then ``video_id`` and ``frame_index`` may be one value or N, and ``flow``,
+        ``flow_backward`` and ``mask`` carry a leading N, ``event`` is one flag or N: entry ``i`` relates frame ``i`` to the frame
+        before it, which for ``i = 0`` is the previous call's last frame of that video)."""
+        pred, gt = _inputs("TemporalMetric", pred, gt, y_pred, y, gt_required=False)
+        p_all = as_array(pred, "pred")
+        if p_all.ndim == 2:
+            return [self._frame(p_all, gt, video_id, frame_index, flow, flow_backward, mask, event)]
+        if p_all.ndim != 3 or p_all.shape[0] == 0:
+            raise ValueError(f"TemporalMetric takes a frame (H, W) or consecutive frames (N, H, W) / (N, 1, H, W), "
+                             f"got pred of shape {tuple(p_all.shape)}")
+        n = p_all.shape[0]
+        g_all = None if gt is None else as_array(gt, "gt")
+        if g_all is not None and g_all.shape != p_all.shape:
+            raise ValueError(f"gt must have pred's shape {tuple(p_all.shape)}, got {tuple(g_all.shape)}")
+
+        def per_frame(value, name):
+            if not isinstance(value, str) and np.ndim(value) >= 1:
+                if len(value) != n:
+                    raise ValueError(f"{name} must hold one entry per frame ({n}), got {len(value)}")
+                return list(value)
+            return [value] * n
+
+        vids = per_frame(video_id, "video_id")
+        idxs = [None] * n if frame_index is None else per_frame(frame_index, "frame_index")
+        events = [None] * n if event is None else per_frame(event, "event")
+        extras = {}
+        for name, value in (("flow", flow), ("flow_backward", flow_backward), ("mask", mask)):
+            if value is not None and (not hasattr(value, "shape") or len(value.shape) < 3 or value.shape[0] != n):
+                raise ValueError(f"{name} must carry one entry per frame (N = {n} leading), got "
+                                 f"{tuple(value.shape) if hasattr(value, 'shape') else type(value).__name__}")
+            extras[name] = [None] * n if value is None else [value[i] for i in range(n)]
+        return [self._frame(p_all[i], None if g_all is None else g_all[i], vids[i], idxs[i], extras["flow"][i],
+                            extras["flow_backward"][i], extras["mask"][i], events[i]) for i in range(n)]
+
+    def _frame(self, p, gt, video_id, frame_index, flow, flow_backward, mask, event) -> dict:
         from dtc.metrics import temporal as tm
 
-        p_all = as_array(pred, "pred")
-        if p_all.ndim != 2:
-            raise ValueError(f"TemporalMetric takes one frame (H, W) per call, got pred of shape {tuple(p_all.shape)}")
-        p = check_prob_map(p_all, "pred")
+        p = check_prob_map(p, "pred")
         g = None
         if gt is not None:
             g = check_mask(gt, "gt")
@@ -248,7 +312,7 @@ class TemporalMetric(_PerVideo):
                 rec["warp_error"] = tm.warping_error(p, q, flow, mask=mask, flow_backward=flow_backward, warp=self.warp)
         self._prev[video_id] = (idx, p)
         self._frames[video_id].append((idx, rec))
-        return [rec]
+        return rec
 
     def aggregate(self) -> dict:
         per_video = OrderedDict()
