@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = {
     "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "experiments", "bench", "cli", "io", "deploy",
+    "volume",
 }
 
 

@@ -14,6 +14,10 @@ TORCH_LIBRARY(dtc, m) {
   m.def("farneback(Tensor prev, Tensor next, float pyr_scale=0.5, int levels=3, int winsize=15, int iterations=3, "
         "int poly_n=5, float poly_sigma=1.2, bool gaussian_window=False, int median=3) -> Tensor");
 
+  // XDim-KD pseudo-label smoother (docs/xdim.md): the SPD solve of the 3-D smoothing energy. Returns the
+  // solution and info = [iterations, relative residual]. Not differentiable.
+  m.def("smooth3d_pcg(Tensor target, Tensor weight, float kappa_z, float kappa_xy, float tol, int max_iter) -> (Tensor, Tensor)");
+
   // The DTC training signals (METHOD.md §2); see dtc/ops.h for shapes. Auxiliary outputs (mass,
   // stats, maps) carry no gradient.
   m.def("temporal_consistency(Tensor logits, Tensor images, Tensor flows, Tensor? flows_backward, float[] channel_scale, "

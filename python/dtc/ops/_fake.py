@@ -112,3 +112,9 @@ if hasattr(torch.ops.dtc, "farneback_opencv"):
                                poly_sigma=1.2, gaussian_window=False, median=3):
         return _farneback_fake(prev, next, pyr_scale, levels, winsize, iterations, poly_n, poly_sigma,
                                gaussian_window, median)
+
+
+@torch.library.register_fake("dtc::smooth3d_pcg")
+def _smooth3d_pcg_fake(target, weight, kappa_z, kappa_xy, tol, max_iter):
+    torch._check(target.dim() == 3, lambda: f"smooth3d_pcg: target must be [D, H, W], got {tuple(target.shape)}")
+    return torch.empty_like(target, memory_format=torch.contiguous_format), target.new_empty((2,), dtype=torch.float64)
