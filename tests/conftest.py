@@ -13,8 +13,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # itself lives in python/dtc, so this does not shadow the installed dtc.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-# CI clones the project with the read-only `shared/` folder beside the checkout.
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+# Real-data fixtures whose licences allow redistribution (HC18 stills, CC BY 4.0; PySODMetrics pairs, MIT)
+# live in the repository, so a clone runs their tests; tests/fixtures/README.md has their attributions.
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+# The CVC-ColonDB masks behind the SUN-SEG toolbox table are for research use only and may not be
+# redistributed: they are read from the folder this variable names, else from the `shared/` folder beside
+# the checkout (where CI has it).
+SUNSEG_FIXTURES_ENV = "DTC_SUNSEG_FIXTURES"
+SUNSEG_FIXTURES_DEFAULT = REPO_ROOT.parent / "shared" / "fixtures" / "sunseg-metrics-cvc300"
+SUNSEG_FIXTURES_SOURCE = ("the GewelsJI/VPS repository at commit a718e53: eval/data/GT/CVC-ColonDB-300/GT/{7,8} "
+                          "and eval/data/Pred/2019-TPAMI-COSNet/CVC-ColonDB-300/{7,8}, plus "
+                          "eval/eval-result/2019-TPAMI-COSNet/CVC-ColonDB-300_eval.txt saved as "
+                          "reference_result_a718e53.txt")
 
 CUDA_AVAILABLE = torch.cuda.is_available()
 
@@ -28,7 +38,30 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def fixtures_dir() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"real-data fixtures not found at {SHARED_FIXTURES} (the shared/ folder beside the checkout)")
-    return SHARED_FIXTURES
+    """The redistributable real-data fixtures: part of a clone, left out of source distributions."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"{FIXTURES} is not in source distributions; run the fixture tests from a clone")
+    return FIXTURES
+
+
+def sunseg_fixtures_path() -> Path:
+    """Where the SUN-SEG (CVC-ColonDB-300) fixture is looked for: ``$DTC_SUNSEG_FIXTURES``, else shared/."""
+    import os
+
+    named = os.environ.get(SUNSEG_FIXTURES_ENV)
+    return Path(named) if named else SUNSEG_FIXTURES_DEFAULT
+
+
+def sunseg_fixtures_or_skip() -> Path:
+    """The CVC-ColonDB-300 masks, predictions and toolbox table; skips with directions when absent."""
+    root = sunseg_fixtures_path()
+    if not (root / "GT").is_dir() or not (root / "Pred").is_dir():
+        pytest.skip(f"SUN-SEG fixture not found at {root}. It may not be redistributed; get it from "
+                    f"{SUNSEG_FIXTURES_SOURCE}, and point {SUNSEG_FIXTURES_ENV} at the folder holding GT/ and Pred/")
+    return root
+
+
+@pytest.fixture
+def sunseg_fixtures_dir() -> Path:
+    return sunseg_fixtures_or_skip()
 

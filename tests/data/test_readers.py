@@ -16,7 +16,7 @@ from dtc.data import (DataWarning, SequenceAugment, SyntheticTRUSDataset, VideoS
                       read_video_file, write_synth_dataset)
 from dtc.data.synth import SynthConfig
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HC18 = FIXTURES / "hc18-ultrasound"
 
 
@@ -186,8 +186,6 @@ def test_corrupt_and_empty_video_files(tmp_path):
 
 
 def test_hc18_real_fixture_ellipses_and_spacing():
-    if not HC18.is_dir():
-        pytest.skip(f"HC18 fixture not found at {HC18} (needs the shared/ folder beside the checkout)")
     recs = read_ellipse_stills(HC18 / "training_set", HC18 / "training_set_pixel_size_and_HC.csv")
     assert len(recs) == 36
     assert {r.patient_id for r in recs if r.video_id.startswith("014_")} == {"014"}

@@ -11,7 +11,7 @@ from dtc.data.synth import SynthConfig, TRUSScene, simulate_video
 
 
 def backward_warp(a: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """W(A)(p) = A(p - F(p)), bilinear, border padding, align_corners=True (METHOD.md §2).
+    """W(A)(p) = A(p - F(p)), bilinear, border padding, align_corners=True (docs/method.md §2).
 
     a: (H, W) or (C, H, W); flow: (2, H, W) pixels, channel 0 = dx."""
     at = torch.as_tensor(a, dtype=torch.float64)

@@ -14,7 +14,7 @@ from dtc.flow import farneback
 from .conftest import to_u8
 
 PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2)
-HC18 = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "hc18-ultrasound" / "training_set"
+HC18 = Path(__file__).resolve().parents[1] / "fixtures" / "hc18-ultrasound" / "training_set"
 
 
 def opencv_flow(a: np.ndarray, b: np.ndarray, gaussian_window=False, median=0, **overrides) -> np.ndarray:
@@ -139,8 +139,6 @@ def test_accuracy_against_ground_truth_within_5_percent_of_opencv(synth_videos):
 
 
 def _hc18_images(n=3):
-    if not HC18.is_dir():
-        pytest.skip(f"HC18 fixture not found at {HC18} (the shared/ folder beside the checkout)")
     paths = sorted(p for p in HC18.glob("*_HC.png"))[:n]
     return [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
 

@@ -1,4 +1,4 @@
-"""Float64 oracle of METHOD.md §2, written from the text one term at a time, with explicit loops over
+"""Float64 oracle of docs/method.md §2, written from the text one term at a time, with explicit loops over
 pairs and samples. Deliberately independent of dtc.ops.reference (which batches pairs and uses its own
 grid normalisation)."""
 from __future__ import annotations
@@ -79,7 +79,7 @@ def confidence(i_prev, i_cur, flow, preset, alpha, flow_bw=None):
 
 
 def warped_previous(p_prev, flow, warped_target):
-    """P~ of METHOD.md §2: W(P_{t-1}), binarised at 0.5 for the hard target. The consistency term and the
+    """P~ of docs/method.md §2: W(P_{t-1}), binarised at 0.5 for the hard target. The consistency term and the
     local prototypes' mask both read this one target."""
     target = warp(p_prev, flow)
     if warped_target == "hard":

@@ -1,5 +1,5 @@
 """The loss of one stage-2 training step of preset "reference", re-implemented from scratch in float64
-NumPy from the text of METHOD.md §2, pixel by pixel where the text is per pixel.
+NumPy from the text of docs/method.md §2, pixel by pixel where the text is per pixel.
 
 It shares no code with dtc (not dtc.ops.reference, not the torch oracle in oracle.py, not
 torch.nn.functional): its own bilinear sampler, resize, nearest resampling, sort and cosine. The point is

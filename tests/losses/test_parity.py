@@ -1,4 +1,4 @@
-"""Every loss term (both implementations) against the float64 oracle written from METHOD.md §2."""
+"""Every loss term (both implementations) against the float64 oracle written from docs/method.md §2."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
 """preset="reference" against a hand-computed case and against a from-scratch NumPy re-implementation of
-its training-step loss (reference_step.py), written from METHOD.md §2 independently of dtc.
+its training-step loss (reference_step.py), written from docs/method.md §2 independently of dtc.
 
 Two readings of the released code are pinned here: the foreground threshold is the order statistic
 sort(P_t[b].flatten())[floor(0.7 N)] (no interpolation), and the local-prototype mask tests the

@@ -120,12 +120,12 @@ def test_evaluate_predictions_writes_tables_and_plots(tmp_path):
     assert (tmp_path / "metrics_over_time.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_on_fixture(fixtures_dir, tmp_path, capsys):
+def test_cli_on_fixture(sunseg_fixtures_dir, tmp_path, capsys):
     from dtc.cli import evaluate as cli
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    root = fixtures_dir / "sunseg-metrics-cvc300"
+    root = sunseg_fixtures_dir
     args = parser.parse_args(["evaluate", str(root / "Pred/2019-TPAMI-COSNet/CVC-ColonDB-300"),
                               str(root / "GT/CVC-ColonDB-300/GT"), "-o", str(tmp_path), "--no-plots",
                               "--case-decimals", "3"])

@@ -26,21 +26,20 @@ def _read_table(path):
     return dict(zip(header, values))
 
 
-def _sunseg_dirs(fixtures_dir):
-    root = fixtures_dir / "sunseg-metrics-cvc300"
+def _sunseg_dirs(root):
     return root / "Pred" / "2019-TPAMI-COSNet" / "CVC-ColonDB-300", root / "GT" / "CVC-ColonDB-300" / "GT", root
 
 
-def test_table_constants_match_fixture_file(fixtures_dir):
-    *_, root = _sunseg_dirs(fixtures_dir)
+def test_table_constants_match_fixture_file(sunseg_fixtures_dir):
+    *_, root = _sunseg_dirs(sunseg_fixtures_dir)
     table = _read_table(root / "reference_result_a718e53.txt")
     assert {k: table[k] for k in TOOLBOX_TABLE} == TOOLBOX_TABLE
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sunseg_toolbox_table(fixtures_dir, backend):
+def test_sunseg_toolbox_table(sunseg_fixtures_dir, backend):
     """Every printed number of the a718e53 table, which rounded each case's scalar scores first."""
-    pred_root, gt_root, _ = _sunseg_dirs(fixtures_dir)
+    pred_root, gt_root, _ = _sunseg_dirs(sunseg_fixtures_dir)
     per_case, overall = sunseg.evaluate_folders(pred_root, gt_root, backend=backend, progress=False,
                                                 case_decimals=3)
     assert sorted(per_case) == ["7", "8"]
@@ -48,10 +47,10 @@ def test_sunseg_toolbox_table(fixtures_dir, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_unrounded_protocol_differs_only_in_weighted_f(fixtures_dir, backend):
+def test_unrounded_protocol_differs_only_in_weighted_f(sunseg_fixtures_dir, backend):
     """Without the per-case rounding (the later vps_evaluator.py) the weighted F prints 0.340, not 0.341:
     the rounding, not the metric, explains the table's value; every other column is unchanged."""
-    pred_root, gt_root, _ = _sunseg_dirs(fixtures_dir)
+    pred_root, gt_root, _ = _sunseg_dirs(sunseg_fixtures_dir)
     _, overall = sunseg.evaluate_folders(pred_root, gt_root, backend=backend, progress=False)
     printed = sunseg.round_like_toolbox(overall)
     assert overall["wFmeasure"] == pytest.approx(0.3404958, abs=1e-7)
@@ -69,18 +68,18 @@ def test_case_decimals_rejects_bad_values(bad):
         sunseg.per_case_protocol({"v": []}, case_decimals=bad)
 
 
-def test_dropping_end_frames_matters(fixtures_dir):
+def test_dropping_end_frames_matters(sunseg_fixtures_dir):
     """The protocol is not vacuous: keeping the first/last frames changes the printed table."""
-    pred_root, gt_root, _ = _sunseg_dirs(fixtures_dir)
+    pred_root, gt_root, _ = _sunseg_dirs(sunseg_fixtures_dir)
     _, overall = sunseg.evaluate_folders(pred_root, gt_root, drop_ends=False, backend="numpy", progress=False)
     printed = sunseg.round_like_toolbox(overall)
     assert float(printed["Smeasure"]) != float(TOOLBOX_TABLE["Smeasure"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_metric_object_reproduces_toolbox(fixtures_dir, backend):
+def test_metric_object_reproduces_toolbox(sunseg_fixtures_dir, backend):
     """Feeding the frames one by one (shuffled order, float probabilities) gives the same per-case protocol."""
-    pred_root, gt_root, _ = _sunseg_dirs(fixtures_dir)
+    pred_root, gt_root, _ = _sunseg_dirs(sunseg_fixtures_dir)
     cases = sunseg.discover_pairs(pred_root, gt_root)
     items = [(case, i, p, g) for case, pairs in cases.items() for i, (_, p, g) in enumerate(pairs)]
     rng = np.random.default_rng(0)

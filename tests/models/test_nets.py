@@ -46,7 +46,7 @@ def test_output_shapes_and_taps(name, hw):
 
 
 def test_unet_matches_the_classic_layout():
-    """The parameter count of METHOD.md §3's U-Net, derived from the layout, not from the code."""
+    """The parameter count of docs/method.md §3's U-Net, derived from the layout, not from the code."""
 
     def conv_bn(cin, cout, k=3):
         return k * k * cin * cout + 2 * cout  # conv without bias + BN affine

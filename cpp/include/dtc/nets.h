@@ -1,6 +1,6 @@
 #pragma once
 // dtc's segmentation networks as LibTorch modules (torch::nn). Each maps an image batch to the triple
-// the method needs (METHOD.md §3):
+// the method needs (docs/method.md §3):
 //
 //   forward(x [N, C_in, H, W]) -> (logits [N, 1, H, W], local [N, C_l, H, W], global [N, C_g, h_g, w_g])
 //
@@ -76,7 +76,7 @@ struct DoubleConvImpl : torch::nn::Module {
 TORCH_MODULE(DoubleConv);
 
 // ------------------------------------------------------------------------------------------ U-Net
-// The classic U-Net of METHOD.md §3. Widths base·(1, 2, 4, 8, 16) (64-128-256-512-1024 by default); each
+// The classic U-Net of docs/method.md §3. Widths base·(1, 2, 4, 8, 16) (64-128-256-512-1024 by default); each
 // level two 3×3 Conv-BN-ReLU; 2×2 max pooling; decoder: nearest ×2 upsampling then a 3×3 Conv-BN-ReLU
 // halving the channels, concatenation with the skip, two 3×3 Conv-BN-ReLU; 1×1 head.
 //   local  = last decoder map   [N, base,    H,    W]

@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward(const at::Tensor& grad_out, con
 // pixels of the new grid; the authors' released code does not rescale (preset "reference").
 at::Tensor resize_flow(const at::Tensor& flow, at::IntArrayRef size, bool align_corners = true, bool rescale = true);
 
-// ---- The DTC training signals (METHOD.md §2). Window tensors are [B, T, C, H, W]; pairs are
+// ---- The DTC training signals (docs/method.md §2). Window tensors are [B, T, C, H, W]; pairs are
 // (t-1, t) for t = 1..T-1 (T >= 2); flows[:, t] is the flow from frame t-1 to t (warp's convention,
 // flows[:, 0] unused). Flows, images, probabilities and thresholds receive no gradient.
 

@@ -18,7 +18,7 @@ TORCH_LIBRARY(dtc, m) {
   // solution and info = [iterations, relative residual]. Not differentiable.
   m.def("smooth3d_pcg(Tensor target, Tensor weight, float kappa_z, float kappa_xy, float tol, int max_iter) -> (Tensor, Tensor)");
 
-  // The DTC training signals (METHOD.md §2); see dtc/ops.h for shapes. Auxiliary outputs (mass,
+  // The DTC training signals (docs/method.md §2); see dtc/ops.h for shapes. Auxiliary outputs (mass,
   // stats, maps) carry no gradient.
   m.def("temporal_consistency(Tensor logits, Tensor images, Tensor flows, Tensor? flows_backward, float[] channel_scale, "
         "float alpha, str confidence, bool soft_target, bool normalise, bool return_maps) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -1,4 +1,4 @@
-"""`python -m dtc.bench step`: one stage-2 training step (METHOD.md §2), timed part by part.
+"""`python -m dtc.bench step`: one stage-2 training step (docs/method.md §2), timed part by part.
 
 Parts: flow for the B·(T−1) pairs, teacher + flip pseudo-label forwards (no grad), student forward,
 the DTC objective (all four terms), and backward + AdamW step. Each part is synchronised on CUDA,

@@ -11,7 +11,7 @@ Convention (one item = one window of T frames):
                    Present only when the source has ground-truth flow.
     "video_id"     str;  "frame_index" (T,) int64 frame numbers in the source.
     "spacing"      (2,) float64 mm per pixel (row, column) at the returned size, when known.
-Default size H x W = 256 x 448 (METHOD.md). Windows start every `stride` frames and take every
+Default size H x W = 256 x 448 (docs/method.md). Windows start every `stride` frames and take every
 `frame_gap`-th frame; videos with fewer than (T-1)*frame_gap+1 frames yield no window and are reported
 in `short_videos` (with a warning).
 """

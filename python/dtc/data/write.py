@@ -1,4 +1,4 @@
-"""Write a simulated dataset to disk in the TRUS-V layout (METHOD.md §7), atomically per file.
+"""Write a simulated dataset to disk in the TRUS-V layout (docs/method.md §7), atomically per file.
 
 Layout under OUT:
     images/{id}_{frame}_{view}.png   8-bit grey frames

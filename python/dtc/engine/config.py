@@ -94,7 +94,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     stage: str = "student"             # teacher (stage 1) | student (stage 2)
-    preset: str = "dtc"                # dtc | reference (METHOD.md)
+    preset: str = "dtc"                # dtc | reference (docs/method.md)
     teacher_checkpoint: Optional[str] = None  # stage 2: the frozen stage-1 teacher
     init_from_teacher: bool = True     # stage 2: the student starts as a copy of the teacher
     data: DataConfig = field(default_factory=DataConfig)

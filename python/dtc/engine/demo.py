@@ -6,7 +6,7 @@ student adds temporal consistency and prototype alignment. Both start from the s
 see the same data, so the report isolates what the temporal terms do.
 
 Both students take their flip pseudo-labels from the frozen teacher (``loss.pseudo_source=teacher``,
-a METHOD.md switch). With the student's own pseudo-labels (the method's default) this small
+a docs/method.md switch). With the student's own pseudo-labels (the method's default) this small
 synthetic budget drifts: measured on the `small` preset, the baseline's validation Dice went
 0.898, 0.866, 0.738, 0.679, 0.570 over 5 epochs at lr 1e-3 (0.909 to 0.863 over 8 at lr 1e-4, while its
 training loss fell), so model selection kept the first epoch of both arms and the comparison showed

@@ -1,4 +1,4 @@
-"""The two-stage trainer of METHOD.md §1–2: one loop, two step functions.
+"""The two-stage trainer of docs/method.md §1–2: one loop, two step functions.
 
 Stage 1 (``stage="teacher"``) fits a still-image network with BCE-Dice to labelled frames. Stage 2
 (``stage="student"``) freezes that teacher and trains a student (initialised as its copy) on

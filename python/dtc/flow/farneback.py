@@ -22,7 +22,7 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-#: The authors' Farnebäck parameters (METHOD.md §2.5), also dtc's defaults.
+#: The authors' Farnebäck parameters (docs/method.md §2.5), also dtc's defaults.
 FARNEBACK_DEFAULTS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
                           gaussian_window=False, median=3)
 PRESETS = ("dtc", "reference")
@@ -163,7 +163,7 @@ def farneback_opencv(
 def reference_preprocess_frame(image: np.ndarray) -> np.ndarray:
     """The authors' flow preprocessing of one frame: ``(H, W, 3)`` RGB float in [0, 1] -> ``(H, W)`` uint8.
 
-    ImageNet normalisation, clip to [0, 1] (METHOD.md §9: only grey levels ≈117–175 survive), grey,
+    ImageNet normalisation, clip to [0, 1] (docs/method.md §9: only grey levels ≈117–175 survive), grey,
     8-bit, bilateral filter, CLAHE, Gaussian blur; parameters in :data:`REFERENCE_CHAIN`.
     """
     import cv2

@@ -32,7 +32,7 @@ def sample_flow(field: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor
 
 def forward_backward_consistency(flow_fw: torch.Tensor, flow_bw: torch.Tensor, *, alpha: float = 0.01,
                                  beta: float = 0.5, return_error: bool = False):
-    """Non-occlusion mask from a forward and a backward flow (Sundaram et al. 2010; METHOD.md §2.5).
+    """Non-occlusion mask from a forward and a backward flow (Sundaram et al. 2010; docs/method.md §2.5).
 
     A pixel p is consistent when ``|F_fw(p) + F_bw(p + F_fw(p))|² < alpha·(|F_fw(p)|² +
     |F_bw(p + F_fw(p))|²) + beta``: following the flow there and back returns near the start.

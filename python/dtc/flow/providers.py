@@ -5,7 +5,7 @@ Convention (every provider):
     ``flows`` ``(B, T, 2, H, W)`` float32 on ``images``' device, pixels, channel 0 = dx, 1 = dy;
     ``flows[:, 0] = 0`` and ``flows[:, t]`` (t >= 1) is the flow of the pair (t−1, t) that the
     losses use in the backward warp ``W(A)(p) = A(p − F(p))`` to carry frame t−1 into frame t
-    (METHOD.md §2.5).
+    (docs/method.md §2.5).
 
 Direction. The authors computed ``calcOpticalFlowFarneback(prev=frame_{t−1}, next=frame_t)`` and
 used it directly in that warp: a first-order approximation, because that flow is sampled at frame

@@ -1,4 +1,4 @@
-"""The stage-2 training signals of METHOD.md §2: functional forms, module twins and the full objective.
+"""The stage-2 training signals of docs/method.md §2: functional forms, module twins and the full objective.
 
 Importing this package does not load the compiled core; the fused ops load it on first call.
 """

@@ -1,4 +1,4 @@
-"""Configuration of the stage-2 objective (METHOD.md §2): two presets and every switch."""
+"""Configuration of the stage-2 objective (docs/method.md §2): two presets and every switch."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +9,13 @@ __all__ = ["DTCLossConfig", "PRESETS", "TERMS", "ABLATIONS"]
 
 TERMS = ("seg", "kd", "con", "proto")
 
-# Per-preset defaults that differ; everything else has the same default in both (METHOD.md §2, §9).
+# Per-preset defaults that differ; everything else has the same default in both (docs/method.md §2, §9).
 PRESETS: dict[str, dict] = {
     # The authors' released code: signed channel sum of the residual on ImageNet-normalised images with
     # alpha 1, the per-sample 70th-percentile foreground threshold, flow resized without rescaling.
     "reference": dict(alpha=1.0, confidence="abs_sum", normalise_images=True, fg_threshold="percentile70",
                       rescale_flow=False),
-    # The fixes of METHOD.md §9: mean absolute residual on intensities in [0, 1] with alpha 13.3 (a
+    # The fixes of docs/method.md §9: mean absolute residual on intensities in [0, 1] with alpha 13.3 (a
     # 13-grey-level residual halves the weight), foreground at 0.5, flow rescaled with the resize.
     "dtc": dict(alpha=13.3, confidence="mean_abs", normalise_images=False, fg_threshold=0.5, rescale_flow=True),
 }
@@ -33,7 +33,7 @@ ABLATIONS: dict[str, dict] = {
 
 @dataclass
 class DTCLossConfig:
-    """Every switch of the stage-2 objective, with METHOD.md's defaults for ``preset``.
+    """Every switch of the stage-2 objective, with docs/method.md's defaults for ``preset``.
 
     Build it with :meth:`from_preset` so preset-dependent defaults are filled in; unknown keys raise.
 

@@ -1,4 +1,4 @@
-"""The stage-2 loss terms of METHOD.md §2 as functions.
+"""The stage-2 loss terms of docs/method.md §2 as functions.
 
 Each function validates its input with messages that name the argument, then runs either the fused
 C++/CUDA op (``impl="fused"``, the default: ``torch.ops.dtc.*``) or the plain-PyTorch composition
@@ -84,7 +84,7 @@ def check_probabilities(name: str, x: torch.Tensor) -> None:
 
 def bce_dice(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5, check: bool = True,
              impl: str = "fused") -> torch.Tensor:
-    """``0.5 * BCE(z, y) + 1 - mean_n softDice_n(sigmoid(z), y)`` (METHOD.md §1), stable from logits.
+    """``0.5 * BCE(z, y) + 1 - mean_n softDice_n(sigmoid(z), y)`` (docs/method.md §1), stable from logits.
 
     Args:
         logits: ``(..., C, H, W)``; each trailing ``(C, H, W)`` block is one sample of the soft Dice.
@@ -158,7 +158,7 @@ def temporal_consistency(
     return_maps: bool = False,
     impl: str = "fused",
 ):
-    """Confidence-weighted temporal consistency ``L_con`` (METHOD.md §2.5), the mean over the T-1 pairs.
+    """Confidence-weighted temporal consistency ``L_con`` (docs/method.md §2.5), the mean over the T-1 pairs.
 
     Per pair: ``P~ = W(P_{t-1})`` (binarised at 0.5 when ``warped_target="hard"``, which then carries no
     gradient), ``M = exp(-alpha * r)`` with ``r = |sum_c s_c dI_c|`` (``confidence="abs_sum"``, reference)
@@ -232,7 +232,7 @@ def prototype_alignment(
     check: bool = True,
     impl: str = "fused",
 ):
-    """Prototype alignment ``L_proto`` (METHOD.md §2.5), the mean over the T-1 pairs.
+    """Prototype alignment ``L_proto`` (docs/method.md §2.5), the mean over the T-1 pairs.
 
     Per pair: ``fg_x = 1[P_x > thr]``; local (decoder) prototypes ``v_{t-1} = MAP(W(F_loc,t-1), m)`` and
     ``v_t = MAP(F_loc,t, m)`` with ``m = fg_t * 1[P~ > thr]``, ``P~`` the warped previous prediction as the

@@ -1,4 +1,4 @@
-"""The stage-2 objective of METHOD.md §2 in one module."""
+"""The stage-2 objective of docs/method.md §2 in one module."""
 from __future__ import annotations
 
 from typing import Optional
@@ -16,7 +16,7 @@ LOGGED = ("seg", "kd", "con", "proto", "loc", "glob")
 
 
 class DTCObjective(nn.Module):
-    """``L = l_seg L_seg + l_KD L_KD + l_con L_con + l_proto L_proto`` for a window batch (METHOD.md §2).
+    """``L = l_seg L_seg + l_KD L_KD + l_con L_con + l_proto L_proto`` for a window batch (docs/method.md §2).
 
     ``DTCObjective(preset="dtc", **overrides)`` builds a :class:`DTCLossConfig` (unknown keys raise
     ValueError); ``DTCObjective(config=cfg)`` takes one ready-made.

@@ -1,4 +1,4 @@
-"""Flip pseudo-labels (METHOD.md §2.1)."""
+"""Flip pseudo-labels (docs/method.md §2.1)."""
 from __future__ import annotations
 
 import torch

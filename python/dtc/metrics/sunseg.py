@@ -11,7 +11,7 @@ reproduces it (checked against the toolbox's own result table in the tests):
    cases; ``mean*``/``max*`` are the mean/max of the averaged curve; the table shows 3 decimals.
 
 One version detail matters at the third decimal: the toolbox at commit a718e53 (``MyEval.py``, which
-produced the result table in ``../shared/fixtures``) rounds each case's scalar scores (S-measure,
+produced the table that the SUN-SEG fixture tests expect) rounds each case's scalar scores (S-measure,
 weighted F, MAE, adaptive E and F) to 3 decimals *before* averaging over cases; later versions
 (``vps_evaluator.py``, 2022-03-14) average unrounded values. ``case_decimals=3`` reproduces the former,
 ``None`` (default) the latter. On the fixture this moves weighted F from 0.3404958 (prints 0.340) to

@@ -1,4 +1,4 @@
-"""Temporal stability metrics of a predicted video (METHOD.md section 5).
+"""Temporal stability metrics of a predicted video (docs/method.md section 5).
 
 Convention:
     Predictions ``P_t`` are (H, W) probabilities in [0, 1]; binary masks are ``P > threshold``.

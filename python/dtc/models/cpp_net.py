@@ -2,7 +2,7 @@
 
 LibTorch's ``torch::python::bind_module`` (``torch.nn.cpp.ModuleWrapper``) exposes a C++ module's
 parameters, buffers and forward to Python, but not ``state_dict``, ``.to()``, train/eval propagation
-from a parent, DDP, deep copies or pickling (measured, DESIGN.md). :class:`CppNet` is the thin facade
+from a parent, DDP, deep copies or pickling (measured, docs/design.md). :class:`CppNet` is the thin facade
 that supplies them while the C++ module keeps computing with its own tensors:
 
 * every C++ parameter and buffer is registered on the facade under its C++ name (``enc0.conv1.weight``)
@@ -190,7 +190,7 @@ def _rebuild(cls, init_kwargs, tensors, requires_grad, training):
 
 
 class UNet(CppNet):
-    """The classic U-Net of METHOD.md §3, in C++.
+    """The classic U-Net of docs/method.md §3, in C++.
 
     Widths ``base·(1, 2, 4, 8, 16)`` (64-128-256-512-1024 by default, ≈34.5 M parameters); two 3×3
     Conv-BN-ReLU per level, 2×2 max pooling, nearest ×2 upsampling then a 3×3 Conv-BN-ReLU, 1×1 head.

@@ -3,7 +3,7 @@
 A model maps ``x (N, C, H, W)`` to either
 
 * ``logits`` — a tensor ``(N, 1, H, W)``: usable, but without feature taps the prototype terms
-  (METHOD.md §2.5) are skipped;
+  (docs/method.md §2.5) are skipped;
 * the triple ``(logits, local, global)`` — dtc's own nets (:mod:`dtc.models`) and any model wrapped in
   :class:`dtc.nn.FeatureTaps`; ``local``/``global`` may be ``None``.
 

@@ -50,7 +50,7 @@ def warp(
 
     Convention:
         Flow is in pixels, channel 0 = dx (along W), channel 1 = dy (along H), evaluated at the
-        target pixel and negated (a first-order backward warp, METHOD.md §2.5). Pixel ``(i, j)``
+        target pixel and negated (a first-order backward warp, docs/method.md §2.5). Pixel ``(i, j)``
         sits at integer coordinates (``align_corners=True`` placement), so zero flow is the identity
         and an integer flow is an exact shift. A NaN/Inf flow vector yields NaN in every channel of
         that output pixel and no gradient (checking for it would cost a host sync per call).
@@ -61,7 +61,7 @@ def warp(
     return torch.ops.dtc.warp(x, flow, padding)
 
 
-# ---- The DTC training signals (METHOD.md §2). Thin wrappers over the fused ops with the same
+# ---- The DTC training signals (docs/method.md §2). Thin wrappers over the fused ops with the same
 # arguments and results as their plain-PyTorch twins in dtc.ops.reference; dtc.losses is the
 # user-facing API (argument checks, presets). Shapes and conventions: cpp/include/dtc/ops.h.
 

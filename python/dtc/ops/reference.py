@@ -42,11 +42,11 @@ def warp(x: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", align_
 
 
 # ---------------------------------------------------------------------------------------------
-# The DTC training signals (METHOD.md §2) as plain-PyTorch compositions: the "unfused" baseline of
+# The DTC training signals (docs/method.md §2) as plain-PyTorch compositions: the "unfused" baseline of
 # `python -m dtc.bench losses` and the fallback behind `impl="reference"` in dtc.losses. They take the
 # same arguments and return the same tuples as the fused torch.ops.dtc.* ops.
 
-# Masked average pooling divides by max(sum(m), MAP_EPS) (METHOD.md §2.5), so an empty mask pools to 0.
+# Masked average pooling divides by max(sum(m), MAP_EPS) (docs/method.md §2.5), so an empty mask pools to 0.
 MAP_EPS = 1e-6
 # Guard of the ``con_normalise`` denominator sum(M): only reached when the occlusion test rejects every
 # pixel of a pair, where the numerator is 0 as well and the pair's loss becomes 1.

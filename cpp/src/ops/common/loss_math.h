@@ -1,5 +1,5 @@
 #pragma once
-// Torch-free per-pixel math of the DTC loss ops (METHOD.md §2), shared by the CPU and CUDA kernels so
+// Torch-free per-pixel math of the DTC loss ops (docs/method.md §2), shared by the CPU and CUDA kernels so
 // both backends evaluate the same expressions in the same order.
 //
 // Convention: window tensors are (B, T, C, H, W) contiguous; a pair is (t-1, t) for t = 1..T-1 and
@@ -66,7 +66,7 @@ DTC_HOST_DEVICE T warped_target(T warped, bool hard) {
   return hard ? (warped > T(0.5) ? T(1) : T(0)) : warped;
 }
 
-// Sigmoid applied per tap before interpolating: W(sigmoid(z)), the warped probability of METHOD.md.
+// Sigmoid applied per tap before interpolating: W(sigmoid(z)), the warped probability of docs/method.md.
 template <typename T, typename S>
 DTC_HOST_DEVICE T sample_sigmoid_plane(const BilinearTaps<T>& t, const S* plane, int64_t width) {
   T v00, v01, v10, v11;
@@ -74,7 +74,7 @@ DTC_HOST_DEVICE T sample_sigmoid_plane(const BilinearTaps<T>& t, const S* plane,
   return interpolate(t, v00, v01, v10, v11);
 }
 
-// Forward-backward occlusion test of METHOD.md §2.5 at one pixel:
+// Forward-backward occlusion test of docs/method.md §2.5 at one pixel:
 // |F(p) + F_bw(p + F(p))|^2 < 0.01 (|F(p)|^2 + |F_bw(p + F(p))|^2) + 0.5, F_bw bilinear with border padding.
 template <typename T, typename S>
 DTC_HOST_DEVICE bool passes_occlusion_test(T fx, T fy, const S* back_x, const S* back_y, int64_t x, int64_t y,
