@@ -12,6 +12,8 @@ SUBCOMMAND_MODULES = ["demo", "train", "infer", "evaluate", "data", "bench", "ex
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtc", description="Distilled temporal coherence for ultrasound video.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of the one-line message")
     parser.add_argument("--version", action="version", version=f"dtc {importlib.import_module('dtc').__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -31,11 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dtc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    from dtc.cli.errors import run_command
+
+    return run_command(args.func, args, args.command, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ configuration is saved in the run folder so a run can be reproduced or resumed f
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,23 @@ class TrainConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"data.synth: {exc}") from exc
 
+    def make_flow_provider(self, *, cached: bool = True):
+        """The stage-2 flow provider ``flow.*`` describes; ``cached=False`` builds only the provider that
+        computes flow (what validation checks ``flow.params`` against, without touching the cache)."""
+        from dtc.flow import make_flow_provider
+
+        provider = self.flow.provider
+        inner = provider.removeprefix("cached:")
+        kwargs = dict(self.flow.params)
+        # The preset picks the Farnebäck preprocessing of the provider that computes flow, which under
+        # "cached:" is the inner one; ground-truth flow has no preprocessing to pick.
+        if inner != "gt":
+            kwargs.setdefault("preset", self.preset)
+        if cached and provider.startswith("cached:"):
+            kwargs["root"] = self.flow.cache_dir
+            return make_flow_provider(provider, **kwargs)
+        return make_flow_provider(inner, **kwargs)
+
     def validate(self, *, check_paths: bool = True, teacher_given: bool = False) -> "TrainConfig":
         """Raise :class:`ConfigError` naming the first bad value; called before anything is trained.
         ``teacher_given``: stage 2 gets its teacher as a module (``Trainer(teacher=...)``), not a checkpoint."""
@@ -155,13 +174,27 @@ class TrainConfig:
         if o.lr <= 0 or o.weight_decay < 0 or o.epochs < 1 or o.accumulate < 1:
             raise ConfigError(f"optim: lr > 0, weight_decay >= 0, epochs >= 1, accumulate >= 1 required, got "
                               f"lr={o.lr}, weight_decay={o.weight_decay}, epochs={o.epochs}, accumulate={o.accumulate}")
+        if d.max_windows is not None and d.max_windows < 1:
+            raise ConfigError(f"data.max_windows must be >= 1 or null (no cap), got {d.max_windows}")
+        for key in ("seed",):
+            for section, value in (("data", d.seed), ("run", r.seed)):
+                if not 0 <= value < 2**32:
+                    raise ConfigError(f"{section}.{key} must be in [0, 2**32), got {value}")
+        if o.t0 < 1 or o.t_mult < 1:
+            raise ConfigError(f"optim.t0 and optim.t_mult must be >= 1 (epochs of the first cosine cycle and its "
+                              f"growth), got t0={o.t0}, t_mult={o.t_mult}")
+        if o.min_lr < 0 or o.poly_power < 0:
+            raise ConfigError(f"optim.min_lr and optim.poly_power must be >= 0, got min_lr={o.min_lr}, "
+                              f"poly_power={o.poly_power}")
+        if r.threads is not None and r.threads < 1:
+            raise ConfigError(f"run.threads must be >= 1 or null (torch's default), got {r.threads}")
         if o.grad_clip is not None and o.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be positive or null, got {o.grad_clip}")
         _choice("optim.amp", o.amp, ("off", "bf16", "fp16"))
         _choice("optim.scheduler", o.scheduler, ("cosine_restarts", "poly", "none"))
         if o.early_stop_patience is not None and o.early_stop_patience < 1:
             raise ConfigError(f"optim.early_stop_patience must be >= 1 or null, got {o.early_stop_patience}")
-        if not (r.device in ("auto", "cpu") or r.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", r.device):
             raise ConfigError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {r.device!r}")
         if r.log_every < 1 or r.val_every < 1:
             raise ConfigError("run.log_every and run.val_every must be >= 1")
@@ -180,6 +213,10 @@ class TrainConfig:
                 # epoch, so a cache hit would pair them with another geometry's flow, silently.
                 raise ConfigError("flow.provider='cached:...' cannot be used with data.augment=true (the frames "
                                   "change every epoch); set data.augment=false or use an uncached provider")
+            try:
+                self.make_flow_provider(cached=False)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"flow.params: {exc}") from exc
             from dtc.losses import DTCLossConfig
 
             try:
@@ -249,6 +286,9 @@ def _coerce(hint, value, key: str):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # nan passes every "x <= 0" check and inf reaches torch as an lr; neither is a setting.
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if hint is str:
@@ -266,6 +306,14 @@ def _coerce(hint, value, key: str):
     return value
 
 
+def yaml_error_message(exc: Exception, source: str) -> str:
+    """``"cfg.yaml, line 3, column 7: not valid YAML (mapping values are not allowed here)"``."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+    return f"{where}: not valid YAML ({problem}); fix the syntax there (quote values holding ':' or '#')"
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a nested config dict."""
     data = _deepcopy(data)
@@ -273,7 +321,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
         key, raw = item.split("=", 1)
-        value: Any = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value: Any = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(yaml_error_message(exc, f"override {item!r}")) from None
         # YAML reads 1e-3 as a string; accept numeric strings where a number is plainly meant.
         if isinstance(value, str):
             try:
@@ -306,7 +357,10 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(yaml_error_message(exc, f"config file {path}")) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
         data = _merge(data, loaded)

@@ -72,11 +72,10 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
 
     from dtc.data import VideoSegmentationDataset
     from dtc.engine.checkpoint import model_from_checkpoint
-    from dtc.engine.inference import predict_videos
+    from dtc.engine.inference import predict_videos, resolve_device
 
     input_path = Path(input_path)
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    device = resolve_device(device)  # before the checkpoint is read: a bad --device fails at once
     model, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
     model = model.to(device)
     data_cfg = ckpt.get("config", {}).get("data", {})

@@ -16,11 +16,20 @@ __all__ = ["collate_windows", "normalise_images", "predict_videos", "resolve_dev
 def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` is the first CUDA device when there is one, else the CPU; asking for CUDA without
     one is an error rather than a silent fallback."""
+    import re
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but no CUDA device is available: use --device cpu "
+                             "(or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) "
+                             "are visible")
     return device
 
 

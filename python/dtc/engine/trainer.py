@@ -201,7 +201,6 @@ class Trainer:
 
     def _setup_student(self, teacher: Optional[torch.nn.Module]) -> None:
         from dtc.engine.checkpoint import model_from_checkpoint
-        from dtc.flow import make_flow_provider
         from dtc.losses import DTCObjective
 
         cfg = self.cfg
@@ -223,15 +222,7 @@ class Trainer:
         # construction; the check would cost a host sync per step on CUDA. An explicit
         # loss.check_inputs=true still turns it on.
         self.objective = DTCObjective(cfg.preset, **{"check_inputs": False, **cfg.loss})
-        provider = cfg.flow.provider
-        kwargs = dict(cfg.flow.params)
-        # The preset picks the Farnebäck preprocessing of the provider that computes flow, which under
-        # "cached:" is the inner one; ground-truth flow has no preprocessing to pick.
-        if provider.removeprefix("cached:") != "gt":
-            kwargs.setdefault("preset", cfg.preset)
-        if provider.startswith("cached:"):
-            kwargs["root"] = cfg.flow.cache_dir
-        self.flow_provider = make_flow_provider(provider, **kwargs)
+        self.flow_provider = cfg.make_flow_provider()
 
     def _place(self, model):
         model = model.to(self.device)

@@ -206,7 +206,9 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
     try:
         doc = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ExperimentError(f"{path}: not valid YAML ({exc})") from exc
+        from dtc.engine.config import yaml_error_message
+
+        raise ExperimentError(yaml_error_message(exc, str(path))) from None
     if not isinstance(doc, dict):
         raise ExperimentError(f"{path}: the top level must be a mapping with keys {sorted(_TOP_KEYS)}")
     unknown = sorted(set(doc) - _TOP_KEYS)
