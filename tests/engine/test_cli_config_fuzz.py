@@ -13,7 +13,7 @@ from dtc.cli.main import main
 from dtc.engine.config import TrainConfig
 
 # Strings the user may set to anything (paths); every other str field is a choice.
-FREE_STRINGS = {"data.root", "run.out_dir", "flow.cache_dir"}
+FREE_STRINGS = {"data.root", "data.masks", "data.spacing_csv", "run.out_dir", "flow.cache_dir"}
 # Mappings forwarded to a component that checks its own keys.
 CHECKED_MAPPINGS = {"data.synth", "model.kwargs", "model.taps", "loss", "flow.params"}
 
