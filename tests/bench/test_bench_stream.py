@@ -1,0 +1,20 @@
+"""`dtc bench stream` runs every contender on one clip and prints one row each (figures are not tested)."""
+from __future__ import annotations
+
+import pytest
+
+from dtc.bench import main
+
+
+@pytest.mark.slow
+def test_bench_stream_prints_a_row_per_contender(capsys):
+    assert main(["stream", "--sizes", "32x48", "--frames", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("exported .pt2 (Python loop)", "Segmenter.push (Python loop)", "dtc infer (Python, batched)"):
+        assert f"| 32x48 | {name} |" in out
+    assert "host load" in out
+
+
+def test_bench_stream_refuses_a_bad_size():
+    with pytest.raises(SystemExit):
+        main(["stream", "--sizes", "big"])
