@@ -158,6 +158,7 @@ def test_cli_trains_a_users_unet_through_both_stages_and_an_experiment_arm_with_
         "student": {"optim": {"lr": 1e-3, "epochs": 1}, "flow.provider": "gt"},
         "grid": {"full": {"label": "full"},
                  "logits-only": {"label": "no taps", "model.taps": {}}},
+        "evaluation": {"baseline": "logits-only"},
     }
     path = tmp_path / "byo.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -166,6 +167,10 @@ def test_cli_trains_a_users_unet_through_both_stages_and_an_experiment_arm_with_
     capsys.readouterr()
     arm = load_run_checkpoint(out / "byo-net" / "default" / "seed0" / "full" / "last.pt")
     assert arm["model"]["name"] == USER_NET and arm["epoch"] == 1
+    folder = out / "byo-net" / "default"
+    latex = (folder / "results.tex").read_text()
+    assert r"\begin{tabular}" in latex and "$p$ (Dice@0.5)" in latex and "Wilcoxon" in latex
+    assert "metric" in (folder / "paired_videos.csv").read_text()
     # Running it again resumes nothing and retrains nothing: every run is finished.
     assert cli(["experiment", "run", str(path), f"--out={out}"]) == 0
     assert "all 3 runs finished" in capsys.readouterr().out

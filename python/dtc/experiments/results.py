@@ -17,6 +17,11 @@ Convention:
     experiment's ``evaluation.baseline`` arm, seed by seed (the same data, split and teacher), on the
     seeds both have: the mean difference, the number of seeds where the arm is better (in the metric's
     direction), and two-sided p-values of the Wilcoxon signed-rank test (exact) and of the sign test.
+
+    Paired over videos (``paired_videos.csv``, ``results.tex`` and the last table of ``results.md``): every
+    arm against the baseline on the same test videos of the same seeds, ``(seed, video)`` pairs pooled,
+    with scipy's two-sided Wilcoxon signed-rank test; ``results.tex`` is the main table as a LaTeX
+    ``tabular`` (booktabs) with ``mean ± std`` and that p-value next to Dice@0.5 and TC.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import numpy as np
 from dtc.experiments.spec import TEACHER, Experiment
 from dtc.io import atomic_write_bytes
 
-__all__ = ["METRICS", "PAIRED_METRICS", "canonical_command", "collect_runs", "aggregate", "paired_comparison",
+__all__ = ["METRICS", "PAIRED_METRICS", "VIDEO_METRICS", "paired_over_videos", "format_latex", "canonical_command", "collect_runs", "aggregate", "paired_comparison",
            "write_results", "load_results", "format_markdown", "format_paired_markdown"]
 
 # (key in evaluation.json scores, column name, higher is better, decimals)
@@ -57,6 +62,90 @@ METRICS = (
 # The metrics compared arm against baseline, paired by seed (FPS is a property of the machine).
 PAIRED_METRICS = ("Dice", "Dice_event", "Dice_calm", "worst_Dice", "dice_flicker", "warp_IoU", "TC",
                   "area_flicker", "Dice_sunseg")
+
+
+# The per-video scores evaluation.json keeps (runner.py), tested arm against baseline over videos.
+VIDEO_METRICS = (("Dice", "Dice@0.5", True), ("TC", "TC", True))
+
+
+def collect_videos(experiment: Experiment, out_root: str | os.PathLike) -> dict:
+    """``{(arm, seed): {video: {metric: value}}}`` from the evaluated runs' per-video scores."""
+    from dtc.experiments.runner import EVALUATION_FILE
+
+    out = {}
+    for run in experiment.plan(out_root):
+        path = run.out_dir / EVALUATION_FILE
+        if path.is_file():
+            per_video = json.loads(path.read_text()).get("per_video")
+            if per_video:
+                out[(run.arm, run.seed)] = per_video
+    return out
+
+
+def paired_over_videos(videos: dict, baseline: str, arms: list[str], labels: Optional[dict] = None) -> list[dict]:
+    """Per arm and metric of :data:`VIDEO_METRICS`: ``n`` (seed, video) pairs shared with the baseline,
+    ``mean_diff`` (arm − baseline) and ``p_wilcoxon`` (scipy, two-sided; NaN with fewer than 2 non-zero
+    differences)."""
+    from scipy import stats
+
+    labels = labels or {}
+    rows = []
+    for arm in arms:
+        if arm == baseline:
+            continue
+        for key, name, _ in VIDEO_METRICS:
+            diffs = []
+            for (a, seed), per_video in sorted(videos.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+                base = videos.get((baseline, seed))
+                if a != arm or base is None:
+                    continue
+                for vid, scores in sorted(per_video.items()):
+                    if vid in base and not (math.isnan(scores[key]) or math.isnan(base[vid][key])):
+                        diffs.append(scores[key] - base[vid][key])
+            diffs = np.array(diffs, dtype=float)
+            p = math.nan
+            if np.count_nonzero(diffs) >= 2:
+                p = float(stats.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
+            rows.append({"arm": arm, "label": labels.get(arm, arm), "metric": name, "n": len(diffs),
+                         "mean_diff": float(diffs.mean()) if len(diffs) else math.nan, "p_wilcoxon": p})
+    return rows
+
+
+def _tex(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                          ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def format_latex(table: list[dict], paired_videos: list[dict], *, caption: str, baseline_label: Optional[str]) -> str:
+    """The main table as a LaTeX ``table`` (booktabs): ``mean ± std`` per metric and, next to Dice@0.5 and
+    TC, the Wilcoxon p-value over videos against the baseline."""
+    columns = [("Dice", "Dice_sunseg", 4), ("Dice@0.5", "Dice", 4), ("TC", "TC", 4),
+               ("Dice flicker", "dice_flicker", 4), ("area flicker", "area_flicker", 4), ("FPS", "FPS", 0)]
+    p_of = {(r["arm"], r["metric"]): r["p_wilcoxon"] for r in paired_videos}
+    head = ["Arm", "Seeds"]
+    for name, _, _ in columns:
+        head.append(_tex(name))
+        if name in ("Dice@0.5", "TC"):
+            head.append(f"$p$ ({_tex(name)})")
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    for row in table:
+        cells = [_tex(row["label"]), str(row["seeds"])]
+        for name, key, dec in columns:
+            mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+            cells.append("--" if math.isnan(mean) else
+                         f"${mean:.{dec}f}" + ("$" if math.isnan(std) else f" \\pm {std:.{dec}f}$"))
+            if name in ("Dice@0.5", "TC"):
+                p = p_of.get((row["arm"], name), math.nan)
+                cells.append("--" if math.isnan(p) else f"{p:.3g}")
+        lines.append(" & ".join(cells) + r" \\")
+    note = (f" $p$: two-sided Wilcoxon signed-rank test over test videos (all seeds) against {_tex(baseline_label)}."
+            if baseline_label else "")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{" + _tex(caption) + ". Mean $\\pm$ sample std over seeds." + note + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
 
 
 def collect_runs(experiment: Experiment, out_root: str | os.PathLike) -> list[dict]:
@@ -204,6 +293,17 @@ def format_markdown(table: list[dict], *, title: str, notes: list[str] = ()) -> 
     return "\n".join(lines) + "\n"
 
 
+def _format_video_pairs_markdown(rows: list[dict], baseline_label: str) -> str:
+    lines = [f"## Paired over videos against {baseline_label}", "",
+             "Arm minus baseline on the same test videos of the same seeds; two-sided Wilcoxon signed-rank p (scipy).",
+             "", "| arm | metric | pairs | mean difference | p |", "|---|---|---|---|---|"]
+    for r in rows:
+        diff = "–" if math.isnan(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
+        p = "–" if math.isnan(r["p_wilcoxon"]) else f"{r['p_wilcoxon']:.3g}"
+        lines.append(f"| {r['label']} | {r['metric']} | {r['n']} | {diff} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_if_changed(path: Path, data: bytes) -> bool:
     # An unchanged table is not rewritten: a second run of a finished experiment touches no file.
     if path.is_file() and path.read_bytes() == data:
@@ -260,6 +360,15 @@ def write_results(experiment: Experiment, out_root: str | os.PathLike, *, comman
     markdown = format_markdown(table, title=title, notes=notes)
     if paired:
         markdown += "\n" + format_paired_markdown(paired, labels.get(baseline, baseline))
+    paired_videos = paired_over_videos(collect_videos(experiment, out_root), baseline, list(experiment.arms),
+                                       labels) if baseline else []
+    if paired_videos:
+        paths["paired_videos"] = folder / "paired_videos.csv"
+        changed |= _write_if_changed(paths["paired_videos"], _csv(paired_videos).encode())
+        markdown += "\n" + _format_video_pairs_markdown(paired_videos, labels.get(baseline, baseline))
+    paths["latex"] = folder / "results.tex"
+    changed |= _write_if_changed(paths["latex"], format_latex(
+        table, paired_videos, caption=title, baseline_label=labels.get(baseline, baseline) if baseline else None).encode())
     changed |= _write_if_changed(paths["markdown"], markdown.encode())
     if changed or not paths["plot"].is_file():
         from dtc.experiments.plots import ablation_figure, figure_png

@@ -128,13 +128,18 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     dataset = build_dataset(cfg, split, T=1, stride=1)
     device = resolve_device(cfg.run.device)
     with _keep_matplotlib_backend():
-        scores, _ = score_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval", device=device,
-                                        batch_size=experiment.evaluation["batch_size"])
+        scores, videos = score_checkpoint(run.out_dir / "best.pt", dataset, out_dir=run.out_dir / "eval",
+                                          device=device, batch_size=experiment.evaluation["batch_size"])
+    from dtc.engine.inference import video_scores
+
+    # Per video, for the paired tests over videos (results.py): Dice at 0.5 and TC.
+    per_video = {str(vid): {"Dice": s["dice"], "TC": s["tc"]}
+                 for vid, s in ((vid, video_scores(v)) for vid, v in sorted(videos.items()))}
     from dtc.engine.checkpoint import load_run_checkpoint
 
     record = {"run_id": run.run_id, "seed": run.seed, "arm": run.arm, "label": run.label, "split": split,
               "checkpoint": "best.pt", "trained_epochs": load_run_checkpoint(run.out_dir / "last.pt")["epoch"],
-              "device": str(device), "scores": scores}
+              "device": str(device), "scores": scores, "per_video": per_video}
     atomic_write_text(evaluation, json.dumps(record, indent=2, default=float) + "\n")
     return "evaluated" if done == "skipped" else done
 
