@@ -12,7 +12,7 @@ _EXPORTS = {
     "read_csv_index": "index", "read_sunseg_tree": "index", "read_folder_index": "index",
     "read_video_file": "index", "read_ellipse_stills": "index", "read_nifti": "index",
     "read_dicom_cine": "index", "dicom_spacing": "index",
-    "VideoSegmentationDataset": "dataset", "SyntheticTRUSDataset": "dataset", "patient_split": "dataset",
+    "VideoSegmentationDataset": "dataset", "SyntheticTRUSDataset": "dataset", "patient_split": "dataset", "patient_folds": "dataset",
     "fill_ellipse_outline": "dataset", "compose_backward_flows": "dataset",
     "Synth3DConfig": "synth3d", "SynthVolume": "synth3d", "simulate_volume": "synth3d", "Volume": "synth3d",
     "read_volume": "synth3d", "read_sweep_video": "synth3d", "write_volume_nifti": "synth3d",

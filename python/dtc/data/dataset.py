@@ -18,6 +18,7 @@ in `short_videos` (with a warning).
 from __future__ import annotations
 
 import math
+from typing import Optional
 import warnings
 from collections import OrderedDict
 
@@ -403,6 +404,28 @@ def patient_split(patients: list, seed: int, fractions=(0.7, 0.15, 0.15)) -> dic
     return dict(zip(order, names))
 
 
+def patient_folds(patients: list, seed: int, folds: int, fold: int, val_fraction: float = 0.15) -> dict:
+    """Patient-level k-fold cross-validation: {patient: "train"|"val"|"test"} for fold ``fold`` of ``folds``.
+
+    The patients are shuffled once (by ``seed``) and dealt round-robin into ``folds`` groups; group ``fold``
+    is the test split, so over the folds every patient is tested exactly once. Validation (model
+    selection) takes ``val_fraction`` of the remaining patients (at least one), never a test patient."""
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be an integer in [0, {folds}), got {fold!r}")
+    order = list(patients)
+    if len(order) < folds + 2:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds + 2} patients (a test fold each, "
+                         f"one validation and one training patient), got {len(order)}")
+    np.random.default_rng(np.random.SeedSequence([seed, 0x5911, folds])).shuffle(order)
+    test = set(order[fold::folds])
+    rest = [p for p in order if p not in test]
+    n_val = max(1, int(round(val_fraction * len(rest))))
+    val = set(rest[:n_val])
+    return {p: "test" if p in test else "val" if p in val else "train" for p in order}
+
+
 class SyntheticTRUSDataset(Dataset):
     """In-memory windows from the simulator: nothing touches disk. Deterministic in `seed`.
 
@@ -416,7 +439,8 @@ class SyntheticTRUSDataset(Dataset):
 
     def __init__(self, num_videos: int = 8, frames: int = 48, size: tuple[int, int] = DEFAULT_SIZE, T: int = 3,
                  seed: int = 0, split: str = "all", stride: int = 1, frame_gap: int = 1,
-                 split_fractions=(0.7, 0.15, 0.15), config=None, cache_scenes: int = 16, augment=None):
+                 split_fractions=(0.7, 0.15, 0.15), config=None, cache_scenes: int = 16, augment=None,
+                 folds: Optional[tuple[int, int]] = None):
         from dtc.data.synth import SynthConfig
 
         if split not in ("train", "val", "test", "all"):
@@ -434,7 +458,10 @@ class SyntheticTRUSDataset(Dataset):
         self.T, self.stride, self.frame_gap, self.seed, self.split = T, stride, frame_gap, seed, split
         self.augment = augment
         self.all_videos = synthetic_video_table(num_videos, self.config.views, seed)
-        assign = patient_split(sorted({v["patient_id"] for v in self.all_videos}), seed, split_fractions)
+        patients = sorted({v["patient_id"] for v in self.all_videos})
+        # folds = (k, fold): patient-level k-fold cross-validation instead of the fixed fractions.
+        assign = patient_folds(patients, seed, *folds) if folds is not None else \
+            patient_split(patients, seed, split_fractions)
         for v in self.all_videos:
             v["split"] = assign[v["patient_id"]]
         self.videos = [v for v in self.all_videos if split == "all" or v["split"] == split]

@@ -44,6 +44,8 @@ class DataConfig:
     num_workers: int = 0
     augment: bool = False              # stage 1: still-image augmentation; stage 2 (dtc preset): sequence-consistent
     seed: int = 0                      # dataset seed (simulator, split)
+    folds: Optional[int] = None        # patient-level k-fold cross-validation (k >= 2) instead of the 70/15/15 split
+    fold: int = 0                      # with folds: the fold whose patients are the test split
     max_windows: Optional[int] = None  # cap windows per epoch (quick runs)
     benchmark: str = "calm"            # synthetic: a named simulator setting, dtc.data.synth.BENCHMARKS (calm | events)
     synth: dict = field(default_factory=dict)  # synthetic: SynthConfig settings on top of the benchmark (data.synth.gain_rate=3)
@@ -155,6 +157,9 @@ class TrainConfig:
         for key in ("num_videos", "frames", "height", "width", "T", "stride", "frame_gap", "batch_size"):
             if getattr(d, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
+        if d.folds is not None and (d.folds < 2 or not 0 <= d.fold < d.folds):
+            raise ConfigError(f"data.folds must be >= 2 and data.fold in [0, data.folds), got folds={d.folds}, "
+                              f"fold={d.fold}")
         if d.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
         if self.stage == "student" and d.T < 2:

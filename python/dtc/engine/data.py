@@ -29,11 +29,16 @@ def build_dataset(cfg: TrainConfig, split: str, *, T: int | None = None, stride:
 
         return SyntheticTRUSDataset(num_videos=d.num_videos, frames=d.frames, size=(d.height, d.width), T=T,
                                     seed=d.seed, split=split, stride=stride, frame_gap=d.frame_gap if T > 1 else 1,
-                                    augment=augment, config=cfg.synth_config(split))
-    from dtc.data import VideoSegmentationDataset, index, patient_split
+                                    augment=augment, config=cfg.synth_config(split),
+                                    folds=(d.folds, d.fold) if d.folds else None)
+    from dtc.data import VideoSegmentationDataset, index, patient_folds, patient_split
 
     records = index.read_source(d.source, d.root, masks=d.masks, spacing_csv=d.spacing_csv)
-    assign = patient_split(sorted({r.patient_id for r in records}), d.seed)
+    patients = sorted({r.patient_id for r in records})
+    try:
+        assign = patient_folds(patients, d.seed, d.folds, d.fold) if d.folds else patient_split(patients, d.seed)
+    except ValueError as exc:
+        raise ConfigError(f"data.folds: {exc}") from exc
     chosen = [r for r in records if assign[r.patient_id] == split]
     if not chosen:
         raise ConfigError(f"data.root {d.root}: the patient-level split leaves no video for {split!r}")

@@ -69,7 +69,7 @@ VIDEO_METRICS = (("Dice", "Dice@0.5", True), ("TC", "TC", True))
 
 
 def collect_videos(experiment: Experiment, out_root: str | os.PathLike) -> dict:
-    """``{(arm, seed): {video: {metric: value}}}`` from the evaluated runs' per-video scores."""
+    """``{(arm, (seed, fold)): {video: {metric: value}}}`` from the evaluated runs' per-video scores."""
     from dtc.experiments.runner import EVALUATION_FILE
 
     out = {}
@@ -78,7 +78,7 @@ def collect_videos(experiment: Experiment, out_root: str | os.PathLike) -> dict:
         if path.is_file():
             per_video = json.loads(path.read_text()).get("per_video")
             if per_video:
-                out[(run.arm, run.seed)] = per_video
+                out[(run.arm, (run.seed, run.fold))] = per_video
     return out
 
 
@@ -95,7 +95,7 @@ def paired_over_videos(videos: dict, baseline: str, arms: list[str], labels: Opt
             continue
         for key, name, _ in VIDEO_METRICS:
             diffs = []
-            for (a, seed), per_video in sorted(videos.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            for (a, seed), per_video in sorted(videos.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
                 base = videos.get((baseline, seed))
                 if a != arm or base is None:
                     continue
@@ -162,7 +162,7 @@ def collect_runs(experiment: Experiment, out_root: str | os.PathLike) -> list[di
             scores = record["scores"]
         except (json.JSONDecodeError, KeyError) as exc:
             raise ValueError(f"{path} is not an evaluation record of dtc experiment ({exc})") from exc
-        rows.append({"run_id": run.run_id, "seed": run.seed, "arm": run.arm, "label": run.label,
+        rows.append({"run_id": run.run_id, "seed": run.seed, "fold": run.fold, "arm": run.arm, "label": run.label,
                      "device": record.get("device", "?"),
                      **{key: float(scores.get(key, math.nan)) for key, *_ in METRICS}})
     return rows
@@ -209,12 +209,13 @@ def paired_comparison(rows: list[dict], baseline: str, arms: list[str], labels: 
     unknown = [m for m in metrics if m not in direction]
     if unknown:
         raise ValueError(f"metrics {unknown} are not experiment metrics; known: {list(direction)}")
-    base = {r["seed"]: r for r in rows if r["arm"] == baseline}
+    # Paired by seed (and fold under cross-validation: the same teacher and test patients).
+    base = {(r["seed"], r.get("fold")): r for r in rows if r["arm"] == baseline}
     out = []
     for arm in arms:
         if arm == baseline:
             continue
-        mine = {r["seed"]: r for r in rows if r["arm"] == arm}
+        mine = {(r["seed"], r.get("fold")): r for r in rows if r["arm"] == arm}
         seeds = sorted(set(mine) & set(base))
         if not seeds:
             continue

@@ -260,5 +260,12 @@ def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs",
         from dtc.experiments.results import write_results
 
         summary["table"] = write_results(experiment, out_root, command=command)
+        if experiment.evaluation.get("ensemble") and summary["table"] is not None:
+            from dtc.experiments.ensemble import evaluate_ensemble
+
+            device = experiment.plan(out_root)[0].train_config().run.device
+            ensemble = evaluate_ensemble(experiment, out_root, device=device)
+            if ensemble is not None:
+                summary["table"].update(ensemble)
     summary["minutes"] = (time.perf_counter() - t0) / 60
     return summary

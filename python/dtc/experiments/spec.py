@@ -22,6 +22,13 @@ sections (preset ``base`` < preset ``teacher``/``student``) < command-line ``key
 Convention:
     Runs live under ``<out>/<name>/<preset>/seed<k>/<arm>/`` (the teacher under ``.../seed<k>/teacher/``);
     a run id is ``seed<k>/<arm>``. Students start from (and distil) their seed's ``teacher/best.pt``.
+
+    ``folds: k`` (top level or in a preset) runs patient-level k-fold cross-validation: every seed and
+    arm (teacher included) is trained once per fold under ``seed<s>/fold<f>/<arm>`` with
+    ``data.folds=k, data.fold=f``, so a fold's test patients are never seen in its training or model
+    selection. With folds, ``seed_keys`` defaults to ``[run.seed]``: the data (and so each fold's test
+    patients) stay the same across seeds, which the ensemble over seeds needs (``evaluation.ensemble``,
+    on by default with folds; ``evaluation.flip_tta`` adds the horizontal-flip average).
 """
 from __future__ import annotations
 
@@ -36,12 +43,12 @@ import yaml
 __all__ = ["Experiment", "RunSpec", "load_experiment", "ExperimentError", "TEACHER"]
 
 TEACHER = "teacher"
-_TOP_KEYS = {"name", "description", "seeds", "seed_keys", "base", "teacher", "student", "grid", "evaluation",
+_TOP_KEYS = {"name", "description", "seeds", "folds", "seed_keys", "base", "teacher", "student", "grid", "evaluation",
              "presets"}
-_PRESET_KEYS = {"description", "seeds", "arms", "base", "teacher", "student", "evaluation"}
-_EVAL_KEYS = {"batch_size", "split", "baseline"}
+_PRESET_KEYS = {"description", "seeds", "folds", "arms", "base", "teacher", "student", "evaluation"}
+_EVAL_KEYS = {"batch_size", "split", "baseline", "ensemble", "flip_tta"}
 # Keys the experiment sets itself; an arm or preset that set them would break the plan's layout.
-_RESERVED = {"stage", "run.out_dir", "teacher_checkpoint"}
+_RESERVED = {"stage", "run.out_dir", "teacher_checkpoint", "data.folds", "data.fold"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 
@@ -70,6 +77,7 @@ class RunSpec:
     out_dir: Path
     config: dict                # nested TrainConfig dict, run.out_dir and stage included
     depends_on: Optional[str] = None  # the run id of the seed's teacher (students only)
+    fold: Optional[int] = None  # with ``folds``: the cross-validation fold whose patients are the test split
 
     @property
     def epochs(self) -> int:
@@ -98,6 +106,7 @@ class Experiment:
     evaluation: dict
     overrides: list = field(default_factory=list)
     description: str = ""
+    folds: Optional[int] = None  # patient-level k-fold cross-validation
 
     def folder(self, out_root: str | os.PathLike) -> Path:
         """``<out_root>/<name>/<preset>``: where this experiment's runs and table live."""
@@ -110,25 +119,29 @@ class Experiment:
         root = self.folder(out_root)
         teachers, students = [], []
         for seed in self.seeds:
-            seed_cfg = apply_overrides({}, [f"{key}={seed}" for key in self.seed_keys])
-            seed_dir = root / f"seed{seed}"
+            for fold in (range(self.folds) if self.folds else [None]):
+                layout = {} if fold is None else {"data": {"folds": self.folds, "fold": fold}}
+                seed_cfg = _merge(apply_overrides({}, [f"{key}={seed}" for key in self.seed_keys]), layout)
+                unit = f"seed{seed}" if fold is None else f"seed{seed}/fold{fold}"
+                seed_dir = root / unit
 
-            def resolve(*layers: dict) -> dict:
-                cfg: dict = {}
-                for layer in (*layers, seed_cfg):
-                    cfg = _merge(cfg, layer)
-                return apply_overrides(cfg, self.overrides)
+                def resolve(*layers: dict, seed_cfg=seed_cfg) -> dict:
+                    cfg: dict = {}
+                    for layer in (*layers, seed_cfg):
+                        cfg = _merge(cfg, layer)
+                    return apply_overrides(cfg, self.overrides)
 
-            teacher_dir = seed_dir / TEACHER
-            cfg = resolve(self.base, self.teacher, {"stage": "teacher", "run": {"out_dir": str(teacher_dir)}})
-            teachers.append(RunSpec(f"seed{seed}/{TEACHER}", seed, TEACHER, "teacher (stage 1)", teacher_dir, cfg))
-            for arm, (label, arm_overrides) in self.arms.items():
-                out_dir = seed_dir / arm
-                cfg = resolve(self.base, self.student, arm_overrides,
-                              {"stage": "student", "run": {"out_dir": str(out_dir)},
-                               "teacher_checkpoint": str(teacher_dir / "best.pt")})
-                students.append(RunSpec(f"seed{seed}/{arm}", seed, arm, label, out_dir, cfg,
-                                        depends_on=f"seed{seed}/{TEACHER}"))
+                teacher_dir = seed_dir / TEACHER
+                cfg = resolve(self.base, self.teacher, {"stage": "teacher", "run": {"out_dir": str(teacher_dir)}})
+                teachers.append(RunSpec(f"{unit}/{TEACHER}", seed, TEACHER, "teacher (stage 1)", teacher_dir, cfg,
+                                        fold=fold))
+                for arm, (label, arm_overrides) in self.arms.items():
+                    out_dir = seed_dir / arm
+                    cfg = resolve(self.base, self.student, arm_overrides,
+                                  {"stage": "student", "run": {"out_dir": str(out_dir)},
+                                   "teacher_checkpoint": str(teacher_dir / "best.pt")})
+                    students.append(RunSpec(f"{unit}/{arm}", seed, arm, label, out_dir, cfg,
+                                            depends_on=f"{unit}/{TEACHER}", fold=fold))
         return teachers + students
 
     def validate(self, out_root: str | os.PathLike = "runs") -> None:
@@ -236,9 +249,7 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
     for key, section in sections.items():
         _check_reserved(section, f"{path}: {key}")
     seeds = _seeds(doc.get("seeds", [0]), f"{path}: seeds")
-    seed_keys = doc.get("seed_keys", ["run.seed", "data.seed"])
-    if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k for k in seed_keys):
-        raise ExperimentError(f"{path}: seed_keys must be a list of config keys, got {seed_keys!r}")
+    folds = doc.get("folds")
     evaluation = dict(doc.get("evaluation") or {})
     presets = doc.get("presets") or {}
     if not isinstance(presets, dict):
@@ -263,6 +274,7 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
             sections[key] = _merge(sections[key], section)
         if "seeds" in p:
             seeds = _seeds(p["seeds"], f"{path}: presets.{preset}.seeds")
+        folds = p.get("folds", folds)
         if "arms" in p:
             chosen = p["arms"]
             if not isinstance(chosen, list) or not chosen or any(a not in arms for a in chosen):
@@ -271,6 +283,20 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
             arms = {a: arms[a] for a in chosen}
         evaluation.update(p.get("evaluation") or {})
         description = p.get("description", description)
+    if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ExperimentError(f"{path}: folds must be an integer >= 2 (patient-level k-fold), got {folds!r}")
+    seed_keys = doc.get("seed_keys", ["run.seed"] if folds else ["run.seed", "data.seed"])
+    if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k for k in seed_keys):
+        raise ExperimentError(f"{path}: seed_keys must be a list of config keys, got {seed_keys!r}")
+    for key in ("ensemble", "flip_tta"):
+        value = evaluation.setdefault(key, bool(folds) if key == "ensemble" else False)
+        if not isinstance(value, bool):
+            raise ExperimentError(f"{path}: evaluation.{key} must be true or false, got {value!r}")
+    if evaluation["ensemble"] and not folds:
+        raise ExperimentError(f"{path}: evaluation.ensemble needs folds (the ensemble is per fold, over seeds)")
+    if evaluation["ensemble"] and "data.seed" in seed_keys:
+        raise ExperimentError(f"{path}: evaluation.ensemble averages seeds on the same test patients, so data.seed "
+                              "must not vary with the seed: drop it from seed_keys")
     unknown = sorted(set(evaluation) - _EVAL_KEYS)
     if unknown:
         raise ExperimentError(f"{path}: evaluation: unknown key(s) {unknown}; known: {sorted(_EVAL_KEYS)}")
@@ -291,4 +317,4 @@ def load_experiment(path: str | os.PathLike, preset: Optional[str] = None,
         raise ExperimentError(f"overrides {bad} set keys the experiment sets per run ({sorted(_RESERVED)})")
     return Experiment(name=name, path=path, preset=preset, seeds=seeds, seed_keys=list(seed_keys),
                       base=sections["base"], teacher=sections["teacher"], student=sections["student"], arms=arms,
-                      evaluation=evaluation, overrides=overrides, description=str(description).strip())
+                      evaluation=evaluation, overrides=overrides, description=str(description).strip(), folds=folds)
