@@ -182,7 +182,7 @@ def test_interrupted_experiment_redoes_only_what_is_missing_and_a_finished_one_d
     after = _snapshot(folder)
     changed = sorted(k for k in after if before.get(k) != after[k])
     assert all(k.startswith("seed1/full/") or k in ("results.csv", "results.md", "runs.csv", "paired.csv",
-                                                     "ablation.png")
+                                                     "paired_videos.csv", "results.tex", "ablation.png")
                for k in changed), changed
     from dtc.engine import load_run_checkpoint
 
