@@ -80,6 +80,8 @@ class DTCObjective(nn.Module):
             t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t
             for t in (student_logits, local, global_, teacher_logits, pseudo_labels, images, flows, flows_backward))
         LF._check_window("student_logits", student_logits, channels=1, temporal=False)
+        if check:
+            _check_finite_and_range(images, flows, flows_backward)
         zero = student_logits.new_zeros(())
         terms = {name: zero for name in LOGGED}
         total = zero
@@ -128,3 +130,18 @@ class DTCObjective(nn.Module):
             terms["loc"], terms["glob"] = parts["loc"], parts["glob"]
             total = total + w * terms["proto"]
         return total, {name: value.detach() for name, value in terms.items()}
+
+
+def _check_finite_and_range(images, flows, flows_backward) -> None:
+    """The con term treats a NaN flow as "no pair" and 0..255 images as saturated colour distances, so
+    both would give a finite, gradient-free loss without a word; refuse them while ``check_inputs`` is on."""
+    for name, flow in (("flows", flows), ("flows_backward", flows_backward)):
+        if isinstance(flow, torch.Tensor) and not bool(torch.isfinite(flow).all()):
+            raise ValueError(f"DTCObjective: {name} holds NaN or infinite values; check the flow provider's output")
+    if isinstance(images, torch.Tensor) and images.numel():
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("DTCObjective: images hold NaN or infinite values")
+        low, high = float(images.min()), float(images.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(f"DTCObjective: images must be in [0, 1] (divide 8-bit frames by 255), got values in "
+                             f"[{low:g}, {high:g}]")
