@@ -157,9 +157,9 @@ class TrainConfig:
         for key in ("num_videos", "frames", "height", "width", "T", "stride", "frame_gap", "batch_size"):
             if getattr(d, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
-        if d.folds is not None and (d.folds < 2 or not 0 <= d.fold < d.folds):
-            raise ConfigError(f"data.folds must be >= 2 and data.fold in [0, data.folds), got folds={d.folds}, "
-                              f"fold={d.fold}")
+        if d.fold < 0 or (d.folds is None and d.fold != 0) or (d.folds is not None and (d.folds < 2 or d.fold >= d.folds)):
+            raise ConfigError(f"data.folds must be null or >= 2, and data.fold in [0, data.folds) (0 without folds), "
+                              f"got folds={d.folds}, fold={d.fold}")
         if d.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {d.num_workers}")
         if self.stage == "student" and d.T < 2:
