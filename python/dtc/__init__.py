@@ -6,8 +6,29 @@ parts (data simulation, metrics references, configs) import without a built exte
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
 
 __version__ = "0.1.0"
+
+
+class _OpenCVHint(importlib.abc.MetaPathFinder):
+    """Last finder on ``sys.meta_path``: reached only when no OpenCV Python package is installed.
+
+    dtc does not depend on one (a user's opencv-python and dtc's opencv-python-headless would overwrite
+    each other's cv2), so the missing module gets an error that says how to add one.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "cv2":
+            raise ModuleNotFoundError(
+                "dtc needs OpenCV's Python module cv2, and none is installed: install one of opencv-python, "
+                "opencv-contrib-python or opencv-python-headless, e.g. `pip install 'dtc[opencv]'`", name="cv2")
+        return None
+
+
+if not any(isinstance(finder, _OpenCVHint) for finder in sys.meta_path):
+    sys.meta_path.append(_OpenCVHint())
 
 _LAZY_SUBMODULES = {
     "ops", "nn", "losses", "models", "data", "metrics", "flow", "engine", "experiments", "bench", "cli", "io", "deploy",

@@ -27,7 +27,7 @@ from dtc.io import atomic_write_bytes, atomic_write_npy, atomic_write_png
 def write_synth_dataset(out: str | os.PathLike, num_videos: int, config, seed: int = 0,
                         split_fractions=(0.7, 0.15, 0.15), write_flows: bool = True, progress: bool = True) -> dict:
     """Simulate `num_videos` videos with `config` and write them under `out`. Returns a summary."""
-    from tqdm import tqdm
+    from dtc.progress import progress_bar
 
     from dtc.data.synth import simulate_video
 
@@ -38,7 +38,7 @@ def write_synth_dataset(out: str | os.PathLike, num_videos: int, config, seed: i
     assign = patient_split(sorted({v["patient_id"] for v in table}), seed, split_fractions)
     rows = []
     spacing = config.spacing[0]
-    for v in tqdm(table, desc="simulating videos", unit="video", disable=not progress):
+    for v in progress_bar(table, desc="simulating videos", unit="video", enabled=progress):
         video = simulate_video(config, v["seed"], v["view"])
         view = v["view"][:3]
         for t in range(config.frames):

@@ -68,9 +68,9 @@ def predict_videos(model, dataset, *, device, batch_size: int = 8, amp_dtype: Op
         indices = [i for i, v in zip(indices, video_of) if v % world_size == rank]
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate_windows)
     if progress:
-        from tqdm.auto import tqdm
+        from dtc.progress import progress_bar
 
-        loader = tqdm(loader, desc="predict", leave=False)
+        loader = progress_bar(loader, desc="predict", leave=False)
     was_training = model.training
     model.eval()
     videos: dict[str, dict] = {}

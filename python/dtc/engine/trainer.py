@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 import random
@@ -85,6 +86,19 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+_log = logging.getLogger(__name__)
+_TENSORBOARD_NOTICE_GIVEN = False
+
+
+def _notice_tensorboard_missing() -> None:
+    """Say once per process that TensorBoard logs are off, instead of silently writing none."""
+    global _TENSORBOARD_NOTICE_GIVEN
+    if not _TENSORBOARD_NOTICE_GIVEN:
+        _TENSORBOARD_NOTICE_GIVEN = True
+        _log.warning("tensorboard is not installed, so runs write no TensorBoard logs (metrics.csv has "
+                     "every epoch); install it with `pip install tensorboard` or the dtc[tensorboard] extra")
 
 
 class Trainer:
@@ -375,9 +389,9 @@ class Trainer:
         progress = None
         iterator = self.loader
         if cfg.run.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
+            from dtc.progress import progress_bar
 
-            progress = tqdm(self.loader, desc=f"{cfg.stage} epoch {epoch}/{cfg.optim.epochs}", leave=False)
+            progress = progress_bar(self.loader, desc=f"{cfg.stage} epoch {epoch}/{cfg.optim.epochs}", leave=False)
             iterator = progress
         n_batches = len(self.loader)
         self.optimizer.zero_grad(set_to_none=True)
@@ -486,7 +500,8 @@ class Trainer:
     def _open_tensorboard(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional; the CSV log always exists
+        except ImportError:  # tensorboard is optional (dtc[tensorboard]); the CSV log always exists
+            _notice_tensorboard_missing()
             return
         self._tb = SummaryWriter(str(self.out / "tensorboard"))
 

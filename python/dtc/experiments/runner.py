@@ -158,13 +158,13 @@ def _run_parallel(experiment: Experiment, todo: list[RunSpec], out_root: Path, j
     """One child process per run, at most ``jobs`` at a time; teachers first (students need them). With
     CUDA each worker slot owns one GPU (``CUDA_VISIBLE_DEVICES``); on the CPU the cores are divided."""
     import torch
-    from tqdm.auto import tqdm
+    from dtc.progress import progress_bar
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     threads = max(1, (os.cpu_count() or 1) // jobs)
     status: dict[str, str] = {}
     failed: dict[str, Path] = {}
-    bar = tqdm(total=len(todo), desc=f"{experiment.name} runs", unit="run", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"{experiment.name} runs", unit="run", enabled=progress)
     for phase in ([r for r in todo if r.arm == TEACHER], [r for r in todo if r.arm != TEACHER]):
         queue = list(phase)
         running: dict[int, tuple[subprocess.Popen, RunSpec, Path]] = {}
@@ -250,9 +250,9 @@ def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs",
     else:
         print(f"[{experiment.name}] all {len(chosen)} runs finished in {experiment.folder(out_root)}", flush=True)
     if jobs == 1 or len(todo) <= 1:
-        from tqdm.auto import tqdm
+        from dtc.progress import progress_bar
 
-        for run in tqdm(todo, desc=f"{experiment.name} runs", unit="run", disable=not progress or len(todo) < 2):
+        for run in progress_bar(todo, desc=f"{experiment.name} runs", unit="run", enabled=progress and len(todo) >= 2):
             summary["runs"][run.run_id] = execute_run(run, experiment, on_step=on_step)
     else:
         summary["runs"].update(_run_parallel(experiment, todo, out_root, jobs, progress))

@@ -82,7 +82,7 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
     When ``out_dir`` is given, writes per_frame.csv, per_video.{csv,md}, overall.{csv,md} and plots
     (metrics_over_time.png, distribution.png), each file atomically.
     """
-    from tqdm import tqdm
+    from dtc.progress import progress_bar
 
     sun = SUNSegMetric(preset=preset, normalize=normalize, drop_ends=drop_ends, backend=backend,
                        case_decimals=case_decimals)
@@ -90,7 +90,7 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
     tmp = TemporalMetric(preset=preset, threshold=threshold, warp=warp)
     result = EvaluationResult()
     n = 0
-    for item in tqdm(pred_iter, total=total, desc="evaluate", unit="frame", disable=not progress):
+    for item in progress_bar(pred_iter, total=total, desc="evaluate", unit="frame", enabled=progress):
         if not isinstance(item, (tuple, list)) or len(item) not in (4, 5, 6):
             raise ValueError("pred_iter must yield (video_id, frame_index, prob, gt), (..., flow) or (..., flow, "
                              f"event) tuples, got {type(item).__name__} of length "

@@ -207,14 +207,14 @@ def evaluate_folders(pred_root, gt_root, drop_ends: bool = True, backend: str = 
 
     ``case_decimals=3`` reproduces the a718e53 toolbox's per-case rounding (see the module docstring).
     """
-    from tqdm import tqdm
+    from dtc.progress import progress_bar
 
     from dtc.metrics.functional import sunseg_frame
 
     cases = discover_pairs(pred_root, gt_root)
     records: dict[str, list[dict]] = {}
     total = sum(len(v) for v in cases.values())
-    with tqdm(total=total, desc="sunseg", disable=not progress, unit="frame") as bar:
+    with progress_bar(total=total, desc="sunseg", enabled=progress, unit="frame") as bar:
         for case, pairs in cases.items():
             recs = []
             for i, (_, pred_file, gt_file) in enumerate(pairs):
