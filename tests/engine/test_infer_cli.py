@@ -49,8 +49,11 @@ def test_infer_on_a_frame_folder_writes_masks_probs_overlay_and_nifti(teacher_ck
     import nibabel as nib
 
     vol = nib.load(str(out / "masks.nii.gz"))
-    assert vol.shape == (60, 90, 5)
-    assert vol.header.get_zooms()[:2] == pytest.approx((0.2, 0.3))
+    # i along columns, j along rows (ITK's layout of 2-D images), the input's spacing on each
+    assert vol.shape == (90, 60, 5)
+    assert vol.header.get_zooms()[:2] == pytest.approx((0.3, 0.2))
+    first = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED) > 0
+    assert np.array_equal(np.asarray(vol.dataobj)[:, :, 0].T > 0, first)
 
 
 def test_infer_reports_missing_and_corrupt_inputs(teacher_ckpt, tmp_path, capsys):
@@ -110,3 +113,24 @@ def test_stage2_step_benchmark_reports_every_part(capsys):
     for part in ("| flow |", "| teacher + pseudo-labels |", "| student forward |", "| losses |",
                  "| backward + optimiser |", "| **step** |"):
         assert part in out, part
+
+
+def test_nifti_output_affine_orients_like_itk(tmp_path):
+    """Voxel (column c, row r, frame t) lies at (-c·col_mm, -r·row_mm, t) in RAS: ITK's identity direction
+    (LPS), so Slicer and ITK-SNAP show the frame upright with the input's pixel size."""
+    import nibabel as nib
+
+    from dtc.engine.infer import _write_nifti
+
+    masks = np.zeros((6, 9, 2), np.uint8)
+    masks[1, 7, 0] = 1  # row 1, column 7: an asymmetric marker
+    _write_nifti(tmp_path / "m.nii.gz", masks, (0.5, 0.25))
+    vol = nib.load(str(tmp_path / "m.nii.gz"))
+    assert nib.aff2axcodes(vol.affine) == ("L", "P", "S")
+    assert vol.header.get_zooms() == pytest.approx((0.25, 0.5, 1.0))
+    i, j, k = np.argwhere(np.asarray(vol.dataobj) > 0)[0]
+    assert (i, j, k) == (7, 1, 0)
+    assert nib.affines.apply_affine(vol.affine, (i, j, k)) == pytest.approx((-7 * 0.25, -1 * 0.5, 0.0))
+    assert int(vol.header["qform_code"]) == 1 and int(vol.header["sform_code"]) == 1
+    with pytest.raises(ValueError, match="spacing"):
+        _write_nifti(tmp_path / "bad.nii.gz", masks, (0.0, 1.0))

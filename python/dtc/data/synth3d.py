@@ -476,7 +476,7 @@ def write_synth3d_dataset(out: str | os.PathLike, num_volumes: int, config: Synt
     """Simulate `num_volumes` volumes and write images/{id}.nii.gz, labels/{id}.nii.gz and meta.json."""
     import json
 
-    from tqdm import tqdm
+    from dtc.progress import progress_bar
 
     from dtc.io import atomic_write_bytes
 
@@ -486,7 +486,7 @@ def write_synth3d_dataset(out: str | os.PathLike, num_volumes: int, config: Synt
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     volumes = []
-    for i in tqdm(range(num_volumes), desc="simulating volumes", unit="volume", disable=not progress):
+    for i in progress_bar(range(num_volumes), desc="simulating volumes", unit="volume", enabled=progress):
         vseed = seed * 100003 + i
         vol = simulate_volume(config, vseed)
         vid = f"vol{i:03d}"

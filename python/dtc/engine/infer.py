@@ -127,14 +127,24 @@ def _native_size(rec) -> tuple[int, int]:
 
 
 def _write_nifti(path: Path, volume: np.ndarray, spacing) -> None:
+    """Masks ``(H, W, T)`` as a NIfTI cine that opens upright in 3D Slicer and ITK-SNAP.
+
+    Stored the way ITK stores a stack of 2-D images: voxel axis i runs along image columns, j down the
+    rows, k over frames, with the direction of ITK's identity (LPS) written in NIfTI's RAS terms, so
+    the affine is ``diag(-col_mm, -row_mm, 1)``. ``spacing`` is the input's (row_mm, col_mm).
+    """
     try:
         import nibabel as nib
     except ImportError as exc:
-        raise ImportError("--nifti needs nibabel: pip install nibabel") from exc
-    row, col = spacing if spacing is not None else (1.0, 1.0)
-    affine = np.diag([float(row), float(col), 1.0, 1.0])
-    img = nib.Nifti1Image(volume.astype(np.uint8), affine)
-    img.header.set_zooms((float(row), float(col), 1.0))
+        raise ImportError("--nifti needs nibabel: pip install nibabel (or the dtc[nifti] extra)") from exc
+    row, col = (float(s) for s in spacing) if spacing is not None else (1.0, 1.0)
+    if not (row > 0 and col > 0):
+        raise ValueError(f"spacing must be two positive sizes (row_mm, col_mm), got {spacing!r}")
+    affine = np.diag([-col, -row, 1.0, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(volume.astype(np.uint8).transpose(1, 0, 2)), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
     atomic_write_bytes(path, img.to_bytes() if not str(path).endswith(".gz") else _gzip(img.to_bytes()))
 
 

@@ -31,6 +31,7 @@ from dtc.engine.checkpoint import FORMAT, VERSION, check_architecture, load_run_
 from dtc.io import atomic_write_text
 from dtc.engine.config import ConfigError, TrainConfig
 from dtc.engine.data import build_dataset
+from dtc.engine.record import write_run_record
 from dtc.engine.distributed import DistContext
 from dtc.engine.inference import collate_windows, normalise_images, predict_videos, resolve_device, video_scores
 
@@ -344,6 +345,7 @@ class Trainer:
         if is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_run_record(self.out)
             self._open_tensorboard()
         stop = False
         while self.epoch < cfg.optim.epochs and not stop:
