@@ -31,6 +31,8 @@ def write_synth_dataset(out: str | os.PathLike, num_videos: int, config, seed: i
 
     from dtc.data.synth import simulate_video
 
+    if isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos < 1:
+        raise ValueError(f"num_videos (dtc data synth --videos) must be an integer >= 1, got {num_videos!r}")
     out = Path(out)
     for sub in ("images", "masks") + (("flows",) if write_flows else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)

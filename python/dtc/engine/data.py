@@ -27,10 +27,15 @@ def build_dataset(cfg: TrainConfig, split: str, *, T: int | None = None, stride:
     if d.source == "synthetic":
         from dtc.data import SyntheticTRUSDataset
 
-        return SyntheticTRUSDataset(num_videos=d.num_videos, frames=d.frames, size=(d.height, d.width), T=T,
-                                    seed=d.seed, split=split, stride=stride, frame_gap=d.frame_gap if T > 1 else 1,
-                                    augment=augment, config=cfg.synth_config(split),
-                                    folds=(d.folds, d.fold) if d.folds else None)
+        dataset = SyntheticTRUSDataset(num_videos=d.num_videos, frames=d.frames, size=(d.height, d.width), T=T,
+                                       seed=d.seed, split=split, stride=stride, frame_gap=d.frame_gap if T > 1 else 1,
+                                       augment=augment, config=cfg.synth_config(split),
+                                       folds=(d.folds, d.fold) if d.folds else None)
+        if not dataset.videos:
+            # An empty validation split would make val_dice NaN every epoch and never write best.pt.
+            raise ConfigError(f"data.num_videos={d.num_videos} leaves no synthetic video for the {split!r} split "
+                              "(videos are split by patient into train/val/test); use data.num_videos >= 5")
+        return dataset
     from dtc.data import VideoSegmentationDataset, index, patient_folds, patient_split
 
     records = index.read_source(d.source, d.root, masks=d.masks, spacing_csv=d.spacing_csv)

@@ -83,9 +83,10 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
     print(f"loaded {checkpoint}: {ckpt['stage']} network {ckpt['model']['name']} {ckpt['model']['kwargs']}, "
           f"epoch {ckpt['epoch']}, best validation Dice {ckpt['best']:.4f}, input size {size[0]}x{size[1]}")
     records = _records_for(input_path)
+    out = Path(out) if out is not None else input_path.with_name(input_path.stem + "_dtc")
+    _prepare_output_folder(out)  # before predicting: a refused or unwritable folder fails at once
     dataset = VideoSegmentationDataset(records, T=1, size=size)
     videos = predict_videos(model, dataset, device=device, batch_size=batch_size, progress=True)
-    out = Path(out) if out is not None else input_path.with_name(input_path.stem + "_dtc")
     total = 0
     for rec in dataset.videos:
         v = videos[rec.video_id]
@@ -108,6 +109,24 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
             _write_nifti(vdir / "masks.nii.gz", np.stack(masks, axis=-1), spacing or rec.spacing)
         total += len(v["frame"])
     return {"frames": total, "videos": len(dataset.videos), "out": str(out)}
+
+
+def _prepare_output_folder(out: Path) -> None:
+    """Refuse a folder holding an earlier run's outputs (its extra masks would sit beside the new ones)
+    and prove the folder writable before any frame is predicted."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} already holds files (an earlier dtc infer?): choose a new folder or remove "
+                         "it; dtc infer does not mix two runs' masks")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
 
 
 def _native_size(rec) -> tuple[int, int]:

@@ -86,6 +86,10 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
 
     sun = SUNSegMetric(preset=preset, normalize=normalize, drop_ends=drop_ends, backend=backend,
                        case_decimals=case_decimals)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        # A threshold of 2 (or nan) binarises every prediction to empty without a word.
+        raise ValueError(f"threshold (dtc evaluate --threshold) must be a probability strictly between 0 and 1, "
+                         f"got {threshold!r}")
     binm = BinaryMetric(preset=preset, threshold=threshold, spacing=spacing)
     tmp = TemporalMetric(preset=preset, threshold=threshold, warp=warp)
     result = EvaluationResult()
@@ -220,7 +224,7 @@ def iter_prediction_folders(pred_root, gt_root) -> tuple[int, Iterable]:
     """(number of frames, iterator of (video, frame_index, prob, gt)) for SUN-SEG style PNG trees.
 
     Predictions are 8-bit probability PNGs (0..255 -> 0..1), resized bilinearly to their mask when the
-    sizes differ (as the SUN-SEG toolbox does); masks are binarised at > 128.
+    sizes differ (as the SUN-SEG toolbox does); masks are binarised at > 128, or > 0 when stored as 0/1.
     """
     cases = sunseg_mod.discover_pairs(pred_root, gt_root)
     total = sum(len(v) for v in cases.values())

@@ -62,7 +62,8 @@ def prepare_frame(pred, gt, normalize: str | None = "minmax", name: str = "pred"
     """Toolbox preparation of one frame.
 
     ``pred``: uint8 (0..255) or float in [0, 1]; resized to ``gt`` when sizes differ. ``gt``: 8-bit mask
-    (binarised ``> 128``, which also accepts the grey-level masks of some datasets) or bool/{0,1}.
+    (binarised ``> 128``, which also accepts the grey-level masks of some datasets; an 8-bit mask whose
+    largest value is 1 is read as 0/1), or bool/{0,1}.
     Returns float64 ``pred`` in [0, 1] and bool ``gt``.
     """
     from dtc.metrics._checks import as_array, check_prob_map
@@ -72,6 +73,10 @@ def prepare_frame(pred, gt, normalize: str | None = "minmax", name: str = "pred"
         raise ValueError(f"gt must be a non-empty (H, W) mask, got shape {tuple(gt_arr.shape)}")
     if gt_arr.dtype == bool:
         g = gt_arr
+    elif gt_arr.dtype == np.uint8 and gt_arr.max() == 1:
+        # A 0/1 mask stored as 8-bit PNG: "> 128" would make it empty and score a perfect prediction
+        # as Dice 0 (no 0/255 or grey-level mask has 1 as its largest value).
+        g = gt_arr > 0
     elif gt_arr.dtype == np.uint8 or gt_arr.max() > 1:
         g = gt_arr > 128
     else:
