@@ -61,3 +61,29 @@ def test_event_frames_are_shaded_one_band_per_run():
         spans = [p.get_x() for p in ax.patches]
         assert spans == [0.5, 4.5, 7.5]
         assert [p.get_width() for p in ax.patches] == [2.0, 1.0, 2.0]
+
+
+def test_seed_summary_is_mean_std_and_paired_by_seed(tmp_path):
+    import pytest
+
+    from dtc.engine.demo import run_demo, summarise_seeds, write_seed_report
+
+    def report(base, dtc):
+        return {"results": {"teacher": _scores(0.9, 0.99, 5), "baseline": _scores(base, 0.99, 3),
+                            "dtc": {**_scores(dtc, 0.995, 4), "dice_flicker": 0.005}}}
+
+    summary = summarise_seeds({0: report(0.80, 0.82), 1: report(0.85, 0.84), 2: report(0.70, 0.75)})
+    assert summary["seeds"] == [0, 1, 2]
+    assert summary["table"]["dtc"]["Dice"]["mean"] == pytest.approx(np.mean([0.82, 0.84, 0.75]))
+    assert summary["table"]["dtc"]["Dice"]["std"] == pytest.approx(np.std([0.82, 0.84, 0.75], ddof=1))
+    assert summary["paired"]["Dice"] == {"mean_difference": pytest.approx(np.mean([0.02, -0.01, 0.05])),
+                                         "dtc_better_seeds": 2, "seeds": 3}
+    # lower is better for flicker: DTC's 0.005 beats the baseline's 0.01 in every seed
+    assert summary["paired"]["dice_flicker"]["dtc_better_seeds"] == 3
+    summary["minutes"] = 4.0
+    write_seed_report(tmp_path, summary, "small")
+    text = (tmp_path / "report.md").read_text()
+    assert "3 seeds" in text and f"| dtc | {np.mean([0.82, 0.84, 0.75]):.4f} ± " in text
+    assert "+0.0200 (2/3)" in text and "-0.0050 (3/3)" in text
+    with pytest.raises(ValueError, match="seeds must be a positive integer"):
+        run_demo(tmp_path / "x", seeds=0)

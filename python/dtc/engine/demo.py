@@ -26,7 +26,7 @@ from dtc.engine.inference import resolve_device
 from dtc.engine.stages import train_stage
 from dtc.io import atomic_write_text
 
-__all__ = ["DEMO_PRESETS", "run_demo", "score_checkpoint"]
+__all__ = ["DEMO_PRESETS", "run_demo", "score_checkpoint", "summarise_seeds"]
 
 
 @dataclass(frozen=True)
@@ -80,21 +80,91 @@ def fast_settings(device: str) -> list[str]:
     return ["run.channels_last=true"] + (["optim.amp=bf16"] if bf16 else [])
 
 
-def run_demo(out: str | Path = "runs/demo", *, preset: str = "small", seed: int = 0, device: str = "auto",
-             resume: bool = False) -> dict:
-    """Runs the whole demo; returns the summary written to ``out/summary.json``.
+def run_demo(out: str | Path = "runs/demo", *, preset: str = "small", seed: int = 0, seeds: int = 3,
+             device: str = "auto", resume: bool = False) -> dict:
+    """Runs the whole demo for ``seeds`` consecutive seeds from ``seed``; returns the summary written to
+    ``out/summary.json``.
 
-    With ``resume`` finished stages are reused (their ``last.pt`` says they completed) and an
-    interrupted stage continues from its last epoch.
+    With one seed the report is that seed's; with several every seed's run and report go to
+    ``out/seed<k>/`` and ``out/report.md`` holds the mean ± std over seeds and the DTC student's
+    differences from the baseline paired by seed (a seed re-draws the simulated patients, their split
+    and the initialisation). With ``resume`` finished stages are reused (their ``last.pt`` says they
+    completed) and an interrupted stage continues from its last epoch.
     """
-    from dtc.engine import load_config
-
     if preset not in DEMO_PRESETS:
         raise ValueError(f"preset must be one of {sorted(DEMO_PRESETS)}, got {preset!r}")
-    p = DEMO_PRESETS[preset]
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"{out} is not empty; pass --resume to continue that demo or choose another --out")
+    if seeds == 1:
+        return _run_one_seed(out, preset, seed, device)
+    t0 = time.perf_counter()
+    reports = {k: _run_one_seed(out / f"seed{k}", preset, k, device) for k in range(seed, seed + seeds)}
+    summary = summarise_seeds(reports)
+    summary["minutes"] = (time.perf_counter() - t0) / 60
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_seed_report(out, summary, preset)
+    print(f"[demo] {seeds} seeds done in {summary['minutes']:.1f} min; report: {out / 'report.md'}")
+    return summary
+
+
+# Columns of the multi-seed table: (key, header, True when higher is better).
+SEED_COLUMNS = (("Dice", "Dice@0.5", True), ("Dice_event", "Dice event frames", True),
+                ("Dice_calm", "Dice calm frames", True), ("worst_Dice", "worst-frame Dice", True),
+                ("warp_IoU", "warping IoU", True), ("dice_flicker", "Dice flicker", False),
+                ("TC", "TC", True))
+
+
+def summarise_seeds(reports: dict) -> dict:
+    """Mean ± std (sample, ddof=1) over seeds of every model's columns, and the DTC student's difference
+    from the baseline paired by seed: mean difference and the seeds where DTC is better (NaN never wins)."""
+    import numpy as np
+
+    seeds = sorted(reports)
+    table = {}
+    for model in ("teacher", "baseline", "dtc"):
+        table[model] = {}
+        for key, _, _ in SEED_COLUMNS:
+            values = np.array([float(reports[k]["results"][model][key]) for k in seeds])
+            table[model][key] = {"mean": float(values.mean()),
+                                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    paired = {}
+    for key, _, higher in SEED_COLUMNS:
+        diffs = np.array([float(reports[k]["results"]["dtc"][key]) - float(reports[k]["results"]["baseline"][key])
+                          for k in seeds])
+        better = diffs > 0 if higher else diffs < 0
+        paired[key] = {"mean_difference": float(diffs.mean()), "dtc_better_seeds": int(better.sum()),
+                       "seeds": len(seeds)}
+    return {"seeds": seeds, "table": table, "paired": paired,
+            "per_seed": {str(k): reports[k]["results"] for k in seeds}}
+
+
+def write_seed_report(out: Path, summary: dict, preset: str) -> None:
+    n = len(summary["seeds"])
+    lines = [f"# dtc demo report (preset `{preset}`, {n} seeds)", "",
+             f"Seeds {', '.join(map(str, summary['seeds']))} (each re-draws the simulated patients, their split and "
+             f"the initialisation); {summary['minutes']:.1f} minutes end to end. Mean ± std over seeds; "
+             "each seed's report, plots and overlay video are in `seed<k>/`.", "",
+             "| model | " + " | ".join(f"{h} {'↑' if up else '↓'}" for _, h, up in SEED_COLUMNS) + " |",
+             "|---" * (len(SEED_COLUMNS) + 1) + "|"]
+    for model in ("teacher", "baseline", "dtc"):
+        cells = (f"{summary['table'][model][k]['mean']:.4f} ± {summary['table'][model][k]['std']:.4f}"
+                 for k, _, _ in SEED_COLUMNS)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "DTC − baseline, paired by seed (mean difference; seeds where DTC is better):", "",
+              "| " + " | ".join(h for _, h, _ in SEED_COLUMNS) + " |", "|---" * len(SEED_COLUMNS) + "|",
+              "| " + " | ".join(f"{summary['paired'][k]['mean_difference']:+.4f} "
+                                f"({summary['paired'][k]['dtc_better_seeds']}/{n})" for k, _, _ in SEED_COLUMNS)
+              + " |"]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _run_one_seed(out: Path, preset: str, seed: int, device: str) -> dict:
+    from dtc.engine import load_config
+
+    p = DEMO_PRESETS[preset]
     t0 = time.perf_counter()
     base = _base_overrides(p, out, seed, device)
 
