@@ -18,6 +18,11 @@ TORCH_LIBRARY(dtc, m) {
   // solution and info = [iterations, relative residual]. Not differentiable.
   m.def("smooth3d_pcg(Tensor target, Tensor weight, float kappa_z, float kappa_xy, float tol, int max_iter) -> (Tensor, Tensor)");
 
+  // XDim-KD correlation distillation on sampled, L2-normalised point features (docs/xdim.md).
+  m.def("corr_distill_loss(Tensor student, Tensor teacher, Tensor pair, float b0=0.1, float clamp_max=0.8) -> Tensor");
+  m.def("corr_distill_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor pair, float b0, "
+        "float clamp_max) -> Tensor");
+
   // The DTC training signals (docs/method.md §2); see dtc/ops.h for shapes. Auxiliary outputs (mass,
   // stats, maps) carry no gradient.
   m.def("temporal_consistency(Tensor logits, Tensor images, Tensor flows, Tensor? flows_backward, float[] channel_scale, "

@@ -104,3 +104,14 @@ def bce_dice(logits, target, smooth: float = 1e-5):
 def kd_loss(student_logits, teacher_logits, tau: float = 4.0):
     """Fused ``tau^2 mean((sigmoid(z/tau) - sigmoid(z_T/tau))^2)``."""
     return torch.ops.dtc.kd_loss(student_logits, teacher_logits, float(tau))
+
+
+def corr_distill_loss(student_points, teacher_points, pair, b0: float = 0.1, clamp_max: float = 0.8):
+    """Fused correlation distillation on L2-normalised point features (docs/xdim.md).
+
+    student_points [M, n, C_s], teacher_points [M, n, C_t] (channel counts may differ), pair [M] int64:
+    a permutation giving each slice's partner (``arange(M)`` for the self pairs). Returns
+    ``mean_{i,a,b} -clamp(S_i(a).S_j(b), 0, clamp_max) * (Ft_ij(a,b) - b0)`` with the teacher correlation
+    centred per row and re-centred on the mean over all pairs. The teacher gets no gradient.
+    """
+    return torch.ops.dtc.corr_distill_loss(student_points, teacher_points, pair, float(b0), float(clamp_max))

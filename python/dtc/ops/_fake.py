@@ -118,3 +118,15 @@ if hasattr(torch.ops.dtc, "farneback_opencv"):
 def _smooth3d_pcg_fake(target, weight, kappa_z, kappa_xy, tol, max_iter):
     torch._check(target.dim() == 3, lambda: f"smooth3d_pcg: target must be [D, H, W], got {tuple(target.shape)}")
     return torch.empty_like(target, memory_format=torch.contiguous_format), target.new_empty((2,), dtype=torch.float64)
+
+
+@torch.library.register_fake("dtc::corr_distill_loss")
+def _corr_distill_loss_fake(student, teacher, pair, b0=0.1, clamp_max=0.8):
+    torch._check(student.dim() == 3, lambda: f"corr_distill_loss: student must be [M, n, C_s], got {tuple(student.shape)}")
+    torch._check(teacher.dim() == 3, lambda: f"corr_distill_loss: teacher must be [M, n, C_t], got {tuple(teacher.shape)}")
+    return student.new_empty(())
+
+
+@torch.library.register_fake("dtc::corr_distill_loss_backward")
+def _corr_distill_loss_backward_fake(grad_loss, student, teacher, pair, b0, clamp_max):
+    return torch.empty_like(student, memory_format=torch.contiguous_format)

@@ -180,3 +180,13 @@ def prototype_loss(v_prev, v_cur, u_prev, u_cur, fg_weight):
     only = loc if loc is not None else glob
     zero = torch.zeros_like(only)
     return only, (loc if loc is not None else zero), (glob if glob is not None else zero)
+
+
+def corr_distill_loss(student_points: torch.Tensor, teacher_points: torch.Tensor, pair: torch.Tensor,
+                      b0: float = 0.1, clamp_max: float = 0.8) -> torch.Tensor:
+    """Plain-PyTorch twin of ``torch.ops.dtc.corr_distill_loss`` (materialises the [M, n, n] correlations)."""
+    teacher = teacher_points.detach()
+    f = torch.einsum("mac,mbc->mab", teacher, teacher[pair])
+    f = f - f.mean(dim=2, keepdim=True) + f.mean()
+    c = torch.einsum("mac,mbc->mab", student_points, student_points[pair])
+    return -(c.clamp(0, clamp_max) * (f - b0)).mean()
