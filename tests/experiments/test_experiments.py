@@ -384,3 +384,20 @@ def test_flicker_series_and_figures():
         flicker_figure({"a": {"v": video}, "b": {"w": video}})
     with pytest.raises(ValueError, match="table is empty"):
         ablation_figure([])
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_clearly(tmp_path):
+    # Issue 12 item 4: two processes on one folder both trained every run into the same files. A second
+    # run started while the first holds the folder (from its on_step hook) is refused, naming the folder.
+    import fcntl
+
+    exp = load_experiment(TINY, "tiny")
+    folder = exp.folder(tmp_path)
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "w") as holder:
+        holder.write("pid 4242")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=r"in use by another dtc experiment run \(pid 4242\)"):
+            run_experiment(exp, tmp_path, only=["seed0/teacher"], progress=False)
+    assert not any(folder.rglob("last.pt"))

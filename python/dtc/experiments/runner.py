@@ -177,6 +177,8 @@ def _run_parallel(experiment: Experiment, todo: list[RunSpec], out_root: Path, j
                     continue
                 slot = next(s for s in range(jobs) if s not in running)
                 env = dict(os.environ)
+                # The child runs under this process's folder lock (it trains only the run given to it).
+                env[_LOCK_HELD_ENV] = str(experiment.folder(out_root).resolve())
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
                 else:
@@ -203,6 +205,37 @@ def _run_parallel(experiment: Experiment, todo: list[RunSpec], out_root: Path, j
     if failed:
         raise RuntimeError("experiment runs failed: " + ", ".join(f"{rid} (log: {log})" for rid, log in failed.items()))
     return status
+
+
+_LOCK_HELD_ENV = "DTC_EXPERIMENT_FOLDER_LOCKED"
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` (released by the OS if this process dies), or refuse at once."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(_LOCK_HELD_ENV) == str(folder.resolve()):
+        yield
+        return
+    path = folder / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ExperimentError(f"{folder} is in use by another dtc experiment run ({holder}); wait for it to "
+                                  "finish (dtc experiment status shows progress) or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs", *, jobs: int = 1,
@@ -242,30 +275,33 @@ def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs",
         summary["runs"] = {rid: verbs[s] for rid, s in states.items()}
         summary["minutes"] = 0.0
         return summary
-    todo = [r for r in chosen if states[r.run_id] != "finished"]
-    summary["runs"] = {r.run_id: "skipped" for r in chosen if states[r.run_id] == "finished"}
-    if todo:
-        print(f"[{experiment.name}] {len(todo)} of {len(chosen)} runs to do "
-              f"({len(chosen) - len(todo)} finished) in {experiment.folder(out_root)}", flush=True)
-    else:
-        print(f"[{experiment.name}] all {len(chosen)} runs finished in {experiment.folder(out_root)}", flush=True)
-    if jobs == 1 or len(todo) <= 1:
-        from dtc.progress import progress_bar
+    # Two processes on one folder would both train every unfinished run into the same files.
+    with _folder_lock(experiment.folder(out_root)):
+        todo = [r for r in chosen if states[r.run_id] != "finished"]
+        summary["runs"] = {r.run_id: "skipped" for r in chosen if states[r.run_id] == "finished"}
+        if todo:
+            print(f"[{experiment.name}] {len(todo)} of {len(chosen)} runs to do "
+                  f"({len(chosen) - len(todo)} finished) in {experiment.folder(out_root)}", flush=True)
+        else:
+            print(f"[{experiment.name}] all {len(chosen)} runs finished in {experiment.folder(out_root)}", flush=True)
+        if jobs == 1 or len(todo) <= 1:
+            from dtc.progress import progress_bar
 
-        for run in progress_bar(todo, desc=f"{experiment.name} runs", unit="run", enabled=progress and len(todo) >= 2):
-            summary["runs"][run.run_id] = execute_run(run, experiment, on_step=on_step)
-    else:
-        summary["runs"].update(_run_parallel(experiment, todo, out_root, jobs, progress))
-    if write_table:
-        from dtc.experiments.results import write_results
+            for run in progress_bar(todo, desc=f"{experiment.name} runs", unit="run",
+                                    enabled=progress and len(todo) >= 2):
+                summary["runs"][run.run_id] = execute_run(run, experiment, on_step=on_step)
+        else:
+            summary["runs"].update(_run_parallel(experiment, todo, out_root, jobs, progress))
+        if write_table:
+            from dtc.experiments.results import write_results
 
-        summary["table"] = write_results(experiment, out_root, command=command)
-        if experiment.evaluation.get("ensemble") and summary["table"] is not None:
-            from dtc.experiments.ensemble import evaluate_ensemble
+            summary["table"] = write_results(experiment, out_root, command=command)
+            if experiment.evaluation.get("ensemble") and summary["table"] is not None:
+                from dtc.experiments.ensemble import evaluate_ensemble
 
-            device = experiment.plan(out_root)[0].train_config().run.device
-            ensemble = evaluate_ensemble(experiment, out_root, device=device)
-            if ensemble is not None:
-                summary["table"].update(ensemble)
+                device = experiment.plan(out_root)[0].train_config().run.device
+                ensemble = evaluate_ensemble(experiment, out_root, device=device)
+                if ensemble is not None:
+                    summary["table"].update(ensemble)
     summary["minutes"] = (time.perf_counter() - t0) / 60
     return summary
