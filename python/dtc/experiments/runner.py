@@ -224,14 +224,9 @@ def _folder_lock(folder: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ExperimentError(f"{folder} is in use by another dtc experiment run ({holder}); wait for it to "
-                                  "finish (dtc experiment status shows progress) or use another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+            # The lock file is never written, so a finished experiment's second invocation rewrites no file.
+            raise ExperimentError(f"{folder} is in use by another dtc experiment run; wait for it to finish "
+                                  "(dtc experiment status shows progress) or use another --out") from None
         try:
             yield
         finally:
