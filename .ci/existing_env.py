@@ -51,12 +51,12 @@ print(json.dumps({"site": str(metadata.distribution("torch").locate_file("")), "
 '''
 
 _FINGERPRINT = r'''
-import hashlib, json, torch
+import hashlib, json, os, torch
 from importlib import metadata
 dist = metadata.distribution("torch")
-print(json.dumps({"version": torch.__version__, "file": torch.__file__,
-                  "record": hashlib.sha256((dist.read_text("RECORD") or "").encode()).hexdigest(),
-                  "location": str(dist.locate_file(""))}))
+# The fresh venv reaches the project's torch through links: the real path is what must not change.
+print(json.dumps({"version": torch.__version__, "file": os.path.realpath(torch.__file__),
+                  "record": hashlib.sha256((dist.read_text("RECORD") or "").encode()).hexdigest()}))
 '''
 
 
@@ -122,8 +122,9 @@ def main() -> int:
             problems.append(f"torch changed: before {before}, after {after}")
         if torch_files_digest(site) != files_before:
             problems.append(f"files of the torch package in {site} changed")
-        if list(Path(venv_site).glob("torch*")):
-            problems.append(f"pip installed a second torch into the venv: {sorted(Path(venv_site).glob('torch*'))}")
+        second = sorted(p for p in Path(venv_site).glob("torch*") if p.name != "torch-from-project-venv.pth")
+        if second:
+            problems.append(f"pip installed a second torch into the venv: {second}")
         info = json.loads(run([str(venv_py), "-c", "import json, dtc; print(json.dumps(dtc.build_info()))"],
                               cwd=work, env=env))
         if str(info.get("torch_version", before["version"])).split("+")[0] != before["version"].split("+")[0]:

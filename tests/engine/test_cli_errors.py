@@ -66,7 +66,7 @@ def test_infer_on_cuda_without_a_gpu_says_so_in_one_line(tmp_path, capsys):
 def _raise_in_training(monkeypatch, exc):
     import dtc.engine
 
-    def boom(cfg, resume=False):
+    def boom(cfg, resume=False, allow_changes=()):
         raise exc
 
     monkeypatch.setattr(dtc.engine, "train", boom)

@@ -234,3 +234,32 @@ def test_checkpoints_record_the_preprocessing_deployment_needs(tiny_teacher):
     assert pre == Preprocessing(in_channels=3, mean=tuple(IMAGE_MEAN), std=tuple(IMAGE_STD), multiple=16,
                                 train_size=(48, 64), threshold=0.5)
     assert Segmenter.from_checkpoint(tiny_teacher, device="cpu").preprocess == pre
+
+
+def test_resume_with_a_changed_config_is_refused_unless_the_change_is_allowed_and_recorded(tiny_config):
+    # It used to take another data seed, ablation or learning rate silently and rewrite config.yaml to
+    # claim values the finished epochs were not trained with.
+    common = ["stage=teacher", "optim.epochs=1", "optim.scheduler=poly"]
+    cfg = tiny_config(*common, out="run")
+    Trainer(cfg).fit()
+    changed = tiny_config("stage=teacher", "optim.epochs=2", "optim.scheduler=poly", "optim.lr=0.5", "data.seed=3",
+                          "run.progress=false", out="run")
+    with pytest.raises(ConfigError, match=r"cannot resume.*data\.seed: 0 -> 3.*optim\.epochs: 1 -> 2.*optim\.lr"):
+        Trainer(changed, resume=True)
+    with pytest.raises(ConfigError, match=r"data\.seed: 0 -> 3") as info:
+        Trainer(changed, resume=True, allow_changes=["optim"])
+    assert "optim.lr" not in str(info.value), "an allowed section is not listed as refused"
+    assert not os.path.exists(os.path.join(cfg.run.out_dir, "config_changes.json"))
+    # Settings that only say how the run executes may differ; allowed changes are recorded.
+    extended = tiny_config("stage=teacher", "optim.epochs=2", "optim.scheduler=poly", "data.num_workers=0", out="run")
+    trainer = Trainer(extended, resume=True, allow_changes=["optim.epochs"])
+    trainer.fit()
+    log = json.load(open(os.path.join(cfg.run.out_dir, "config_changes.json")))
+    assert log == [{"resumed_after_epoch": 1, "changes": {"optim.epochs": {"was": 1, "now": 2}}}]
+
+
+def test_cli_allow_change_needs_resume(tmp_path, capsys):
+    from dtc.cli.main import main
+
+    code = main(["train-teacher", "--out", str(tmp_path / "r"), "--allow-change", "optim.epochs", "optim.epochs=1"])
+    assert code != 0 and "--allow-change only applies with --resume" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_cli_trains_a_users_unet_through_both_stages_and_an_experiment_arm_with_
     common = [*TINY, *TAPS]
     assert cli(["train-teacher", *common, "optim.epochs=1", "optim.scheduler=poly", f"--out={teacher_dir}"]) == 0
     assert cli(["train-teacher", *common, "optim.epochs=2", "optim.scheduler=poly", f"--out={teacher_dir}",
-                "--resume"]) == 0
+                "--resume", "--allow-change", "optim.epochs"]) == 0
     ckpt = load_run_checkpoint(teacher_dir / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["model"]["name"] == USER_NET
     assert ckpt["model"]["taps"] == {"local": "decoder.1", "global": "bottleneck"}
@@ -142,7 +142,8 @@ def test_cli_trains_a_users_unet_through_both_stages_and_an_experiment_arm_with_
     student = [*common, "optim.epochs=1", "flow.provider=gt", f"--teacher={teacher_dir / 'best.pt'}",
                f"--out={student_dir}"]
     assert cli(["train-student", *student]) == 0
-    assert cli(["train-student", *student[:-4], "optim.epochs=2", *student[-3:], "--resume"]) == 0
+    assert cli(["train-student", *student[:-4], "optim.epochs=2", *student[-3:], "--resume",
+                "--allow-change", "optim.epochs"]) == 0
     history = load_run_checkpoint(student_dir / "last.pt")["history"]
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(row["train_proto"] > 0 for row in history)  # the taps feed the prototype term

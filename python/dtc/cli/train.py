@@ -12,7 +12,11 @@ def register(subparsers) -> None:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
         p.add_argument("--config", help="YAML config file (sections data, model, optim, loss, flow, run)")
         p.add_argument("--out", help="run folder (same as run.out_dir=...)")
-        p.add_argument("--resume", action="store_true", help="continue the run in the run folder from last.pt")
+        p.add_argument("--resume", action="store_true", help="continue the run in the run folder from last.pt "
+                       "(under the settings it was trained with)")
+        p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                       help="with --resume: let KEY (e.g. optim.epochs, or a section such as optim) differ from the "
+                       "run's settings; repeatable; each change is recorded in config_changes.json")
         p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, train nothing")
         if stage == "student":
             p.add_argument("--teacher", help="stage-1 checkpoint (same as teacher_checkpoint=...)")
@@ -33,7 +37,9 @@ def run(args) -> int:
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    summary = train(cfg, resume=args.resume)
+    if args.allow_change and not args.resume:
+        raise ValueError("--allow-change only applies with --resume")
+    summary = train(cfg, resume=args.resume, allow_changes=args.allow_change)
     summary.pop("history")
     print(json.dumps(summary))
     return 0

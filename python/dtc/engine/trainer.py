@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import os
 import random
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -102,11 +103,36 @@ def _notice_tensorboard_missing() -> None:
                      "every epoch); install it with `pip install tensorboard` or the dtc[tensorboard] extra")
 
 
+# Settings that say how a run executes, not what it computes: a resumed run may change them freely.
+RUNTIME_ONLY_KEYS = ("run.out_dir", "run.progress", "run.threads", "data.num_workers", "run.log_every")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> dict:
+    """``{dotted key: (saved value, current value)}`` for every setting that differs, runtime-only keys aside."""
+    a, b = _flat(saved), _flat(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in RUNTIME_ONLY_KEYS}
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` (validated first) and runs :meth:`fit`.
 
-    ``resume=True`` continues the run in ``run.out_dir`` from its ``last.pt``. A run folder that
-    already holds a run is never overwritten without ``resume``.
+    ``resume=True`` continues the run in ``run.out_dir`` from its ``last.pt``, under the configuration it
+    was trained with: a value that differs from the checkpoint's is refused, naming every differing key,
+    unless ``allow_changes`` lists it (a key, or a section such as ``optim``); allowed changes are
+    recorded in the run folder's ``config_changes.json``. Settings that only say how the run executes
+    (:data:`RUNTIME_ONLY_KEYS`) may always differ. A run folder that already holds a run is never
+    overwritten without ``resume``.
     ``on_step(trainer, epoch, step)`` is an optional hook (used by tests to interrupt a run).
 
     ``model``: a network to train instead of building ``cfg.model`` (any ``nn.Module`` of the model
@@ -116,7 +142,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, on_step: Optional[Callable] = None,
-                 model: Optional[torch.nn.Module] = None, teacher: Optional[torch.nn.Module] = None):
+                 model: Optional[torch.nn.Module] = None, teacher: Optional[torch.nn.Module] = None,
+                 allow_changes: Sequence[str] = ()):
+        self.allow_changes = tuple(allow_changes)
         for role, given in (("model", model), ("teacher", teacher)):
             if given is not None and not isinstance(given, torch.nn.Module):
                 raise TypeError(f"Trainer: {role} must be an nn.Module or None, got {type(given).__name__}")
@@ -478,6 +506,24 @@ class Trainer:
         return preprocessing_of(_unwrap(self.model), {"config": {"data": {"height": self.cfg.data.height,
                                                                           "width": self.cfg.data.width}}})
 
+    def _check_resume_config(self, saved: dict, epoch: int) -> None:
+        """Refuse to resume under other settings than the run was trained with, unless each change is allowed;
+        record the allowed ones, so the run folder never claims values its epochs were not trained with."""
+        changes = config_differences(saved, self.cfg.to_dict())
+        allowed = {k: v for k, v in changes.items()
+                   if any(k == a or k.startswith(a.rstrip(".") + ".") for a in self.allow_changes)}
+        refused = {k: v for k, v in changes.items() if k not in allowed}
+        if refused:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+            raise ConfigError(f"cannot resume {self.last_path}: the config differs from the one it was trained with "
+                              f"({listed}); use the same settings, or allow the change with --allow-change KEY")
+        if allowed and self.dist.is_main:
+            path = self.out / "config_changes.json"
+            log = json.loads(path.read_text()) if path.is_file() else []
+            log.append({"resumed_after_epoch": epoch,
+                        "changes": {k: {"was": old, "now": new} for k, (old, new) in allowed.items()}})
+            atomic_write_text(path, json.dumps(log, indent=2, default=str) + "\n")
+
     def _save(self, path: Path) -> None:
         save_checkpoint_file(self._state(), path)
 
@@ -490,6 +536,8 @@ class Trainer:
         m = self.cfg.model
         check_architecture(ckpt, m.name, m.kwargs, self.last_path, taps=m.taps, context="cannot resume: ",
                            error=ConfigError)
+        # After the stage and architecture checks, whose messages say more than a list of keys would.
+        self._check_resume_config(saved, ckpt["epoch"])
         load_weights(self.model, ckpt["model"]["state_dict"], self.last_path, m.name, m.kwargs)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -525,9 +573,9 @@ class Trainer:
             print(f"[{self.cfg.stage}] " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: Sequence[str] = ()) -> dict:
     """Validate ``cfg``, train, and return the summary (``best_val_dice``, ``history``, ``out_dir``)."""
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, allow_changes=allow_changes)
     try:
         return trainer.fit()
     finally:
