@@ -252,6 +252,21 @@ def count_video_frames(path: str | os.PathLike) -> int:
     return n
 
 
+def _masks_by_frame(mask_dir, n: int, source) -> dict:
+    """Mask files of a folder by frame number (0-based, from the file names) for a source of ``n`` frames;
+    {} without a folder. A mask for a frame the source does not have is an error naming both."""
+    if mask_dir is None:
+        return {}
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"mask folder not found: {mask_dir}")
+    masks = {_frame_number(p.stem, str(mask_dir)): str(p) for p in _list_images(mask_dir)}
+    beyond = sorted(k for k in masks if k >= n)
+    if beyond:
+        raise ValueError(f"{mask_dir}: masks for frames {beyond[:5]} but {source} has only {n} frames")
+    return masks
+
+
 def read_video_file(path: str | os.PathLike, mask_dir: str | os.PathLike | None = None,
                     video_id: str | None = None, spacing: tuple[float, float] | None = None) -> list[VideoRecord]:
     """A video file (anything OpenCV decodes: mp4, avi, ...) with optional per-frame masks.
@@ -262,15 +277,7 @@ def read_video_file(path: str | os.PathLike, mask_dir: str | os.PathLike | None 
     n = count_video_frames(path)
     if n == 0:
         raise ValueError(f"video file {path} has no decodable frames (empty or corrupt)")
-    masks = {}
-    if mask_dir is not None:
-        mask_dir = Path(mask_dir)
-        if not mask_dir.is_dir():
-            raise FileNotFoundError(f"mask folder not found: {mask_dir}")
-        masks = {_frame_number(p.stem, str(mask_dir)): str(p) for p in _list_images(mask_dir)}
-        beyond = sorted(k for k in masks if k >= n)
-        if beyond:
-            raise ValueError(f"{mask_dir}: masks for frames {beyond[:5]} but {path} has only {n} frames")
+    masks = _masks_by_frame(mask_dir, n, path)
     frames = [FrameRef(number=i, position=i, mask=masks.get(i)) for i in range(n)]
     vid = video_id or path.stem
     return [VideoRecord(video_id=vid, frames=frames, patient_id=vid, kind="video", source=str(path), spacing=spacing)]
@@ -392,15 +399,7 @@ def read_dicom_cine(path: str | os.PathLike, mask_dir: str | os.PathLike | None 
     if "Rows" not in ds or "Columns" not in ds:
         raise ValueError(f"DICOM file {path} holds no image (no Rows/Columns)")
     n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    masks = {}
-    if mask_dir is not None:
-        mask_dir = Path(mask_dir)
-        if not mask_dir.is_dir():
-            raise FileNotFoundError(f"mask folder not found: {mask_dir}")
-        masks = {_frame_number(p.stem, str(mask_dir)): str(p) for p in _list_images(mask_dir)}
-        beyond = sorted(k for k in masks if k >= n)
-        if beyond:
-            raise ValueError(f"{mask_dir}: masks for frames {beyond[:5]} but {path} has only {n} frames")
+    masks = _masks_by_frame(mask_dir, n, path)
     vid = video_id or path.stem
     patient = str(getattr(ds, "PatientID", "") or "").strip() or vid
     frames = [FrameRef(number=i, position=i, mask=masks.get(i)) for i in range(n)]
