@@ -48,6 +48,25 @@ def test_evaluate_refuses_a_threshold_outside_0_1(threshold, tmp_path, capsys):
     _one_line(capsys, "--threshold", "strictly between 0 and 1")
 
 
+def test_evaluate_names_the_binary_columns_after_the_threshold_used(tmp_path, capsys):
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:20, 10:30] = 255
+    pred = (mask // 255 * 100).astype(np.uint8)  # probability 0.39: foreground at 0.3, background at 0.5
+    _write_case(tmp_path / "gt", "case", [mask] * 3)
+    _write_case(tmp_path / "pred", "case", [pred] * 3)
+    out = tmp_path / "out"
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(out), "--threshold", "0.3",
+                 "--no-plots", "--no-normalize"]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice@0.3" in printed and "@0.5" not in printed
+    for name in ("overall.csv", "overall.md", "per_video.csv", "per_video.md", "per_frame.csv"):
+        text = (out / name).read_text()
+        assert "@0.5" not in text and "Dice@0.3" in text, name
+    lines = (out / "overall.csv").read_text().splitlines()
+    header, values = lines[0].split(","), lines[1].split(",")
+    assert float(values[header.index("Dice@0.3")]) == pytest.approx(1.0)
+
+
 def test_too_few_synthetic_videos_for_a_validation_split_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train-teacher", *TINY, "data.num_videos=4", "optim.epochs=1", "--out", str(out)]) == 2

@@ -209,6 +209,23 @@ def test_bad_input_is_rejected(pred, gt, error, match):
         sunseg_frames(pred, gt)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 1.5])
+def test_unchecked_batch_marks_an_invalid_frame_nan_and_leaves_the_others(bad):
+    rng = np.random.default_rng(5)
+    frames = [blob_frame(rng, (24, 32), 0.7) for _ in range(3)]
+    pred = torch.from_numpy(np.stack([f[0] for f in frames]))
+    gt = torch.from_numpy(np.stack([f[1] for f in frames]))
+    pred[1, 3:6, 4:9] = bad  # used to index outside the histograms (an overflow, or a crash)
+    out = sunseg_frames(pred, gt, check=False)
+    for key, value in out.items():
+        assert torch.isnan(value[1]).all(), key
+    for i in (0, 2):
+        assert_matches_reference(to_records({k: v[i:i + 1] for k, v in out.items()})[0], frames[i][0], frames[i][1],
+                                 f"unchecked frame {i}")
+    with pytest.raises(ValueError, match="pred"):
+        sunseg_frames(pred, gt, check=True)
+
+
 def test_inputs_on_different_devices_are_rejected():
     with pytest.raises(ValueError, match="same device"):
         sunseg_frames(torch.zeros(1, 4, 5), torch.zeros(1, 4, 5, dtype=torch.bool, device="meta"))

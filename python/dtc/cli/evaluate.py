@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         out_dir=args.out, plots=not args.no_plots, total=total,
     )
-    print(rows_to_markdown([result.overall]).decode(), end="")
+    print(rows_to_markdown(result.labelled([result.overall])).decode(), end="")
     print(f"wrote tables and plots to {args.out}")
     return 0

@@ -21,7 +21,8 @@ from dtc.io import atomic_write_bytes, atomic_write_figure
 from dtc.metrics import sunseg as sunseg_mod
 from dtc.metrics.objects import BinaryMetric, SUNSegMetric, TemporalMetric
 
-# Display name -> (source, key). Sources: "sun" (SUN-SEG columns), "bin" (threshold 0.5), "tmp" (temporal).
+# Display name -> (source, key). Sources: "sun" (SUN-SEG columns), "bin" (at the threshold; written tables rename
+# "@0.5" to the threshold used, see EvaluationResult.labelled), "tmp" (temporal).
 TABLE_COLUMNS = OrderedDict([
     ("Sα", ("sun", "Smeasure")),
     ("E^mn_φ", ("sun", "meanEm")),
@@ -60,6 +61,17 @@ class EvaluationResult:
     per_video: "OrderedDict[str, OrderedDict]" = field(default_factory=OrderedDict)
     overall: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
     sunseg_overall: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
+    threshold: float = 0.5
+
+    def labelled(self, rows: list[dict]) -> list[dict]:
+        """``rows`` with the binary metrics' columns named after the threshold actually used (``Dice@0.3``).
+
+        In memory the columns keep their fixed ``@0.5`` keys, which plots and experiment tables read; what a
+        person reads (the written tables, the CLI's summary) must not claim a threshold that was not used."""
+        if self.threshold == 0.5:
+            return rows
+        suffix = f"@{self.threshold:g}"
+        return [OrderedDict((k.replace("@0.5", suffix), v) for k, v in r.items()) for r in rows]
 
 
 def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normalize: str | None = "minmax",
@@ -92,7 +104,7 @@ def evaluate_predictions(pred_iter: Iterable, *, preset: str = "sunseg", normali
                          f"got {threshold!r}")
     binm = BinaryMetric(preset=preset, threshold=threshold, spacing=spacing)
     tmp = TemporalMetric(preset=preset, threshold=threshold, warp=warp)
-    result = EvaluationResult()
+    result = EvaluationResult(threshold=float(threshold))
     n = 0
     for item in progress_bar(pred_iter, total=total, desc="evaluate", unit="frame", enabled=progress):
         if not isinstance(item, (tuple, list)) or len(item) not in (4, 5, 6):
@@ -163,12 +175,13 @@ def rows_to_markdown(rows: list[dict], digits: int = 3) -> bytes:
 def write_outputs(result: EvaluationResult, out_dir, plots: bool = True) -> list[Path]:
     out = Path(out_dir)
     written = []
+    per_video, overall = result.labelled(list(result.per_video.values())), result.labelled([result.overall])
     for name, data in (
-        ("per_frame.csv", rows_to_csv(result.per_frame)),
-        ("per_video.csv", rows_to_csv(list(result.per_video.values()))),
-        ("per_video.md", rows_to_markdown(list(result.per_video.values()))),
-        ("overall.csv", rows_to_csv([result.overall])),
-        ("overall.md", rows_to_markdown([result.overall])),
+        ("per_frame.csv", rows_to_csv(result.labelled(result.per_frame))),
+        ("per_video.csv", rows_to_csv(per_video)),
+        ("per_video.md", rows_to_markdown(per_video)),
+        ("overall.csv", rows_to_csv(overall)),
+        ("overall.md", rows_to_markdown(overall)),
         ("sunseg_overall.csv", rows_to_csv([result.sunseg_overall])),
     ):
         atomic_write_bytes(out / name, data)
@@ -185,13 +198,14 @@ def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
     for r in result.per_frame:
         by_video.setdefault(r["video"], []).append(r)
     series = ("Smeasure", "Dice@0.5", "TC")
+    shown = {"Dice@0.5": f"Dice@{result.threshold:g}"}
     fig = Figure(figsize=(9, 2.6 * len(series)))
     axes = fig.subplots(len(series), 1, sharex=False, squeeze=False)
     for ax, key in zip(axes[:, 0], series):
         for video, rows in by_video.items():
             rows = sorted(rows, key=lambda r: r["frame"])
             ax.plot([r["frame"] for r in rows], [r[key] for r in rows], marker=".", lw=1, label=str(video))
-        ax.set_ylabel(key)
+        ax.set_ylabel(shown.get(key, key))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("frame index")
@@ -210,7 +224,7 @@ def _write_plots(result: EvaluationResult, out: Path) -> list[Path]:
     for i, d in enumerate(data, start=1):
         jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(d))
         ax.scatter(np.full(len(d), i) + jitter, d, s=12, alpha=0.7)
-    ax.set_xticks(range(1, len(dist_cols) + 1), dist_cols)
+    ax.set_xticks(range(1, len(dist_cols) + 1), [shown.get(c, c) for c in dist_cols])
     ax.set_ylabel("per-video value")
     ax.set_title(f"distribution across {len(result.per_video)} videos")
     ax.grid(alpha=0.3, axis="y")

@@ -316,10 +316,18 @@ def sunseg_frames(pred, gt, check: bool = True) -> dict[str, torch.Tensor]:
     """Every SUN-SEG quantity of a batch of prepared frames, on the batch's device.
 
     ``check=False`` skips the value checks (NaN, range, binary mask) and with them the only host
-    synchronisation; shapes, dtypes and devices are always checked. See the module docstring for the
-    layout of the result and the one deliberate difference from the numpy reference.
+    synchronisation; shapes, dtypes and devices are always checked. A frame whose prediction holds NaN or
+    values outside [0, 1] then gets NaN in every metric (it cannot be refused without reading it back).
+    See the module docstring for the layout of the result and the one deliberate difference from the numpy
+    reference.
     """
     p, g = prepare_batch(pred, gt, check)
+    invalid = None
+    if not check:
+        # Unchecked NaN or out-of-range values would index outside the histograms below; they are computed
+        # on a clamped copy and the frame's results are replaced by NaN at the end.
+        invalid = ~((p >= 0.0) & (p <= 1.0)).all(dim=(1, 2))
+        p = p.nan_to_num(0.0).clamp(0.0, 1.0)
     n_frames, h, w = p.shape
     dev = p.device
     if n_frames == 0:
@@ -369,6 +377,8 @@ def sunseg_frames(pred, gt, check: bool = True) -> dict[str, torch.Tensor]:
     out["Spe"] = ratio(tn, tn + fp)
     out["Dice"] = ratio(2.0 * tp, nf_col + n_pred)
     out["IoU"] = ratio(tp, fn + n_pred)
+    if invalid is not None:
+        out = {k: torch.where(invalid.view(-1, *([1] * (v.ndim - 1))), torch.nan, v) for k, v in out.items()}
     return {k: out[k] for k in ref.SUNSEG_SCALARS + ref.SUNSEG_CURVES}
 
 
