@@ -5,9 +5,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Union
 
-__all__ = ["DTCLossConfig", "PRESETS", "TERMS", "ABLATIONS"]
+__all__ = ["DTCLossConfig", "PRESETS", "TERMS", "ABLATIONS", "CONFIDENCE_INPUTS"]
 
 TERMS = ("seg", "kd", "con", "proto")
+# What the confidence residual is taken on: the intensities (the method), or their band-pass structure, which
+# is blind to brightness changes that leave the anatomy in place (losses.functional.structure_images).
+CONFIDENCE_INPUTS = ("intensity", "structure")
 
 # Per-preset defaults that differ; everything else has the same default in both (docs/method.md §2, §9).
 PRESETS: dict[str, dict] = {
@@ -48,6 +51,10 @@ class DTCLossConfig:
         prototypes' mask reads the warped previous prediction exactly as the consistency term does
         (binarised at 0.5 with ``warped_target="hard"``). ``prototype_scales``: ``"both"`` (cross-weighted ``w_bg*L_loc +
         w_fg*L_glob``), ``"local"`` or ``"global"`` (that term alone, weight 1).
+        ``pseudo_binarise`` thresholds the flip pseudo-labels at 0.5 (hard labels cannot creep outwards
+        through their soft boundary, the drift of self-training on soft labels). ``confidence_input``:
+        ``"intensity"`` (the method) or ``"structure"`` (the residual of band-passed images, see
+        :func:`dtc.losses.functional.structure_images`).
     """
 
     preset: str = "dtc"
@@ -65,6 +72,8 @@ class DTCLossConfig:
     occlusion_check: bool = False
     pseudo_label: str = "flip"
     pseudo_source: str = "student"
+    pseudo_binarise: bool = False
+    confidence_input: str = "intensity"
     rescale_flow: bool = True
     prototype_scales: str = "both"
     dice_smooth: float = 1e-5
@@ -124,6 +133,10 @@ class DTCLossConfig:
             fail(f"pseudo_label must be 'flip' or 'mean', got {self.pseudo_label!r}")
         if self.pseudo_source not in ("student", "teacher"):
             fail(f"pseudo_source must be 'student' or 'teacher', got {self.pseudo_source!r}")
+        if self.confidence_input not in CONFIDENCE_INPUTS:
+            fail(f"confidence_input must be one of {CONFIDENCE_INPUTS}, got {self.confidence_input!r}")
+        if not isinstance(self.pseudo_binarise, bool):
+            fail(f"pseudo_binarise must be true or false, got {self.pseudo_binarise!r}")
         if self.prototype_scales not in ("both", "local", "global"):
             fail(f"prototype_scales must be 'both', 'local' or 'global', got {self.prototype_scales!r}")
         if self.implementation not in ("fused", "reference"):

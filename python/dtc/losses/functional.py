@@ -14,13 +14,14 @@ Convention (every function here):
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 
 __all__ = [
     "bce_dice", "kd_loss", "foreground_threshold", "temporal_consistency", "prototype_alignment",
-    "masked_average_pool",
+    "masked_average_pool", "structure_images",
 ]
 
 _IMPLS = ("fused", "reference")
@@ -205,6 +206,42 @@ def temporal_consistency(
     if not return_maps:
         return loss
     return loss, {"confidence": conf, "target": target, "per_pair": per_pair.detach(), "mass": mass}
+
+
+def structure_images(images: torch.Tensor, *, fine: Optional[float] = None, coarse: Optional[float] = None
+                     ) -> torch.Tensor:
+    """Band-pass structure ``0.5 + G_fine * I - G_coarse * I`` (clamped to ``[0, 1]``) of a window batch.
+
+    A confidence residual taken on this is blind to brightness offsets that are smooth over ``coarse``
+    pixels (gain and TGC changes, and the smooth part of shadows and dark contact-loss sectors, which on a
+    log-compressed display are additive) and to speckle finer than ``fine``, while anatomy that moved where
+    the flow does not say (a true occlusion, tissue entering the field of view) still leaves a residual.
+    The scales default to 2 and 8 px at a width of 448, in proportion to the width (at least 0.5 px).
+
+    Args:
+        images: ``(B, T, C, H, W)`` in ``[0, 1]``.
+    """
+    _check_window("images", images)
+    width = images.shape[-1]
+    fine = max(0.5, 2.0 * width / 448.0) if fine is None else float(fine)
+    coarse = max(2.0, 8.0 * width / 448.0) if coarse is None else float(coarse)
+    if not 0 < fine < coarse:
+        raise ValueError(f"structure_images: need 0 < fine < coarse, got fine {fine} and coarse {coarse}")
+    flat = images.flatten(0, 2).unsqueeze(1)
+    band = _gaussian_blur(flat, fine) - _gaussian_blur(flat, coarse)
+    return (0.5 + band).clamp(0.0, 1.0).view_as(images)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, 1, H, W)`` with replicated borders (a border must not read as an edge)."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, radius, radius), mode="replicate")
+    return torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
 def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,8 @@ class DTCObjective(nn.Module):
         source = student if self.config.pseudo_source == "student" else teacher
         if source is None:
             raise ValueError("DTCObjective.pseudo_labels: pseudo_source='teacher' needs a teacher model")
-        return flip_pseudo_labels(source, x, mode=self.config.pseudo_label)
+        labels = flip_pseudo_labels(source, x, mode=self.config.pseudo_label)
+        return (labels > 0.5).to(labels.dtype) if self.config.pseudo_binarise else labels
 
     def forward(
         self,
@@ -113,6 +114,8 @@ class DTCObjective(nn.Module):
             if cfg.occlusion_check:
                 need("flows_backward (occlusion_check=True)", flows_backward)
             imgs = need("images", images)
+            if cfg.confidence_input == "structure":
+                imgs = LF.structure_images(imgs)
             terms["con"] = LF.temporal_consistency(
                 student_logits, imgs, need("flows", flows),
                 flows_backward=flows_backward if cfg.occlusion_check else None, alpha=cfg.alpha,
