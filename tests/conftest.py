@@ -65,3 +65,14 @@ def sunseg_fixtures_or_skip() -> Path:
 def sunseg_fixtures_dir() -> Path:
     return sunseg_fixtures_or_skip()
 
+
+
+def probe_video(path) -> dict:
+    """What a player sees in ``path``: codec and pixel format as ffmpeg names them, (width, height) and the
+    number of decodable frames (every frame decoded, through the ffmpeg in imageio-ffmpeg's wheel)."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    return {"codec": meta["codec"].split()[0], "pix_fmt": meta["pix_fmt"].split("(")[0], "size": tuple(meta["size"]),
+            "frames": frames}

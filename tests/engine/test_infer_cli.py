@@ -11,6 +11,7 @@ import pytest
 from dtc.cli.main import main
 from dtc.data import SyntheticTRUSDataset
 from dtc.engine import train
+from tests.conftest import probe_video
 
 
 @pytest.fixture
@@ -44,8 +45,7 @@ def test_infer_on_a_frame_folder_writes_masks_probs_overlay_and_nifti(teacher_ck
     assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (60, 90)
     prob = cv2.imread(str(sorted((out / "probs").glob("*.png"))[0]), cv2.IMREAD_UNCHANGED)
     assert prob.dtype == np.uint16
-    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
-    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    assert probe_video(out / "overlay.mp4") == {"codec": "h264", "pix_fmt": "yuv420p", "size": (90, 60), "frames": 5}
     import nibabel as nib
 
     vol = nib.load(str(out / "masks.nii.gz"))
@@ -89,8 +89,8 @@ def test_evaluate_checkpoint_on_its_test_split(teacher_ckpt, tmp_path, capsys):
     assert 0 <= summary["warp_IoU"] <= 1 and 0 <= summary["worst_Dice"] <= summary["Dice@0.5"] + 1e-12
     assert summary["Dice_calm"] == pytest.approx(summary["Dice@0.5"]) and math.isnan(summary["Dice_event"])
     assert (out / "per_frame.csv").is_file() and (out / "overall.md").is_file()
-    cap = cv2.VideoCapture(str(out / "worst_frames.mp4"))
-    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == min(16, summary["frames"])
+    worst = probe_video(out / "worst_frames.mp4")
+    assert worst["codec"] == "h264" and worst["frames"] == min(16, summary["frames"])
     # Another dataset through data overrides; a bad one is refused by name.
     assert main(["evaluate", "--checkpoint", teacher_ckpt, "-o", str(tmp_path / "e2"), "data.source=sunseg",
                  f"data.root={tmp_path / 'missing'}"]) == 2

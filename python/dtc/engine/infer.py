@@ -1,14 +1,13 @@
 """Inference on user data: masks, probability maps, an overlay video and a NIfTI stack."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from dtc.io import atomic_write_bytes, atomic_write_png
+from dtc.io import atomic_write_bytes, atomic_write_png, atomic_write_video
 
 __all__ = ["infer", "write_overlay_video", "overlay_frame"]
 
@@ -47,23 +46,8 @@ def overlay_frame(grey: np.ndarray, prob: np.ndarray, colour=(0, 255, 0), second
 
 
 def write_overlay_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
-    """MP4 (mp4v) of BGR frames, written to a temporary file first and then renamed into place."""
-    import cv2
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write an MP4 video to {tmp}")
-    try:
-        for f in frames:
-            writer.write(f)
-    finally:
-        writer.release()
-    os.replace(tmp, path)
-    return path
+    """An MP4 of BGR frames, H.264 where imageio-ffmpeg is installed (see :class:`dtc.io.VideoWriter`)."""
+    return atomic_write_video(path, frames, fps=fps)
 
 
 def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: bool = True, nifti: bool = False,
