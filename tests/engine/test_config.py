@@ -31,7 +31,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     (["loss.no_such_switch=1"], r"loss: .*no_such_switch"),
     (["run.device=tpu"], r"run.device must be"),
     (["data.source=csv"], r"data.root is required"),
-    (["loss.occlusion_check=true"], r"occlusion_check needs backward flows"),
+    (["loss.occlusion_check=true", "flow.provider=cached:gt", "flow.cache_dir=/tmp/x"], r"cached:gt' is not supported"),
 ])
 def test_bad_values_are_reported_by_key(overrides, pattern, tmp_path):
     teacher = tmp_path / "teacher.pt"

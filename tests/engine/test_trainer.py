@@ -120,11 +120,21 @@ def test_occlusion_check_with_estimated_flow(tiny_config, tiny_teacher):
     trainer = Trainer(cfg)
     batch = next(iter(trainer.loader))
     images = batch["image"]
-    backward = trainer.backward_flows(images, batch)
+    backward = trainer.flow_provider.backward_flows(images, batch)
     for t in range(1, images.shape[1]):
         pair = torch.stack([images[:, t], images[:, t - 1]], dim=1)
         expected = trainer.flow_provider(pair, {**batch, "frame_index": batch["frame_index"][:, [t, t - 1]]})[:, 1]
         torch.testing.assert_close(backward[:, t], expected)
+    loss, terms = trainer._student_loss(batch)
+    assert torch.isfinite(loss) and terms["con"] > 0
+    loss.backward()
+
+
+def test_occlusion_check_with_ground_truth_flow(tiny_config, tiny_teacher):
+    cfg = tiny_config("stage=student", f"teacher_checkpoint={tiny_teacher}", "optim.epochs=1",
+                      "flow.provider=gt", "loss.occlusion_check=true", "data.max_windows=4", out="occ_gt")
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer.loader))
     loss, terms = trainer._student_loss(batch)
     assert torch.isfinite(loss) and terms["con"] > 0
     loss.backward()

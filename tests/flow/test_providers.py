@@ -87,6 +87,42 @@ def test_ground_truth_provider(synth_videos):
         GroundTruthFlow()(images, {**batch, "flow": batch["flow"][:, :2]})
 
 
+def test_ground_truth_backward_flow_inverts_a_rigid_motion_exactly():
+    # frame t is frame t-1 rotated by 2 degrees about c and shifted by s: p = R (q - c) + c + s
+    H, W, angle = 48, 64, np.deg2rad(2.0)
+    c, shift = np.array([31.5, 23.5]), np.array([2.5, -1.5])
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    p = np.stack([xs, ys], -1)
+    earlier_point = (p - c - shift) @ np.linalg.inv(R).T + c          # q for each p of frame t
+    forward = np.moveaxis(p - earlier_point, -1, 0)                   # F(p) = p - q
+    later_point = (p - c) @ R.T + c + shift                           # p for each q of frame t-1
+    expected = np.moveaxis(p - later_point, -1, 0)                    # B(q) = q - p
+    flows = torch.zeros(1, 2, 2, H, W)
+    flows[0, 1] = torch.from_numpy(forward).float()
+    images = torch.rand(1, 2, 3, H, W)
+    backward = GroundTruthFlow().backward_flows(images, {"flow": flows})
+    assert torch.equal(backward[:, 0], torch.zeros_like(backward[:, 0]))
+    # exact where frame t-1's point stays inside frame t (outside, the flow is read at the clamped border)
+    inside = torch.from_numpy((later_point[..., 0] >= 1) & (later_point[..., 0] <= W - 2)
+                              & (later_point[..., 1] >= 1) & (later_point[..., 1] <= H - 2))
+    assert inside.float().mean() > 0.8
+    error = (backward[0, 1].double() - torch.from_numpy(expected)).abs().amax(0)
+    assert float(error[inside].max()) < 2e-3
+
+
+def test_ground_truth_backward_flow_round_trips_on_simulated_video(synth_videos):
+    from dtc.flow import sample_flow
+
+    images, batch = window_batch(synth_videos[0])
+    backward = GroundTruthFlow().backward_flows(images, batch)
+    F = batch["flow"][:, 1:].flatten(0, 1)
+    # following F back to frame t-1 and the inverse forward again returns to the start: F(p) + B(p - F(p)) = 0
+    round_trip = F + sample_flow(backward[:, 1:].flatten(0, 1), -F)
+    inner = round_trip[..., 4:-4, 4:-4]
+    assert float(inner.abs().max()) < 0.02
+
+
 class CountingProvider(FlowProvider):
     def __init__(self, inner):
         self.inner, self.calls, self.windows = inner, 0, 0

@@ -228,9 +228,11 @@ class TrainConfig:
                 loss = DTCLossConfig.from_preset(self.preset, **self.loss)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"loss: {exc}") from exc
-            if loss.occlusion_check and base == "gt":
-                raise ConfigError("loss.occlusion_check needs backward flows, which flow.provider='gt' cannot give; "
-                                  "use flow.provider=farneback or opencv")
+            if loss.occlusion_check and provider == "cached:gt":
+                # The ground truth is inverted for the occlusion test, not read for the reversed pairs, and a
+                # cache of it would store the wrong flow under the reversed pairs' names.
+                raise ConfigError("loss.occlusion_check with flow.provider='cached:gt' is not supported; use "
+                                  "flow.provider=gt (nothing to cache: the flow is read from the data)")
         self.validate_model()
         return self
 

@@ -323,7 +323,8 @@ class Trainer:
         def window(t):
             return None if t is None else t.float().unflatten(0, (B, T))
 
-        flows_backward = self.backward_flows(images, batch) if self.objective.config.occlusion_check else None
+        flows_backward = (self.flow_provider.backward_flows(images, batch) if self.objective.config.occlusion_check
+                          else None)
         loss, terms = self.objective(window(logits), window(local), window(global_), window(teacher_logits),
                                      window(pseudo), images, flows, flows_backward)
         return loss, terms
@@ -356,16 +357,6 @@ class Trainer:
         warnings.warn(f"the student {self.cfg.model.name!r} returns {what}, so the prototype term is skipped; set "
                       "model.taps.local / model.taps.global to layer names of the network (or return "
                       "(logits, local, global)) to train with it", UserWarning, stacklevel=2)
-
-    def backward_flows(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
-        """``(B, T, 2, H, W)``: index ``t`` holds the flow from frame ``t`` to ``t-1`` (the occlusion test's)."""
-        # The provider on the time-reversed window gives, at reversed index s, the flow from frame
-        # T-s to T-1-s; reordered, index t holds the flow from frame t to t-1.
-        reversed_batch = {**batch, "frame_index": batch["frame_index"].flip(1)}
-        rev = self.flow_provider(images.flip(1), reversed_batch)
-        flows_backward = torch.zeros_like(rev)
-        flows_backward[:, 1:] = rev[:, 1:].flip(1)
-        return flows_backward
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:

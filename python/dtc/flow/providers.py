@@ -82,6 +82,17 @@ class FlowProvider:
     def __call__(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def backward_flows(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        """``(B, T, 2, H, W)``: index ``t`` holds the flow of the reversed pair, frame ``t`` to ``t-1`` (what the
+        forward-backward occlusion test reads); index 0 is zero."""
+        # The provider on the time-reversed window gives, at reversed index s, the flow from frame
+        # T-s to T-1-s; reordered, index t holds the flow from frame t to t-1.
+        reversed_batch = {**batch, "frame_index": batch["frame_index"].flip(1)} if "frame_index" in batch else batch
+        rev = self(images.flip(1), reversed_batch)
+        flows_backward = torch.zeros_like(rev)
+        flows_backward[:, 1:] = rev[:, 1:].flip(1)
+        return flows_backward
+
     def cache_key(self) -> str:
         """A string that identifies what this provider computes (used by :class:`CachedFlow`)."""
         return type(self).__name__
@@ -100,6 +111,22 @@ class GroundTruthFlow(FlowProvider):
             shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
             raise ValueError(f"GroundTruthFlow: batch['flow'] must have shape {(B, T, 2, H, W)}, got {shape}")
         return flow.to(device=images.device, dtype=torch.float32)
+
+    def backward_flows(self, images, batch, iterations: int = 20):
+        """The reversed pairs' flows, by inverting the ground truth: ``B(q) = -F(q - B(q))`` (frame ``t-1``'s
+        point ``q`` is frame ``t``'s ``q - B(q)``), solved by fixed-point iteration with bilinear sampling
+        (a contraction wherever the flow's gradient is below 1, as for any motion that keeps tissue in order)."""
+        from dtc.flow.occlusion import sample_flow
+
+        flows = self(images, batch)
+        B, T, _, H, W = flows.shape
+        forward = flows[:, 1:].reshape(-1, 2, H, W)
+        inverse = -forward
+        for _ in range(iterations):
+            inverse = -sample_flow(forward, -inverse)
+        out = torch.zeros_like(flows)
+        out[:, 1:] = inverse.view(B, T - 1, 2, H, W)
+        return out
 
 
 class FarnebackFlow(FlowProvider):
