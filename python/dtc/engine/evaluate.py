@@ -74,7 +74,7 @@ def evaluate_model(model, dataset, out_dir, *, device, batch_size: int = 8, wors
     if out_dir is not None:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
         if worst > 0:
-            write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst)
+            write_worst_frames(videos, scores, out_dir / "worst_frames.mp4", worst, dataset=dataset)
     return {"summary": summary, "videos": videos, "suite": suite}
 
 
@@ -95,20 +95,32 @@ def _scored_frames(videos: dict, dataset):
             previous = frame
 
 
-def write_worst_frames(videos: dict, scores: dict, path: Path, count: int) -> Path:
+def write_worst_frames(videos: dict, scores: dict, path: Path, count: int, dataset=None) -> Optional[Path]:
+    """The ``count`` lowest-Dice frames, prediction green and truth yellow, drawn on the source frames
+    when ``dataset`` can give them (see :func:`dtc.engine.infer.source_frames`), else on the network's
+    input enlarged twice; frames of different sizes are padded (black, bottom and right) to the largest.
+    Nothing is written (None) when no frame is labelled."""
     import cv2
 
-    from dtc.engine.infer import overlay_frame, write_overlay_video
+    from dtc.engine.infer import overlay_frame, source_frames, write_overlay_video
 
     ranked = sorted(((d, vid, k) for vid, s in scores.items() for k, d in enumerate(s["dice_per_frame"])
                      if videos[vid]["valid"][k]), key=lambda r: (r[0], r[1], r[2]))[:count]
+    if not ranked:
+        return None
+    sources = {vid: source_frames(dataset, vid) for vid in {r[1] for r in ranked}} if dataset is not None else {}
     frames = []
     for dice, vid, k in ranked:
         v = videos[vid]
-        f = overlay_frame(v["image"][k].numpy(), v["prob"][k].numpy(), truth=v["mask"][k].numpy(), scale=2)
+        source = sources.get(vid)
+        image = source[v["frame"][k]] if source else v["image"][k].numpy()
+        f = overlay_frame(image, v["prob"][k].numpy(), truth=v["mask"][k].numpy(), scale=1 if source else 2)
         cv2.putText(f, f"{vid} #{v['frame'][k]} Dice {dice:.3f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (255, 255, 255), 1, cv2.LINE_AA)
         frames.append(f)
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    frames = [np.pad(f, ((0, h - f.shape[0]), (0, w - f.shape[1]), (0, 0))) for f in frames]
     return write_overlay_video(path, frames, fps=2)
 
 

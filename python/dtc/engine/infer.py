@@ -9,7 +9,7 @@ import torch
 
 from dtc.io import atomic_write_bytes, atomic_write_png, atomic_write_video
 
-__all__ = ["infer", "write_overlay_video", "overlay_frame"]
+__all__ = ["infer", "write_overlay_video", "overlay_frame", "source_frames"]
 
 
 def _records_for(input_path: Path):
@@ -28,21 +28,59 @@ def _records_for(input_path: Path):
     return records
 
 
-def overlay_frame(grey: np.ndarray, prob: np.ndarray, colour=(0, 255, 0), second: Optional[np.ndarray] = None,
+def overlay_frame(image: np.ndarray, prob: np.ndarray, colour=(0, 255, 0), second: Optional[np.ndarray] = None,
                   second_colour=(255, 0, 255), truth: Optional[np.ndarray] = None, scale: int = 1) -> np.ndarray:
-    """A BGR uint8 frame: the grey image with the contour of ``prob > 0.5`` (and of ``second``), the
-    ground truth ``truth > 0.5`` in yellow on top, enlarged ``scale`` times (nearest) for viewing."""
+    """A BGR uint8 frame: ``image`` enlarged ``scale`` times with the contour of ``prob > 0.5`` (and of
+    ``second``), the ground truth ``truth > 0.5`` in yellow on top.
+
+    ``image`` is the frame to draw on: grey ``(H, W)``/``(H, W, 1)`` or RGB ``(H, W, 3)``, uint8 or float in
+    [0, 1]; pass the source frame at its own resolution, not the network's input. Each map may come at
+    another size (the network's): it is resized (bilinear) to the drawn frame before it is thresholded, so
+    the contour is traced at the drawn resolution instead of being a blocky enlargement of a small one."""
     import cv2
 
-    frame = cv2.cvtColor(np.clip(grey * 255, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"overlay_frame: image must be (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    frame = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
+    if scale != 1:
+        frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_LINEAR)
+    h, w = frame.shape[:2]
     for p, c in ((prob, colour), (second, second_colour), (truth, (0, 255, 255))):
         if p is None:
             continue
+        p = np.asarray(p, np.float32)
+        if p.shape != (h, w):
+            p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
         contours, _ = cv2.findContours((p > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(frame, contours, -1, c, 1)
-    if scale != 1:
-        frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     return frame
+
+
+def source_frames(dataset, video_id: str) -> Optional[dict[int, np.ndarray]]:
+    """The frames of ``video_id`` as the user stored them (own size and colour, uint8), by frame number:
+    what overlays are drawn on. None when ``dataset`` already serves them at their own size (no resize,
+    or the simulator, whose rendered frames are the network's input)."""
+    import warnings
+
+    from dtc.data import VideoSegmentationDataset
+
+    if not isinstance(dataset, VideoSegmentationDataset) or dataset.size is None:
+        return None
+    rec = next((r for r in dataset.videos if r.video_id == video_id), None)
+    if rec is None:
+        raise KeyError(f"video {video_id!r} is not in the dataset")
+    with warnings.catch_warnings():  # the dataset has already said what it had to about this video
+        warnings.simplefilter("ignore")
+        native = VideoSegmentationDataset([rec], T=1, size=None, color=dataset.color, gap_policy="ignore",
+                                          mask_policy=dataset.mask_policy, size_policy=dataset.size_policy,
+                                          cache_videos=1)
+        images = native.video(0).images
+    return {f.number: images[k] for k, f in enumerate(native.videos[0].frames)}
 
 
 def write_overlay_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
@@ -74,7 +112,8 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
     total = 0
     for rec in dataset.videos:
         v = videos[rec.video_id]
-        native = _native_size(rec)
+        frames = source_frames(dataset, rec.video_id) if overlay else None
+        native = next(iter(frames.values())).shape[:2] if frames else _native_size(rec)
         vdir = out / rec.video_id if len(dataset.videos) > 1 else out
         masks, overlay_frames = [], []
         for k, frame in enumerate(v["frame"]):
@@ -85,8 +124,7 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
             if probs:
                 atomic_write_png(vdir / "probs" / f"{frame:05d}.png", np.round(prob * 65535).astype(np.uint16))
             if overlay:
-                grey = cv2.resize(v["image"][k].numpy(), (native[1], native[0]), interpolation=cv2.INTER_LINEAR)
-                overlay_frames.append(overlay_frame(grey, prob))
+                overlay_frames.append(overlay_frame(frames[frame] if frames else v["image"][k].numpy(), prob))
         if overlay and overlay_frames:
             write_overlay_video(vdir / "overlay.mp4", overlay_frames)
         if nifti:
