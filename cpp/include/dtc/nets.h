@@ -8,6 +8,14 @@
 //   local   a late, full-resolution decoder feature map (the "local prototype" tap);
 //   global  the bottleneck feature map (the "global prototype" tap).
 //
+// Every net also splits into its encoder and decoder, for methods that read or replace encoder features
+// (the clip teacher of docs/v2i.md):
+//
+//   features(x) -> [f_0, ..., f_{L-1}]  the encoder levels, shallow to deep; f_l [N, C_l, H/s_l, W/s_l]
+//                                       with s_l = feature_strides()[l], C_l = feature_channels[l]
+//   decode(x, f) -> the triple above, computed from the given levels (x supplies the input size, and
+//                   the image skip of the real-time student); forward(x) == decode(x, features(x))
+//
 // H and W must be multiples of the net's `kMultiple` (16, or 32 for the ResNet-encoder U-Net++); other
 // sizes raise ValueError (c10::ValueError) naming the expected multiple. All modules follow the dtype,
 // device and memory format (channels-last) of their parameters; forward and backward run in C++.
@@ -86,7 +94,12 @@ struct UNetImpl : torch::nn::Module {
   static constexpr int64_t kMultiple = 16;
   explicit UNetImpl(int64_t in_channels = 3, int64_t base = 64);
   Triple forward(const at::Tensor& x);
+  // enc0..enc4 at strides 1, 2, 4, 8, 16.
+  std::vector<at::Tensor> features(const at::Tensor& x);
+  Triple decode(const at::Tensor& x, const std::vector<at::Tensor>& features);
+  static std::vector<int64_t> feature_strides() { return {1, 2, 4, 8, 16}; }
   int64_t in_channels, base;
+  std::vector<int64_t> feature_channels;
   std::vector<DoubleConv> enc, dec;  // enc[0..4], dec[0..3] (dec[i] produces level i)
   std::vector<ConvBnAct> up;         // up[i]: level i+1 → level i channels
   torch::nn::Conv2d head{nullptr};
@@ -132,7 +145,14 @@ struct UNetPlusPlusImpl : torch::nn::Module {
   Triple forward(const at::Tensor& x);
   // The triple plus the four deep-supervision head logits [N, 1, H, W] (for a per-head loss).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_with_heads(const at::Tensor& x);
+  // The encoder maps f0..f4 at strides 2, 4, 8, 16, 32.
+  std::vector<at::Tensor> features(const at::Tensor& x);
+  Triple decode(const at::Tensor& x, const std::vector<at::Tensor>& features);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> decode_with_heads(
+      const at::Tensor& x, const std::vector<at::Tensor>& features);
+  static std::vector<int64_t> feature_strides() { return {2, 4, 8, 16, 32}; }
   int64_t in_channels, width, decoder_width;
+  std::vector<int64_t> feature_channels;
   ResNetEncoder encoder{nullptr};
   std::vector<std::vector<DoubleConv>> nodes;  // nodes[i][j-1] = X(i,j)
   DoubleConv final_block{nullptr};
@@ -166,7 +186,12 @@ struct RealtimeStudentImpl : torch::nn::Module {
   static constexpr int64_t kMultiple = 16;
   explicit RealtimeStudentImpl(int64_t in_channels = 3, int64_t base = 16);
   Triple forward(const at::Tensor& x);
+  // stem, stage1, stage2 and the context-gated bottleneck, at strides 2, 4, 8, 16.
+  std::vector<at::Tensor> features(const at::Tensor& x);
+  Triple decode(const at::Tensor& x, const std::vector<at::Tensor>& features);
+  static std::vector<int64_t> feature_strides() { return {2, 4, 8, 16}; }
   int64_t in_channels, base;
+  std::vector<int64_t> feature_channels;
   ConvBnAct stem{nullptr};
   torch::nn::Conv2d context{nullptr};
   torch::nn::Sequential stage1{nullptr}, stage2{nullptr}, stage3{nullptr}, bottleneck{nullptr};

@@ -18,21 +18,34 @@ void dtc_bind_nets(py::module_& m) {
       .def(py::init<int64_t, int64_t>(), py::arg("in_channels") = 3, py::arg("base") = 64)
       .def_readonly("in_channels", &UNetImpl::in_channels)
       .def_readonly("base", &UNetImpl::base)
+      .def("features", &UNetImpl::features, py::arg("x"))
+      .def("decode", &UNetImpl::decode, py::arg("x"), py::arg("features"))
+      .def_readonly("feature_channels", &UNetImpl::feature_channels)
+      .def_property_readonly_static("feature_strides", [](py::object) { return UNetImpl::feature_strides(); })
       .def_property_readonly_static("multiple", [](py::object) { return UNetImpl::kMultiple; });
 
   torch::python::bind_module<UNetPlusPlusImpl>(nets, "UNetPlusPlus")
       .def(py::init<int64_t, int64_t, int64_t>(), py::arg("in_channels") = 3, py::arg("width") = 64,
            py::arg("decoder_width") = 32)
       .def("forward_with_heads", &UNetPlusPlusImpl::forward_with_heads, py::arg("x"))
+      .def("decode_with_heads", &UNetPlusPlusImpl::decode_with_heads, py::arg("x"), py::arg("features"))
       .def_readonly("in_channels", &UNetPlusPlusImpl::in_channels)
       .def_readonly("width", &UNetPlusPlusImpl::width)
       .def_readonly("decoder_width", &UNetPlusPlusImpl::decoder_width)
+      .def("features", &UNetPlusPlusImpl::features, py::arg("x"))
+      .def("decode", &UNetPlusPlusImpl::decode, py::arg("x"), py::arg("features"))
+      .def_readonly("feature_channels", &UNetPlusPlusImpl::feature_channels)
+      .def_property_readonly_static("feature_strides", [](py::object) { return UNetPlusPlusImpl::feature_strides(); })
       .def_property_readonly_static("multiple", [](py::object) { return UNetPlusPlusImpl::kMultiple; });
 
   torch::python::bind_module<RealtimeStudentImpl>(nets, "RealtimeStudent")
       .def(py::init<int64_t, int64_t>(), py::arg("in_channels") = 3, py::arg("base") = 16)
       .def_readonly("in_channels", &RealtimeStudentImpl::in_channels)
       .def_readonly("base", &RealtimeStudentImpl::base)
+      .def("features", &RealtimeStudentImpl::features, py::arg("x"))
+      .def("decode", &RealtimeStudentImpl::decode, py::arg("x"), py::arg("features"))
+      .def_readonly("feature_channels", &RealtimeStudentImpl::feature_channels)
+      .def_property_readonly_static("feature_strides", [](py::object) { return RealtimeStudentImpl::feature_strides(); })
       .def_property_readonly_static("multiple", [](py::object) { return RealtimeStudentImpl::kMultiple; });
 
   // The C++ runtime's model files (dtc.deploy.export writes them; tests read them back through the

@@ -29,6 +29,23 @@ void check_input(const char* net, const at::Tensor& x, int64_t in_channels, int6
                    x.scalar_type());
 }
 
+// decode() takes features a caller may have replaced (the clip teacher's enhanced levels): the message
+// names the level and the shape it must keep.
+void check_features(const char* net, const at::Tensor& x, const std::vector<at::Tensor>& f,
+                    const std::vector<int64_t>& strides, const std::vector<int64_t>& channels) {
+  TORCH_CHECK_VALUE(f.size() == strides.size(), net, ".decode: features must hold the ", strides.size(),
+                    " encoder levels that features(x) returns, got ", f.size());
+  for (size_t l = 0; l < f.size(); ++l) {
+    const std::vector<int64_t> expected = {x.size(0), channels[l], x.size(2) / strides[l], x.size(3) / strides[l]};
+    TORCH_CHECK_VALUE(f[l].defined() && f[l].sizes() == at::IntArrayRef(expected), net, ".decode: features[", l,
+                      "] (stride ", strides[l], ") must have shape ", at::IntArrayRef(expected), ", got ",
+                      f[l].defined() ? f[l].sizes() : at::IntArrayRef{});
+    TORCH_CHECK_TYPE(f[l].device() == x.device() && at::isFloatingType(f[l].scalar_type()), net, ".decode: features[",
+                     l, "] must be floating point on x's device ", x.device(), ", got ", f[l].scalar_type(), " on ",
+                     f[l].device());
+  }
+}
+
 at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)}); }
 
 }  // namespace
@@ -106,6 +123,7 @@ UNetImpl::UNetImpl(int64_t in_channels_, int64_t base_) : in_channels(in_channel
   for (int64_t i = 0; i < 5; ++i) {
     const int64_t width = base << i;
     enc.push_back(register_module("enc" + std::to_string(i), DoubleConv(prev, width)));
+    feature_channels.push_back(width);
     prev = width;
   }
   up.resize(4, nullptr);
@@ -118,7 +136,7 @@ UNetImpl::UNetImpl(int64_t in_channels_, int64_t base_) : in_channels(in_channel
   head = register_module("head", conv(base, 1, 1, 1, 1, /*bias=*/true));
 }
 
-Triple UNetImpl::forward(const at::Tensor& x) {
+std::vector<at::Tensor> UNetImpl::features(const at::Tensor& x) {
   check_input("UNet", x, in_channels, kMultiple);
   std::vector<at::Tensor> skips;
   at::Tensor y = x;
@@ -127,13 +145,21 @@ Triple UNetImpl::forward(const at::Tensor& x) {
     y = enc[i]->forward(y);
     skips.push_back(y);
   }
-  at::Tensor bottleneck = y;
+  return skips;
+}
+
+Triple UNetImpl::decode(const at::Tensor& x, const std::vector<at::Tensor>& skips) {
+  check_input("UNet", x, in_channels, kMultiple);
+  check_features("UNet", x, skips, feature_strides(), feature_channels);
+  at::Tensor y = skips[4];
   for (int64_t i = 3; i >= 0; --i) {
     y = up[i]->forward(upsample2(y));
     y = dec[i]->forward(at::cat({skips[i], y}, 1));
   }
-  return {head->forward(y), y, bottleneck};
+  return {head->forward(y), y, skips[4]};
 }
+
+Triple UNetImpl::forward(const at::Tensor& x) { return decode(x, features(x)); }
 
 // ---------------------------------------------------------------------------------------- U-Net++
 BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride) {
@@ -189,6 +215,7 @@ UNetPlusPlusImpl::UNetPlusPlusImpl(int64_t in_channels_, int64_t width_, int64_t
                     "UNetPlusPlus: decoder_width must be an even number >= 2, got ", decoder_width);
   encoder = register_module("encoder", ResNetEncoder(in_channels, width));
   const auto& enc = encoder->channels;
+  feature_channels = enc;
   nodes.resize(4);
   for (int64_t i = 0; i < 4; ++i) {
     const int64_t out = decoder_width << i;
@@ -209,10 +236,25 @@ UNetPlusPlusImpl::UNetPlusPlusImpl(int64_t in_channels_, int64_t width_, int64_t
   head_weights = register_parameter("head_weights", at::zeros({4}));
 }
 
+std::vector<at::Tensor> UNetPlusPlusImpl::features(const at::Tensor& x) {
+  check_input("UNetPlusPlus", x, in_channels, kMultiple);
+  return encoder->features(x);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> UNetPlusPlusImpl::forward_with_heads(
     const at::Tensor& x) {
+  return decode_with_heads(x, features(x));
+}
+
+Triple UNetPlusPlusImpl::decode(const at::Tensor& x, const std::vector<at::Tensor>& f) {
+  auto [logits, local, global, heads_unused] = decode_with_heads(x, f);
+  return {logits, local, global};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> UNetPlusPlusImpl::decode_with_heads(
+    const at::Tensor& x, const std::vector<at::Tensor>& f) {
   check_input("UNetPlusPlus", x, in_channels, kMultiple);
-  const auto f = encoder->features(x);
+  check_features("UNetPlusPlus", x, f, feature_strides(), feature_channels);
   // grid[i][j] = X(i,j); column 0 holds the encoder maps.
   std::vector<std::vector<at::Tensor>> grid(5);
   for (int64_t i = 0; i < 5; ++i) grid[i].push_back(f[i]);
@@ -266,6 +308,7 @@ RealtimeStudentImpl::RealtimeStudentImpl(int64_t in_channels_, int64_t base_) : 
   TORCH_CHECK_VALUE(in_channels > 0, "RealtimeStudent: in_channels must be positive, got ", in_channels);
   TORCH_CHECK_VALUE(base > 0, "RealtimeStudent: base (the stem width) must be positive, got ", base);
   const int64_t c[5] = {base, 2 * base, 3 * base, 6 * base, 8 * base};
+  feature_channels = {c[0], c[1], c[2], c[4]};
   constexpr int64_t kExpand = 4;
   stem = register_module("stem", ConvBnAct(in_channels, c[0], 3, 2));
   const int64_t extra_blocks[3] = {1, 2, 2};
@@ -287,13 +330,22 @@ RealtimeStudentImpl::RealtimeStudentImpl(int64_t in_channels_, int64_t base_) : 
   head = register_module("head", conv(c[0], 1, 1, 1, 1, /*bias=*/true));
 }
 
-Triple RealtimeStudentImpl::forward(const at::Tensor& x) {
+std::vector<at::Tensor> RealtimeStudentImpl::features(const at::Tensor& x) {
   check_input("RealtimeStudent", x, in_channels, kMultiple);
   const at::Tensor s0 = stem->forward(x);
   const at::Tensor s1 = stage1->forward(s0);
   const at::Tensor s2 = stage2->forward(s1);
   at::Tensor g = bottleneck->forward(stage3->forward(s2));
   g = g * at::sigmoid(context->forward(at::adaptive_avg_pool2d(g, {1, 1})));
+  return {s0, s1, s2, g};
+}
+
+Triple RealtimeStudentImpl::forward(const at::Tensor& x) { return decode(x, features(x)); }
+
+Triple RealtimeStudentImpl::decode(const at::Tensor& x, const std::vector<at::Tensor>& f) {
+  check_input("RealtimeStudent", x, in_channels, kMultiple);
+  check_features("RealtimeStudent", x, f, feature_strides(), feature_channels);
+  const at::Tensor &s0 = f[0], &s1 = f[1], &s2 = f[2], &g = f[3];
   at::Tensor y = dec[3]->forward(at::cat({upsample2(g), s2}, 1));
   y = dec[2]->forward(at::cat({upsample2(y), s1}, 1));
   y = dec[1]->forward(at::cat({upsample2(y), s0}, 1));

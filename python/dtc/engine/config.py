@@ -56,7 +56,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "student"              # a dtc.models name (built-in or registered) or an import path "pkg.mod:factory"
     kwargs: dict = field(default_factory=dict)  # the factory's keyword arguments, checked against its signature
-    taps: dict = field(default_factory=dict)    # FeatureTaps layers of a user's net: {local: decoder.4, global: bottleneck}
+    taps: dict = field(default_factory=dict)    # FeatureTaps layers of a user's net: {local: decoder.4, global: bottleneck, features: [enc.3, enc.4]}
 
 
 @dataclass
@@ -238,7 +238,7 @@ class TrainConfig:
 
     def validate_model(self) -> None:
         """``model.name`` resolves (built-in, registered or importable) and ``model.kwargs`` fit its factory's
-        signature; ``model.taps`` has only ``local``/``global`` layer names."""
+        signature; ``model.taps`` has only ``local``/``global`` layer names and a ``features`` list."""
         from dtc.models import check_kwargs
 
         m = self.model
@@ -248,10 +248,16 @@ class TrainConfig:
             raise ConfigError(f"model.name: {exc}") from exc
         except TypeError as exc:
             raise ConfigError(str(exc)) from exc
-        unknown = sorted(set(m.taps) - {"local", "global"})
+        unknown = sorted(set(m.taps) - {"local", "global", "features"})
         if unknown:
-            raise ConfigError(f"model.taps: unknown key(s) {unknown}; expected local and/or global (layer names)")
+            raise ConfigError(f"model.taps: unknown key(s) {unknown}; expected local, global and/or features "
+                              "(layer names)")
         for role, layer in m.taps.items():
+            if role == "features":
+                if layer is not None and (not isinstance(layer, list) or not all(isinstance(n, str) for n in layer)):
+                    raise ConfigError(f"model.taps.features must be a list of layer names (shallow to deep), "
+                                      f"got {layer!r}")
+                continue
             if layer is not None and not isinstance(layer, str):
                 raise ConfigError(f"model.taps.{role} must be a layer name (a string), got {layer!r}")
 

@@ -183,20 +183,22 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 def build(name: str, kwargs: Optional[dict] = None, taps: Optional[dict] = None) -> nn.Module:
-    """:func:`create` then, when ``taps`` names layers (``{"local": "decoder.4", "global": "bottleneck"}``),
-    wrap the net in :class:`FeatureTaps` so it returns ``(logits, local, global)``. The one way trainers,
+    """:func:`create` then, when ``taps`` names layers (``{"local": "decoder.4", "global": "bottleneck",
+    "features": ["enc.2", "enc.3", "enc.4"]}``), wrap the net in :class:`FeatureTaps` so it returns
+    ``(logits, local, global)`` and exposes its encoder levels. The one way trainers,
     checkpoints and experiments turn a model spec into a module."""
     taps = dict(taps or {})
-    unknown = sorted(set(taps) - {"local", "global"})
+    unknown = sorted(set(taps) - {"local", "global", "features"})
     if unknown:
-        raise ValueError(f"model.taps: unknown key(s) {unknown}; expected 'local' and/or 'global'")
+        raise ValueError(f"model.taps: unknown key(s) {unknown}; expected 'local', 'global' and/or 'features'")
     model = create(name, **dict(kwargs or {}))
-    if taps.get("local") is None and taps.get("global") is None:
+    if taps.get("local") is None and taps.get("global") is None and not taps.get("features"):
         return model
     if isinstance(model, CppNet):
-        raise ValueError(f"model.taps: {name!r} already returns its own (logits, local, global); drop model.taps")
+        raise ValueError(f"model.taps: {name!r} already returns its own (logits, local, global) and feature "
+                         "pyramid; drop model.taps")
     try:
-        return FeatureTaps(model, local=taps.get("local"), global_=taps.get("global"))
+        return FeatureTaps(model, local=taps.get("local"), global_=taps.get("global"), features=taps.get("features"))
     except ValueError as exc:
         raise ValueError(f"model.taps: {exc}") from exc
 
@@ -249,7 +251,7 @@ def save_checkpoint(path, model: nn.Module, name: Optional[str] = None, kwargs: 
     """
     net = _unwrap(model)
     if taps is None and isinstance(net, FeatureTaps):
-        taps = {"local": net.local_name, "global": net.global_name}
+        taps = {"local": net.local_name, "global": net.global_name, "features": net.feature_names or None}
     inner = net.model if isinstance(net, FeatureTaps) else net
     if name is None:
         name = getattr(inner, "name", None) if isinstance(inner, CppNet) else _import_path_of(inner)

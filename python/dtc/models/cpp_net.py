@@ -152,6 +152,28 @@ class CppNet(nn.Module):
         """H and W of the input must be multiples of this."""
         return int(type(self._cpp).multiple)
 
+    # ------------------------------------------------------------------ the feature pyramid
+    @property
+    def feature_strides(self) -> list[int]:
+        """Stride of each encoder level that :meth:`features` returns, shallow to deep."""
+        return list(type(self._cpp).feature_strides)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each encoder level that :meth:`features` returns."""
+        return list(self._cpp.feature_channels)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder levels ``[f_0, ..., f_{L-1}]``, shallow to deep, ``f_l (N, C_l, H/s_l, W/s_l)``
+        with ``s_l = feature_strides[l]`` and ``C_l = feature_channels[l]``."""
+        return list(self._cpp.features(x))
+
+    def decode(self, x: torch.Tensor, features) -> tuple:
+        """``(logits, local, global)`` computed by the decoder from ``features`` (as :meth:`features`
+        returns them, possibly replaced level by level); ``x`` gives the input size (and the student's
+        image skip). ``forward(x)`` equals ``decode(x, features(x))``."""
+        return self._cpp.decode(x, list(features))
+
     def cpp_module(self):
         """The bound C++ module (``dtc._C.nets.cpp.*``) whose tensors this module holds."""
         return self._cpp
