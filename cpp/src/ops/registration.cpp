@@ -18,6 +18,10 @@ TORCH_LIBRARY(dtc, m) {
   // solution and info = [iterations, relative residual]. Not differentiable.
   m.def("smooth3d_pcg(Tensor target, Tensor weight, float kappa_z, float kappa_xy, float tol, int max_iter) -> (Tensor, Tensor)");
 
+  // XDim-KD test-time augmentation (docs/xdim.md): inverse-warps N predictions per slice (up-sampling to
+  // `size` in the same interpolation) and returns (mean, std, coverage). Not differentiable.
+  m.def("tta_accumulate(Tensor preds, Tensor params, int[2] size, float eps=1e-9) -> (Tensor, Tensor, Tensor)");
+
   // XDim-KD correlation distillation on sampled, L2-normalised point features (docs/xdim.md).
   m.def("corr_distill_loss(Tensor student, Tensor teacher, Tensor pair, float b0=0.1, float clamp_max=0.8) -> Tensor");
   m.def("corr_distill_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor pair, float b0, "

@@ -14,7 +14,7 @@ _load()
 
 __all__ = [
     "warp", "resize_flow", "temporal_consistency", "local_prototypes", "global_prototypes", "foreground_threshold",
-    "bce_dice", "kd_loss",
+    "bce_dice", "kd_loss", "corr_distill_loss", "tta_accumulate",
 ]
 
 
@@ -115,3 +115,15 @@ def corr_distill_loss(student_points, teacher_points, pair, b0: float = 0.1, cla
     centred per row and re-centred on the mean over all pairs. The teacher gets no gradient.
     """
     return torch.ops.dtc.corr_distill_loss(student_points, teacher_points, pair, float(b0), float(clamp_max))
+
+
+def tta_accumulate(preds, params, size, eps: float = 1e-9):
+    """Test-time-augmentation accumulation for XDim-KD pseudo-labels (docs/xdim.md): ``(mean, std, coverage)``.
+
+    preds [B, N, h, w]: N predictions per slice on augmented slices (any resolution covering the native
+    field of view); params [B, N, 3]: each draw's (angle in radians, tx, ty in native pixels), the same
+    values given to :func:`dtc.volume.tta_warp`; size = native (H, W). Each prediction is warped back to
+    the native grid (up-sampling and inverse warp in one bilinear interpolation, zero outside) and the
+    valid-weighted mean and standard deviation are accumulated in one Welford pass. Not differentiable.
+    """
+    return torch.ops.dtc.tta_accumulate(preds, params, [int(s) for s in size], float(eps))

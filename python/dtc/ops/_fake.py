@@ -130,3 +130,10 @@ def _corr_distill_loss_fake(student, teacher, pair, b0=0.1, clamp_max=0.8):
 @torch.library.register_fake("dtc::corr_distill_loss_backward")
 def _corr_distill_loss_backward_fake(grad_loss, student, teacher, pair, b0, clamp_max):
     return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::tta_accumulate")
+def _tta_accumulate_fake(preds, params, size, eps=1e-9):
+    torch._check(preds.dim() == 4, lambda: f"tta_accumulate: preds must be [B, N, h, w], got {tuple(preds.shape)}")
+    out = preds.new_empty((preds.shape[0], size[0], size[1]))
+    return out, torch.empty_like(out), torch.empty_like(out)
