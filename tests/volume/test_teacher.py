@@ -31,12 +31,30 @@ def test_user_encoder_is_frozen_and_checked():
         FrozenEncoder(nn.Conv2d(3, 4, 8, stride=8), 5)(torch.rand(1, 1, 16, 16))
 
 
-def test_segmenter_encoder_gives_a_stride8_grid_of_local_and_global_channels():
+def test_segmenter_encoder_gives_the_stride8_encoder_level():
     net = create("student", base=8)
     enc = SegmenterEncoder(net)
-    assert enc.channels == 8 + 64 and enc.multiple == 16
-    f = enc(torch.rand(2, 1, 64, 48))
-    assert f.shape == (2, 72, 8, 6)
+    level = net.feature_strides.index(8)
+    assert enc.channels == net.feature_channels[level] and enc.multiple == 16
+    x = torch.rand(2, 1, 64, 48)
+    f = enc(x)
+    assert f.shape == (2, enc.channels, 8, 6)
+    norm = (x.expand(-1, 3, -1, -1) - enc.mean) / enc.std
+    assert torch.allclose(f, net.eval().features(norm)[level].detach())
+
+
+def test_segmenter_without_pyramid_uses_pooled_taps():
+    class Plain(torch.nn.Module):
+        tap_channels = {"local": 2, "global": 3}
+        multiple = 16
+
+        def forward(self, x):
+            n, _, h, w = x.shape
+            return x[:, :1], x[:, :2], torch.nn.functional.avg_pool2d(x, 16)
+
+    enc = SegmenterEncoder(Plain())
+    f = enc(torch.rand(1, 1, 32, 32))
+    assert enc.channels == 5 and f.shape == (1, 5, 4, 4)
 
 
 def test_only_the_head_trains():

@@ -7,6 +7,7 @@
 
 #include "dtc/nets.h"
 #include "dtc/runtime_model.h"
+#include "dtc/student_kd.h"
 
 namespace py = pybind11;
 
@@ -47,6 +48,15 @@ void dtc_bind_nets(py::module_& m) {
       .def_readonly("feature_channels", &RealtimeStudentImpl::feature_channels)
       .def_property_readonly_static("feature_strides", [](py::object) { return RealtimeStudentImpl::feature_strides(); })
       .def_property_readonly_static("multiple", [](py::object) { return RealtimeStudentImpl::kMultiple; });
+
+  // XDim-KD's 3-D student: forward returns (logits [B, Z, H, W], kd [B, kd_channels, Z, H/8, W/8]).
+  torch::python::bind_module<StudentKDImpl>(nets, "StudentKD")
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("in_channels") = 1, py::arg("base") = 32,
+           py::arg("kd_channels") = 384)
+      .def_readonly("in_channels", &StudentKDImpl::in_channels)
+      .def_readonly("base", &StudentKDImpl::base)
+      .def_readonly("kd_channels", &StudentKDImpl::kd_channels)
+      .def_property_readonly_static("multiple", [](py::object) { return StudentKDImpl::kMultiple; });
 
   // The C++ runtime's model files (dtc.deploy.export writes them; tests read them back through the
   // runtime's own loader). A runtime Error surfaces in Python as ValueError with its message.

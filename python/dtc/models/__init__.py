@@ -26,12 +26,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from dtc.models.cpp_net import CppNet, RealtimeStudent, UNet, UNetPlusPlus
+from dtc.models.cpp_net import CppNet, RealtimeStudent, StudentKD, UNet, UNetPlusPlus
 from dtc.models.protocol import TripleOutput, as_triple, normalize_output
 from dtc.models.taps import FeatureTaps
 
 __all__ = [
-    "CppNet", "UNet", "UNetPlusPlus", "RealtimeStudent", "FeatureTaps", "TripleOutput",
+    "CppNet", "UNet", "UNetPlusPlus", "RealtimeStudent", "StudentKD", "FeatureTaps", "TripleOutput",
     "create", "build", "register", "unregister", "resolve", "check_kwargs", "names", "as_triple", "normalize_output", "count_parameters",
     "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
 ]

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-__all__ = ["CppNet", "UNet", "UNetPlusPlus", "RealtimeStudent"]
+__all__ = ["CppNet", "UNet", "UNetPlusPlus", "RealtimeStudent", "StudentKD"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -349,3 +349,39 @@ class RealtimeStudent(CppNet):
     @property
     def tap_channels(self) -> dict:
         return {"local": self._init_kwargs["base"], "global": 8 * self._init_kwargs["base"]}
+
+
+class StudentKD(CppNet):
+    """XDim-KD's 3-D student (docs/xdim.md, "The 3-D student"), an anisotropic U-Net in C++.
+
+    In-plane (1, k, k) convolutions everywhere except three (3, 3, 3) convolutions (dilation (1, 2, 2)) at
+    stride 8, so each output slice sees exactly 7 input slices. Widths ``base·(1, 2, 4, 4)`` (32 in the
+    original code, ≈ 2.9 M parameters with ``kd_channels=384``). The KD head concatenates the bottleneck and
+    the decoder maps average-pooled to the stride-8 grid (``12·base`` channels), then Dropout(0.5), a 1×1×1
+    conv with ReLU and a 1×1×1 conv to ``kd_channels`` (the teacher's channel count).
+
+    Convention:
+        ``x (B, in_channels, Z, H, W)``, ``H, W`` multiples of 8, ``Z`` any. ``forward(x)`` returns
+        ``logits (B, Z, H, W)`` and ``kd (B, kd_channels, Z, H/8, W/8)``; ``forward(x, kd_grid=(h, w))``
+        average-pools ``kd`` to a teacher grid of another size.
+    """
+
+    name = "student_kd"
+
+    def __init__(self, in_channels: int = 1, base: int = 32, kd_channels: int = 384):
+        _positive_int("in_channels", in_channels, "StudentKD")
+        _positive_int("base", base, "StudentKD")
+        _positive_int("kd_channels", kd_channels, "StudentKD")
+        super().__init__(_nets().cpp.StudentKD(in_channels=in_channels, base=base, kd_channels=kd_channels),
+                         {"in_channels": in_channels, "base": base, "kd_channels": kd_channels})
+
+    def forward(self, x: torch.Tensor, kd_grid=None):
+        logits, kd = self._cpp.forward(x)
+        if kd_grid is not None:
+            kd = torch.nn.functional.adaptive_avg_pool3d(kd, (kd.shape[2], int(kd_grid[0]), int(kd_grid[1])))
+        return logits, kd
+
+    @property
+    def z_receptive_field(self) -> int:
+        """Input slices each output slice depends on (three z-kernels of 3 at the bottleneck)."""
+        return 7

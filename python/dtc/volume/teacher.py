@@ -4,8 +4,7 @@ plus a light head trained on the labelled slices.
 An encoder is any module mapping normalised 3-channel slices [N, 3, H, W] to features [N, C, H/8, W/8].
 `FrozenEncoder` wraps it: it tiles grey slices to 3 channels, applies the ImageNet normalisation dtc's
 2-D nets are trained with, freezes the weights and runs without gradient. `SegmenterEncoder` makes one
-from a dtc 2-D segmenter (the stage-1 teacher or a student): its late decoder map average-pooled by 8
-next to its bottleneck resampled to the same grid. A user's own frozen encoder (e.g. a ViT-S/8 with
+from a dtc 2-D segmenter (the stage-1 teacher or a student): its encoder level at stride 8. A user's own frozen encoder (e.g. a ViT-S/8 with
 their weights) goes through `FrozenEncoder(module, channels)` unchanged.
 """
 from __future__ import annotations
@@ -66,15 +65,23 @@ class FrozenEncoder(nn.Module):
 
 
 class _SegmenterGrid(nn.Module):
-    """A dtc 2-D segmenter's (logits, local, global) turned into one stride-8 map."""
+    """A dtc 2-D segmenter as one stride-8 map: its encoder level at stride 8 when it exposes the feature
+    pyramid (`features`, `feature_strides`), else its (logits, local, global) taps pooled to that grid."""
 
     def __init__(self, segmenter: nn.Module):
         super().__init__()
-        from dtc.models.protocol import as_triple
+        strides = list(getattr(segmenter, "feature_strides", []) or [])
+        self.level = strides.index(STRIDE) if STRIDE in strides and hasattr(segmenter, "features") else None
+        if self.level is not None:
+            self.segmenter = segmenter
+        else:
+            from dtc.models.protocol import as_triple
 
-        self.segmenter = as_triple(segmenter)
+            self.segmenter = as_triple(segmenter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.level is not None:
+            return self.segmenter.features(x)[self.level]
         _, local, global_ = self.segmenter(x)
         size = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
         fine = F.adaptive_avg_pool2d(local, size)
@@ -83,14 +90,20 @@ class _SegmenterGrid(nn.Module):
 
 
 class SegmenterEncoder(FrozenEncoder):
-    """A frozen dtc 2-D segmenter as the teacher's encoder: [avg-pool_8(local), resize(global)]."""
+    """A frozen dtc 2-D segmenter as the teacher's encoder: its stride-8 encoder level (C_T = that level's
+    channels), or, for a net without a feature pyramid, [avg-pool_8(local), resize(global)]."""
 
     def __init__(self, segmenter: nn.Module):
-        taps = getattr(segmenter, "tap_channels", None)
-        if taps is None:
-            raise ValueError("SegmenterEncoder: the segmenter must report tap_channels ({'local': C_l, 'global': C_g})")
-        multiple = int(getattr(segmenter, "multiple", STRIDE))
-        super().__init__(_SegmenterGrid(segmenter), int(taps["local"]) + int(taps["global"]), STRIDE, multiple)
+        grid = _SegmenterGrid(segmenter)
+        if grid.level is not None:
+            channels = int(segmenter.feature_channels[grid.level])
+        else:
+            taps = getattr(segmenter, "tap_channels", None)
+            if taps is None:
+                raise ValueError("SegmenterEncoder: the segmenter needs a stride-8 level in feature_strides or "
+                                 "tap_channels ({'local': C_l, 'global': C_g})")
+            channels = int(taps["local"]) + int(taps["global"])
+        super().__init__(grid, channels, STRIDE, int(getattr(segmenter, "multiple", STRIDE)))
 
 
 class SliceTeacher(nn.Module):
