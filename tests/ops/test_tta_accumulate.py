@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dtc.ops
-from dtc.ops import reference
+from dtc.ops import reference_volume as reference
 from dtc.volume.tta import draw_tta_params, tta_predict, tta_warp
 
 
