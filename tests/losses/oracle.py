@@ -70,8 +70,8 @@ def confidence(i_prev, i_cur, flow, preset, alpha, flow_bw=None):
     else:
         m = torch.exp(-alpha * (i_cur - warp(i_prev, flow)).abs().mean(1, keepdim=True))
     if flow_bw is not None:
-        # F_bw evaluated at p + F_fw(p): a backward warp with the negated flow.
-        bw = warp(flow_bw, -flow)
+        # F_bw evaluated at p - F(p), p's point in frame t-1: a backward warp with the flow itself.
+        bw = warp(flow_bw, flow)
         lhs = ((flow + bw) ** 2).sum(1, keepdim=True)
         rhs = 0.01 * ((flow ** 2).sum(1, keepdim=True) + (bw ** 2).sum(1, keepdim=True)) + 0.5
         m = m * (lhs < rhs).to(m.dtype)

@@ -274,3 +274,37 @@ def test_losses_import_does_not_load_the_core():
     code = "import sys, dtc.losses; print('dtc._C' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_occlusion_test_keeps_every_pixel_of_an_exact_rigid_motion(impl, dtype):
+    """Frame t is frame t-1 rotated by 8 degrees and shifted by 7 px; with the exact flow and its exact
+    inverse nothing is occluded where frame t's point comes from inside frame t-1 (the test used to sample
+    the reversed flow at p + F(p) and flagged 86 % of those pixels)."""
+    import math
+
+    H, W, angle = 64, 96, math.radians(8.0)
+    cx, cy, sx, sy = 47.5, 31.5, 6.0, -4.0
+    cos, sin = math.cos(angle), math.sin(angle)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    # frame t's pixel p came from q = R^-1 (p - c - s) + c; frame t-1's pixel q goes to R (q - c) + c + s
+    dx, dy = xs - cx - sx, ys - cy - sy
+    qx, qy = cos * dx + sin * dy + cx, -sin * dx + cos * dy + cy
+    px, py = cos * (xs - cx) - sin * (ys - cy) + cx + sx, sin * (xs - cx) + cos * (ys - cy) + cy + sy
+    flows = torch.zeros(1, 2, 2, H, W, dtype=dtype)
+    back = torch.zeros_like(flows)
+    flows[0, 1] = torch.stack([xs - qx, ys - qy]).to(dtype)        # F(p) = p - q
+    back[0, 1] = torch.stack([xs - px, ys - py]).to(dtype)         # F_bw(q) = q - p
+    images = torch.full((1, 2, 3, H, W), 0.5, dtype=dtype)
+    logits = torch.zeros(1, 2, 1, H, W, dtype=dtype)
+    _, maps = losses.temporal_consistency(logits, images, flows, flows_backward=back, alpha=0.0, return_maps=True,
+                                          impl=impl)
+    inside = (qx > 0) & (qx < W - 1) & (qy > 0) & (qy < H - 1)
+    assert inside.float().mean() > 0.7
+    kept = maps["confidence"][0, 0, 0] > 0.5
+    assert bool(kept[inside].all()), f"{float((~kept[inside]).float().mean()):.1%} of in-view pixels flagged"
+    # and a flow that disagrees with its reverse by 3 px is flagged
+    _, maps = losses.temporal_consistency(logits, images, flows, flows_backward=back + 3.0, alpha=0.0,
+                                          return_maps=True, impl=impl)
+    assert not bool((maps["confidence"][0, 0, 0] > 0.5)[inside].any())

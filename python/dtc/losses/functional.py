@@ -165,7 +165,7 @@ def temporal_consistency(
     gradient), ``M = exp(-alpha * r)`` with ``r = |sum_c s_c dI_c|`` (``confidence="abs_sum"``, reference)
     or ``mean_c |s_c dI_c|`` (``"mean_abs"``, dtc), ``dI = I_t - W(I_{t-1})`` and ``s = channel_scale``
     (``1/std`` reproduces the residual of normalised images; default 1). With ``flows_backward`` the
-    forward-backward test ``|F(p) + F_bw(p + F(p))|^2 < 0.01(|F|^2 + |F_bw(p + F(p))|^2) + 0.5`` multiplies
+    forward-backward test ``|F(p) + F_bw(p - F(p))|^2 < 0.01(|F|^2 + |F_bw(p - F(p))|^2) + 0.5`` multiplies
     ``M`` (``F_bw`` sampled bilinearly, border). ``L_t = 1 - mean_{b,h,w} M (1 - |P_t - P~|)``, or
     ``1 - sum(M (1 - |P_t - P~|)) / sum(M)`` with ``normalise``.
 
@@ -173,7 +173,8 @@ def temporal_consistency(
         logits: ``(B, T, 1, H, W)`` student logits, ``T >= 2``.
         images: ``(B, T, C, H, W)`` in the units the residual is meant in (``[0, 1]``).
         flows, flows_backward: ``(B, T, 2, H, W)``; ``flows_backward[:, t]`` is the flow from frame ``t``
-            to ``t-1`` in the same convention (so ``F + F_bw(p + F) ~ 0`` where nothing is occluded).
+            to ``t-1`` in the same convention, at frame ``t-1``'s pixels (so ``F(p) + F_bw(p - F(p)) ~ 0`` where
+            nothing is occluded; ``FlowProvider.backward_flows`` gives it).
         return_maps: also return ``M`` and the warped target ``(B, T-1, 1, H, W)`` (detached).
 
     Returns:

@@ -110,7 +110,7 @@ def temporal_consistency(logits, images, flows, flows_backward=None, channel_sca
     conf = torch.exp(-alpha * residual)
     if flows_backward is not None:
         _, back = _pairs(flows_backward)
-        back_at = warp(back, -flow)  # F_bw(p + F_fw(p))
+        back_at = warp(back, flow)  # F_bw(p - F(p)): p's point in frame t-1, where F_bw lives
         err = (flow + back_at).square().sum(1, keepdim=True)
         bound = 0.01 * (flow.square().sum(1, keepdim=True) + back_at.square().sum(1, keepdim=True)) + 0.5
         conf = conf * (err < bound).to(conf.dtype)

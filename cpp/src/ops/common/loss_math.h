@@ -74,12 +74,14 @@ DTC_HOST_DEVICE T sample_sigmoid_plane(const BilinearTaps<T>& t, const S* plane,
   return interpolate(t, v00, v01, v10, v11);
 }
 
-// Forward-backward occlusion test of docs/method.md §2.5 at one pixel:
-// |F(p) + F_bw(p + F(p))|^2 < 0.01 (|F(p)|^2 + |F_bw(p + F(p))|^2) + 0.5, F_bw bilinear with border padding.
+// Forward-backward occlusion test of docs/method.md §2.5 at one pixel of frame t:
+// |F(p) + F_bw(p - F(p))|^2 < 0.01 (|F(p)|^2 + |F_bw(p - F(p))|^2) + 0.5, F_bw bilinear with border padding.
+// F carries frame t-1 into t by W(A)(p) = A(p - F(p)), so p's point in frame t-1 is p - F(p), where the
+// reversed pair's flow F_bw lives (sampling at p + F(p) flagged most pixels of an exact rotation).
 template <typename T, typename S>
 DTC_HOST_DEVICE bool passes_occlusion_test(T fx, T fy, const S* back_x, const S* back_y, int64_t x, int64_t y,
                                            int64_t width, int64_t height) {
-  const auto t = bilinear_taps<T>(T(x) + fx, T(y) + fy, width, height, Padding::Border);
+  const auto t = bilinear_taps<T>(T(x) - fx, T(y) - fy, width, height, Padding::Border);
   if (!t.finite) return false;
   const T bx = sample_plane(t, back_x, width);
   const T by = sample_plane(t, back_y, width);

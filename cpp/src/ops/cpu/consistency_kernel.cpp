@@ -149,11 +149,11 @@ DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float
     target[x] = simd::select(finite[x] != 0.0f, target[x], 0.0f);
   }
   if (P.occlusion) {
-    // Forward-backward test: F_bw sampled (border padding) at p + F(p).
+    // Forward-backward test: F_bw sampled (border padding) at p - F(p), p's point in frame t-1 (loss_math.h).
     const float* bx = flows_bw + (b * P.T_ + t) * 2 * HW;
     const float* by = bx + HW;
     for (int64_t x = 0; x < W; ++x) {
-      border_taps(float(x) + fx[x], float(y) + fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x],
+      border_taps(float(x) - fx[x], float(y) - fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x],
                   &finite[x]);
     }
     for (int64_t x = 0; x < W; ++x) {
