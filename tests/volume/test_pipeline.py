@@ -87,6 +87,10 @@ def test_experiment_file_and_smoke_run(tmp_path):
     assert cpu["arms"] == ["sparse", "teacher2d", "pseudo", "full"]
     with pytest.raises(ValueError, match="no preset"):
         load_spec(path, "nope")
+    from dtc.volume.experiment import run_experiment
+
+    with pytest.raises(ValueError, match="not among"):
+        run_experiment(path, "smoke", tmp_path / "x", ratios=[0.5])
     assert main(["xdim", "experiment", str(path), "--preset", "smoke", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
     for label in ("sparse labels only", "slice by slice", "pseudo-labels only", "pseudo-labels + correlation"):

@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     e.add_argument("file")
     e.add_argument("--preset", required=True)
     e.add_argument("--out", default=None, help="default runs/<name>/<preset>")
+    e.add_argument("--ratios", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                   help="only these of the preset's label ratios (comma-separated)")
+    e.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                   help="only these of the preset's seeds (comma-separated)")
     e.set_defaults(func=_experiment)
 
 
@@ -100,6 +104,6 @@ def _infer(args) -> int:
 def _experiment(args) -> int:
     from dtc.volume.experiment import run_experiment
 
-    result = run_experiment(args.file, args.preset, args.out)
+    result = run_experiment(args.file, args.preset, args.out, ratios=args.ratios, seeds=args.seeds)
     print(result["table"])
     return 0

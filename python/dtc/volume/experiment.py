@@ -59,25 +59,33 @@ def _size(text) -> tuple[int, int]:
     return h, w
 
 
-def run_experiment(path, preset: str, out=None, log=print) -> dict:
+def run_experiment(path, preset: str, out=None, log=print, ratios=None, seeds=None) -> dict:
+    """Run (or resume) the experiment; `ratios` / `seeds` restrict it to a subset of the preset's."""
     from dtc.data.synth3d import Synth3DConfig, write_synth3d_dataset
     from dtc.volume import pipeline
 
     spec = load_spec(path, preset)
+    for key, subset in (("ratios", ratios), ("seeds", seeds)):
+        if subset:
+            extra = [v for v in subset if v not in spec[key]]
+            if extra:
+                raise ValueError(f"--{key} {extra} are not among preset {preset!r}'s {key} {spec[key]}")
+    todo_seeds = seeds or spec["seeds"]
+    todo_ratios = ratios or spec["ratios"]
     out = Path(out) if out else Path("runs") / spec["name"] / preset
     data_cfg = dict(spec.get("data") or {})
     n_train, n_test = int(data_cfg.pop("volumes", 8)), int(data_cfg.pop("test_volumes", 4))
     height, width = _size(data_cfg.pop("size", "128x128"))
     cfg = Synth3DConfig(height=height, width=width, **data_cfg)
     teacher_cfg, pseudo_cfg, student_cfg = (dict(spec.get(k) or {}) for k in ("teacher", "pseudo", "student"))
-    for seed in spec["seeds"]:
+    for seed in todo_seeds:
         seed = int(seed)
         data = out / "data" / f"seed{seed}"
         for split, n, s in (("train", n_train, seed), ("test", n_test, 1000 + seed)):
             if not (data / split / "meta.json").is_file():
                 log(f"simulating {n} {split} volumes (seed {s})")
                 write_synth3d_dataset(data / split, n, cfg, seed=s, progress=False)
-        for ratio in spec["ratios"]:
+        for ratio in todo_ratios:
             run = out / f"rho{float(ratio):g}" / f"seed{seed}"
             quiet = lambda msg, run=run: None  # noqa: E731  (per-epoch lines stay out of the summary)
             if not (run / "teacher.pt").is_file() or not (run / "run.json").is_file():
