@@ -97,6 +97,40 @@ at::Tensor kd_loss(const at::Tensor& student, const at::Tensor& teacher, double 
 at::Tensor kd_loss_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
                             double tau);
 
+// Exact Euclidean distance from each element to the nearest nonzero element of `mask`, over its last
+// k = spacing.size() (1-3) dimensions; the leading dimensions are a batch. `spacing` is the physical size
+// of one step along each spatial dimension (anisotropic voxels). Returns float64 of mask's shape: 0 on the
+// object, +inf where a sample has no object. CPU only; not differentiable.
+at::Tensor edt(const at::Tensor& mask, at::ArrayRef<double> spacing);
+
+// Target-guided feature distillation on one encoder level (docs/v2i.md). With N the normalisation
+// ("pixel_ln": each pixel standardised over channels; "pearson": each channel over H*W; "none"),
+// e(p) = mean_c (N(S) - N(T))^2 (times the teacher's spatial attention H*W*softmax_p(mean_c|T| / 0.5)
+// when attn_weight), per sample L_fg = sum M e / max(sum M, 1e-6) (0 when sum M < 1e-6) and
+// L_bg = sum (1-M) e / max(sum (1-M), 1e-6); returns mean_b (alpha_fg L_fg + alpha_bg L_bg).
+//   student, teacher [B, C, H, W] (any float dtype; computed in float32 or float64), mask [B, 1, H, W] in [0, 1]
+// Differentiable in the student only.
+at::Tensor tfd_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& mask, double alpha_fg,
+                    double alpha_bg, std::string_view norm, bool attn_weight);
+at::Tensor tfd_loss_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                             const at::Tensor& mask, double alpha_fg, double alpha_bg, std::string_view norm,
+                             bool attn_weight);
+
+// Multi-frame multi-scale deformable attention (docs/v2i.md, the clip teacher's global branch): the
+// Deformable-DETR sampler over M = T * L value maps (every frame at every level).
+//   value [B, S, H_a, D] with S = sum_m h_m w_m, the maps flattened row-major one after the other
+//   spatial_shapes [h_0, w_0, ..., h_{M-1}, w_{M-1}]
+//   sampling_locations [B, Q, H_a, M, K, 2] normalised (x, y): pixel x = u * w_m - 0.5 (align_corners=False)
+//   attention_weights [B, Q, H_a, M, K]
+//   returns [B, Q, H_a * D] = sum_{m,k} a * bilinear(value_m, loc) with zero padding.
+// Differentiable in value, sampling_locations and attention_weights.
+at::Tensor msda_st(const at::Tensor& value, at::IntArrayRef spatial_shapes, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_st_backward(const at::Tensor& grad_out, const at::Tensor& value,
+                                                                at::IntArrayRef spatial_shapes,
+                                                                const at::Tensor& sampling_locations,
+                                                                const at::Tensor& attention_weights);
+
 // Dense optical flow of Farnebäck (2003) as OpenCV's calcOpticalFlowFarneback computes it
 // (polynomial expansion, coarse-to-fine pyramid, box or Gaussian window), then an optional median
 // filter of each flow component.

@@ -6,6 +6,7 @@
 // row-major passes, so the two agree to rounding (the tests compare them at 1e-12). Layout: pred (H, W) float64 in [0, 1], row-major contiguous;
 // gt (H, W) uint8/bool, nonzero = object. Curve entry i belongs to threshold (255 - i) / 255.
 #include "metrics/metrics_bindings.h"
+#include "ops/common/edt_math.h"
 
 #include <algorithm>
 #include <cfenv>
@@ -213,44 +214,11 @@ double f_beta(double precision, double recall, double beta2) {
 }
 
 // ------------------------------------------------------------------------------------------ weighted F
-// 1-D squared distance transform of f (Felzenszwalb & Huttenlocher 2012) with the argmin position, in
-// exact integer arithmetic: f holds integer squared distances, or -1 where there is no site (a line
-// without sites gets d = -1, arg = -1). The parabola intersections are rationals num / den (den > 0)
-// compared by cross-multiplying, so ties are decided exactly; among equidistant sites the leftmost
-// wins, which is the choice scipy's EDT makes. Needs (f + q^2) * 2n < 2^63: checked by the caller.
+// 1-D squared distance transform with the argmin, in exact integer arithmetic (the shared lower
+// envelope of ops/common/edt_math.h with unit spacing): f holds integer squared distances, or -1 where
+// there is no site. Needs (f + q^2) * 2n < 2^63: checked by the caller.
 void dt1d(const int64_t* f, int64_t n, int64_t* d, int32_t* arg, int32_t* v, int64_t* z_num, int64_t* z_den) {
-  // Envelope: sites v[0..k]; site v[j] is the lowest parabola on (z[j], z[j+1]], z[0] = -inf, z[k+1] = +inf.
-  int64_t k = -1;
-  for (int64_t q = 0; q < n; ++q) {
-    if (f[q] < 0) continue;
-    const int64_t fq = f[q] + q * q;
-    int64_t num = 0, den = 1;
-    while (k >= 0) {
-      const int64_t p = v[k];
-      num = fq - (f[p] + p * p);
-      den = 2 * (q - p);
-      if (k == 0 || num * z_den[k] > z_num[k] * den) break;  // s > z[k]
-      --k;
-    }
-    ++k;
-    v[k] = int32_t(q);
-    z_num[k] = num;
-    z_den[k] = den;
-  }
-  if (k < 0) {
-    for (int64_t q = 0; q < n; ++q) {
-      d[q] = -1;
-      arg[q] = -1;
-    }
-    return;
-  }
-  int64_t j = 0;
-  for (int64_t q = 0; q < n; ++q) {
-    while (j < k && z_num[j + 1] < q * z_den[j + 1]) ++j;  // z[j + 1] < q
-    const int64_t p = v[j], dq = q - p;
-    d[q] = dq * dq + f[p];
-    arg[q] = int32_t(p);
-  }
+  dtc::ops::edt::lower_envelope<int64_t>(f, n, 1, d, arg, v, z_num, z_den);
 }
 
 // Exact Euclidean distance transform to the object fused with what weighted F needs from it: the

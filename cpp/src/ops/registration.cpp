@@ -22,6 +22,23 @@ TORCH_LIBRARY(dtc, m) {
   // `size` in the same interpolation) and returns (mean, std, coverage). Not differentiable.
   m.def("tta_accumulate(Tensor preds, Tensor params, int[2] size, float eps=1e-9) -> (Tensor, Tensor, Tensor)");
 
+  // Exact Euclidean distance transform to the nonzero elements over the last len(spacing) dimensions
+  // (docs/v2i.md, soft foreground masks). CPU only, not differentiable.
+  m.def("edt(Tensor mask, float[] spacing) -> Tensor");
+
+  // V2I-Seg target-guided feature distillation on one encoder level (docs/v2i.md); differentiable in
+  // the student only.
+  m.def("tfd_loss(Tensor student, Tensor teacher, Tensor mask, float alpha_fg=1.0, float alpha_bg=0.5, "
+        "str norm='pixel_ln', bool attn_weight=False) -> Tensor");
+  m.def("tfd_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor mask, float alpha_fg, "
+        "float alpha_bg, str norm, bool attn_weight) -> Tensor");
+
+  // V2I-Seg multi-frame multi-scale deformable attention (the clip teacher's global branch); see
+  // dtc/ops.h for shapes. Differentiable in value, sampling_locations and attention_weights.
+  m.def("msda_st(Tensor value, int[] spatial_shapes, Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  m.def("msda_st_backward(Tensor grad_out, Tensor value, int[] spatial_shapes, Tensor sampling_locations, "
+        "Tensor attention_weights) -> (Tensor, Tensor, Tensor)");
+
   // XDim-KD correlation distillation on sampled, L2-normalised point features (docs/xdim.md).
   m.def("corr_distill_loss(Tensor student, Tensor teacher, Tensor pair, float b0=0.1, float clamp_max=0.8) -> Tensor");
   m.def("corr_distill_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor pair, float b0, "

@@ -14,7 +14,7 @@ _load()
 
 __all__ = [
     "warp", "resize_flow", "temporal_consistency", "local_prototypes", "global_prototypes", "foreground_threshold",
-    "bce_dice", "kd_loss", "corr_distill_loss", "tta_accumulate",
+    "bce_dice", "kd_loss", "corr_distill_loss", "tta_accumulate", "edt", "tfd_loss", "msda_st",
 ]
 
 
@@ -127,3 +127,78 @@ def tta_accumulate(preds, params, size, eps: float = 1e-9):
     valid-weighted mean and standard deviation are accumulated in one Welford pass. Not differentiable.
     """
     return torch.ops.dtc.tta_accumulate(preds, params, [int(s) for s in size], float(eps))
+
+
+def edt(mask: torch.Tensor, spacing=(1.0, 1.0)) -> torch.Tensor:
+    """Exact Euclidean distance from each element to the nearest nonzero element of ``mask``.
+
+    Args:
+        mask: ``(..., *spatial)``; nonzero marks the object. The last ``len(spacing)`` (1 to 3)
+            dimensions are spatial, the leading ones a batch of independent samples.
+        spacing: physical size of one step along each spatial dimension (e.g. ``(z, y, x)`` in mm for
+            anisotropic volumes); distances come out in those units.
+
+    Returns:
+        float64 of ``mask``'s shape on ``mask``'s device: 0 on the object, ``+inf`` throughout a sample
+        without object. Not differentiable.
+
+    Convention:
+        Computed on the CPU (a mask on another device is copied there and the result back): one exact
+        pass of the lower-envelope transform per axis, the same 1-D transform as the weighted
+        F-measure's distance map.
+    """
+    spacing = [float(s) for s in spacing]
+    out = torch.ops.dtc.edt(mask.detach().cpu(), spacing)
+    return out.to(mask.device)
+
+
+def tfd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, *, alpha_fg: float = 1.0,
+             alpha_bg: float = 0.5, norm: str = "pixel_ln", attn_weight: bool = False) -> torch.Tensor:
+    """Target-guided feature distillation on one encoder level (docs/v2i.md).
+
+    Args:
+        student: ``(B, C, H, W)`` student features (after the adapter), any float dtype.
+        teacher: ``(B, C, H, W)`` the clip teacher's features, same dtype; a stop-gradient target.
+        mask: ``(B, 1, H, W)`` soft foreground mask in ``[0, 1]`` at this level (``dtc.distill.soft_foreground``).
+        alpha_fg, alpha_bg: weights of the foreground and background terms.
+        norm: ``"pixel_ln"`` (standardise each pixel over channels; scale-free across backbones),
+            ``"pearson"`` (each channel over the pixels) or ``"none"``.
+        attn_weight: multiply the per-pixel error by the teacher's spatial attention
+            ``H W softmax_p(mean_c |T| / 0.5)``.
+
+    Returns:
+        A scalar (float32, or float64 for float64 input): ``mean_b (alpha_fg L_fg + alpha_bg L_bg)`` with
+        ``L_fg = sum_p M e / max(sum M, 1e-6)`` (0 for a sample without foreground),
+        ``L_bg = sum_p (1 - M) e / max(sum (1 - M), 1e-6)`` and ``e = mean_c (N(S) - N(T))^2``.
+        Differentiable in ``student`` only.
+
+    Convention:
+        Half-precision features are upcast inside the kernels; the loss is computed in float32. The mask's
+        range is checked (one host sync).
+    """
+    return torch.ops.dtc.tfd_loss(student, teacher.detach(), mask, float(alpha_fg), float(alpha_bg), norm,
+                                  bool(attn_weight))
+
+
+def msda_st(value: torch.Tensor, spatial_shapes, sampling_locations: torch.Tensor,
+            attention_weights: torch.Tensor) -> torch.Tensor:
+    """Multi-frame multi-scale deformable attention: the sampler of the clip teacher's global branch.
+
+    Args:
+        value: ``(B, S, heads, D)``: the M = T·L value maps (every frame at every level) flattened
+            row-major and concatenated, ``S = sum_m h_m w_m``.
+        spatial_shapes: ``[(h_0, w_0), ..., (h_{M-1}, w_{M-1})]`` (or the flat list).
+        sampling_locations: ``(B, Q, heads, M, K, 2)``, normalised ``(x, y)``.
+        attention_weights: ``(B, Q, heads, M, K)`` (a softmax over (M, K) in the module).
+
+    Returns:
+        ``(B, Q, heads·D)``: ``sum_{m,k} A · bilinear(value_m, loc)``. Differentiable in value, locations and
+        weights; float32 or float64.
+
+    Convention:
+        Location ``(u, v)`` on an ``h × w`` map is pixel ``(u w - 0.5, v h - 0.5)``, ``grid_sample``'s
+        ``align_corners=False`` placement; samples outside the map read zero. On CUDA the backward uses
+        atomics (not bitwise deterministic); the CPU kernel is deterministic.
+    """
+    flat = [int(v) for item in spatial_shapes for v in (item if isinstance(item, (tuple, list)) else (item,))]
+    return torch.ops.dtc.msda_st(value, flat, sampling_locations, attention_weights)

@@ -137,3 +137,38 @@ def _tta_accumulate_fake(preds, params, size, eps=1e-9):
     torch._check(preds.dim() == 4, lambda: f"tta_accumulate: preds must be [B, N, h, w], got {tuple(preds.shape)}")
     out = preds.new_empty((preds.shape[0], size[0], size[1]))
     return out, torch.empty_like(out), torch.empty_like(out)
+
+
+@torch.library.register_fake("dtc::edt")
+def _edt_fake(mask, spacing):
+    torch._check(1 <= len(spacing) <= 3, lambda: f"edt: spacing must give 1, 2 or 3 values, got {len(spacing)}")
+    torch._check(mask.dim() >= len(spacing), lambda: f"edt: mask must have at least {len(spacing)} dimensions")
+    return mask.new_empty(mask.shape, dtype=torch.float64)
+
+
+@torch.library.register_fake("dtc::tfd_loss")
+def _tfd_loss_fake(student, teacher, mask, alpha_fg=1.0, alpha_bg=0.5, norm="pixel_ln", attn_weight=False):
+    torch._check(student.dim() == 4, lambda: f"tfd_loss: student must be [B, C, H, W], got {tuple(student.shape)}")
+    torch._check(teacher.shape == student.shape, lambda: "tfd_loss: teacher must have the student's shape")
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    return student.new_empty((), dtype=acc)
+
+
+@torch.library.register_fake("dtc::tfd_loss_backward")
+def _tfd_loss_backward_fake(grad_loss, student, teacher, mask, alpha_fg, alpha_bg, norm, attn_weight):
+    return torch.empty_like(student, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtc::msda_st")
+def _msda_st_fake(value, spatial_shapes, sampling_locations, attention_weights):
+    torch._check(value.dim() == 4, lambda: f"msda_st: value must be [B, S, heads, D], got {tuple(value.shape)}")
+    torch._check(sampling_locations.dim() == 6, lambda: "msda_st: sampling_locations must be [B, Q, heads, M, K, 2]")
+    B, _, heads, D = value.shape
+    return value.new_empty((B, sampling_locations.shape[1], heads * D))
+
+
+@torch.library.register_fake("dtc::msda_st_backward")
+def _msda_st_backward_fake(grad_out, value, spatial_shapes, sampling_locations, attention_weights):
+    return (torch.empty_like(value, memory_format=torch.contiguous_format),
+            torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
+            torch.empty_like(attention_weights, memory_format=torch.contiguous_format))

@@ -190,3 +190,70 @@ def corr_distill_loss(student_points: torch.Tensor, teacher_points: torch.Tensor
     f = f - f.mean(dim=2, keepdim=True) + f.mean()
     c = torch.einsum("mac,mbc->mab", student_points, student_points[pair])
     return -(c.clamp(0, clamp_max) * (f - b0)).mean()
+
+
+def edt(mask: torch.Tensor, spacing=(1.0, 1.0)) -> torch.Tensor:
+    """Brute force: for every element, the minimum over all object elements of the spacing-weighted
+    distance (quadratic in the number of elements; for tests)."""
+    k = len(spacing)
+    spatial = mask.shape[mask.dim() - k:]
+    flat = mask.reshape(-1, *spatial)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in spatial], indexing="ij"), -1)
+    coords = grid.reshape(-1, k) * torch.tensor(spacing, dtype=torch.float64)
+    out = torch.full((flat.shape[0], coords.shape[0]), float("inf"), dtype=torch.float64)
+    for b in range(flat.shape[0]):
+        sites = coords[flat[b].reshape(-1).cpu() != 0]
+        if len(sites):
+            out[b] = torch.cdist(coords, sites, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    return out.reshape(mask.shape)
+
+
+def _standardise(x: torch.Tensor, dims) -> torch.Tensor:
+    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+def tfd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, alpha_fg: float = 1.0,
+             alpha_bg: float = 0.5, norm: str = "pixel_ln", attn_weight: bool = False) -> torch.Tensor:
+    """Plain-PyTorch target-guided feature distillation (the oracle of torch.ops.dtc.tfd_loss)."""
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    s, t = student.to(acc), teacher.detach().to(acc)
+    if norm == "pixel_ln":
+        s, t = _standardise(s, 1), _standardise(t, 1)
+    elif norm == "pearson":
+        s, t = _standardise(s, (2, 3)), _standardise(t, (2, 3))
+    elif norm != "none":
+        raise ValueError(f"tfd_loss: norm must be 'pixel_ln', 'pearson' or 'none', got {norm!r}")
+    e = ((s - t) ** 2).mean(1)
+    B, H, W = e.shape
+    if attn_weight:
+        act = teacher.detach().to(acc).abs().mean(1).reshape(B, -1)
+        e = e * (H * W * torch.softmax(act / 0.5, 1)).reshape(B, H, W)
+    m = mask.to(acc).reshape(B, H, W)
+    fg, bg = m.sum((1, 2)), (1 - m).sum((1, 2))
+    l_fg = torch.where(fg >= 1e-6, (m * e).sum((1, 2)) / fg.clamp_min(1e-6), torch.zeros_like(fg))
+    l_bg = ((1 - m) * e).sum((1, 2)) / bg.clamp_min(1e-6)
+    return (alpha_fg * l_fg + alpha_bg * l_bg).mean()
+
+
+def msda_st(value: torch.Tensor, spatial_shapes, sampling_locations: torch.Tensor,
+            attention_weights: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` composition of torch.ops.dtc.msda_st: one bilinear, zero-padded,
+    ``align_corners=False`` sampling per value map (the CPU oracle of the fused kernels)."""
+    import torch.nn.functional as F
+
+    flat = [int(v) for item in spatial_shapes for v in (item if isinstance(item, (tuple, list)) else (item,))]
+    shapes = list(zip(flat[0::2], flat[1::2]))
+    B, S, heads, D = value.shape
+    _, Q, _, M, K, _ = sampling_locations.shape
+    maps = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for m, (h, w) in enumerate(shapes):
+        v = maps[m].flatten(2).transpose(1, 2).reshape(B * heads, D, h, w)
+        grid = grids[:, :, :, m].transpose(1, 2).flatten(0, 1)  # (B heads, Q, K, 2)
+        samples.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    stacked = torch.stack(samples, dim=-2).flatten(-2)  # (B heads, D, Q, M K)
+    weights = attention_weights.transpose(1, 2).reshape(B * heads, 1, Q, M * K)
+    out = (stacked * weights).sum(-1).view(B, heads * D, Q)
+    return out.transpose(1, 2).contiguous()
