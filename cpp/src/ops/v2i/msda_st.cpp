@@ -99,8 +99,10 @@ class MsdaFunction : public torch::autograd::Function<MsdaFunction> {
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const std::vector<int64_t> shapes = ctx->saved_data["spatial_shapes"].toIntVector();
     auto [g_value, g_loc, g_attn] = dtc::msda_st_backward(grads[0], v[0], shapes, v[1], v[2]);
+    // needs_input_grad counts tensor inputs only (value, locations, weights); the list returned has one
+    // entry per argument, spatial_shapes included.
     return {ctx->needs_input_grad(0) ? g_value : at::Tensor(), at::Tensor(),
-            ctx->needs_input_grad(2) ? g_loc : at::Tensor(), ctx->needs_input_grad(3) ? g_attn : at::Tensor()};
+            ctx->needs_input_grad(1) ? g_loc : at::Tensor(), ctx->needs_input_grad(2) ? g_attn : at::Tensor()};
   }
 };
 
