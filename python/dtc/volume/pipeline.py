@@ -241,7 +241,7 @@ def train_student(run, mode: str = "full", *, epochs: int = 100, batch: int = 16
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         sched.step()
         history.append(total / max(steps, 1))

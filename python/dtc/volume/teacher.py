@@ -172,7 +172,7 @@ def train_teacher_head(teacher: SliceTeacher, slices: torch.Tensor, labels: torc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         sched.step()
         history.append(total / count)
@@ -241,7 +241,7 @@ def train_slice_segmenter(slices: torch.Tensor, labels: torch.Tensor, *, name: s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         if log is not None:
             log(f"encoder epoch {epoch + 1}/{epochs}: BCE+Dice {total / n:.4f}")
