@@ -1,6 +1,5 @@
 """3-D evaluation of XDim-KD segmentations (docs/xdim.md, "Evaluation"): per-volume Dice, HD95 in mm with
-anisotropic voxel spacing, relative volume error and volume in mL, plus the Euclidean distance transform
-they rest on.
+anisotropic voxel spacing, relative volume error and volume in mL.
 
 Arrays are (D, H, W) = (slice, row, column); `spacing` is the voxel size along those axes in mm.
 """
@@ -32,19 +31,14 @@ def _binary(x, name: str, threshold: float = 0.5) -> np.ndarray:
 
 def edt(mask, spacing=None) -> np.ndarray:
     """Distance (in the units of `spacing`) from every element to the nearest True element of `mask`
-    (0 on the mask; inf everywhere when the mask is empty). 2-D or 3-D."""
+    (0 on the mask; inf everywhere when the mask is empty), 2-D or 3-D: `torch.ops.dtc.edt` on numpy."""
+    import torch
+
+    import dtc.ops
+
     m = np.asarray(mask, bool)
     s = _spacing(spacing if spacing is not None else (1.0,) * m.ndim, m.ndim)
-    if not m.any():
-        return np.full(m.shape, np.inf)
-    return ndimage.distance_transform_edt(~m, sampling=s)
-
-
-def edt_gaussian(mask, sigma: float, spacing=None) -> np.ndarray:
-    """exp(-d^2 / (2 sigma^2)) with d = edt(mask): 1 on the mask, falling off with distance from it."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    return np.exp(-edt(mask, spacing) ** 2 / (2 * float(sigma) ** 2))
+    return dtc.ops.edt(torch.from_numpy(m), s).numpy()
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
