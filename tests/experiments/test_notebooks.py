@@ -57,3 +57,27 @@ def test_notebook_runs_on_tiny_settings_and_renders_its_figures(name, tmp_path, 
     # Everything the notebook wrote went to the tiny output folder, not into the checkout.
     assert (tmp_path / "runs").is_dir()
     print(f"{name}: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_notebook_figure_states_its_settings(name):
+    import re
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    calls = re.findall(r"\b(\w+_figure)\((.*?)\);", source, flags=re.S)
+    assert calls, f"{name} draws no figure"
+    for function, arguments in calls:
+        assert "settings=SETTINGS" in arguments, f"{name}: {function} does not state the settings"
+    assert "TINY MODE" in source and "numbers meaningless" in source
+
+
+def test_runtime_estimates_agree_wherever_they_are_quoted():
+    repo = NOTEBOOKS.parent
+    for path in (repo / "README.md", repo / "experiments" / "ablation-paper.yaml", NOTEBOOKS / "02-ablation.ipynb"):
+        text = " ".join(path.read_text().replace("\\n", " ").split())
+        assert "under 30 minutes on 2 CPU cores" in text, f"{path.name} does not quote the cpu-small estimate"
+        assert "tens of minutes" not in text and "< 30 min" not in text
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert "under 10 minutes on 2 CPU cores" in readme
+    assert "in under 10 minutes" in (repo / "python" / "dtc" / "engine" / "demo.py").read_text()

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from dtc.cli.errors import run_command
+    from dtc.log import use_cli_logging
+
+    use_cli_logging()
 
     return run_command(args.func, args, args.command, debug=args.debug)
 

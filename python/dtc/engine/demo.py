@@ -15,6 +15,7 @@ nothing; with the teacher's pseudo-labels both arms hold or improve (0.905 to 0.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from dtc.engine.stages import train_stage
 from dtc.io import atomic_write_text
 
 __all__ = ["DEMO_PRESETS", "run_demo", "score_checkpoint", "summarise_seeds"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def run_demo(out: str | Path = "runs/demo", *, preset: str = "small", seed: int 
     summary["minutes"] = (time.perf_counter() - t0) / 60
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     write_seed_report(out, summary, preset)
-    print(f"[demo] {seeds} seeds done in {summary['minutes']:.1f} min; report: {out / 'report.md'}")
+    _log.info("[demo] %d seeds done in %.1f min; report: %s", seeds, summary["minutes"], out / "report.md")
     return summary
 
 
@@ -183,12 +186,12 @@ def _run_one_seed(out: Path, preset: str, seed: int, device: str) -> dict:
         "baseline": stage("baseline", [*student_common, "loss.ablation=seg+kd"], p.student_epochs),
         "dtc": stage("dtc", student_common, p.student_epochs),
     }
-    print("[demo] evaluating on the test patients ...", flush=True)
+    _log.info("[demo] evaluating on the test patients ...")
     report = evaluate_runs({"teacher": teacher_dir, **runs}, out, p, seed, device)
     report["minutes"] = (time.perf_counter() - t0) / 60
     atomic_write_text(out / "summary.json", json.dumps(report, indent=2, default=float))
     write_report(out, report, preset)
-    print(f"[demo] done in {report['minutes']:.1f} min; report: {out / 'report.md'}")
+    _log.info("[demo] done in %.1f min; report: %s", report["minutes"], out / "report.md")
     return report
 
 

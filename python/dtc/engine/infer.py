@@ -1,6 +1,7 @@
 """Inference on user data: masks, probability maps, an overlay video and a NIfTI stack."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,8 @@ import torch
 from dtc.io import atomic_write_bytes, atomic_write_png, atomic_write_video
 
 __all__ = ["infer", "write_overlay_video", "overlay_frame", "source_frames"]
+
+_log = logging.getLogger(__name__)
 
 
 def _records_for(input_path: Path):
@@ -102,8 +105,8 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
     model = model.to(device)
     data_cfg = ckpt.get("config", {}).get("data", {})
     size = (int(data_cfg.get("height", 256)), int(data_cfg.get("width", 448)))
-    print(f"loaded {checkpoint}: {ckpt['stage']} network {ckpt['model']['name']} {ckpt['model']['kwargs']}, "
-          f"epoch {ckpt['epoch']}, best validation Dice {ckpt['best']:.4f}, input size {size[0]}x{size[1]}")
+    _log.info("loaded %s: %s network %s %s, epoch %s, best validation Dice %.4f, input size %dx%d", checkpoint,
+              ckpt["stage"], ckpt["model"]["name"], ckpt["model"]["kwargs"], ckpt["epoch"], ckpt["best"], size[0], size[1])
     records = _records_for(input_path)
     out = Path(out) if out is not None else input_path.with_name(input_path.stem + "_dtc")
     _prepare_output_folder(out)  # before predicting: a refused or unwritable folder fails at once

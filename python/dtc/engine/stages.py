@@ -1,9 +1,12 @@
 """Training a run to completion, idempotently: what the demo and the experiment runner share."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 __all__ = ["stage_finished", "train_stage"]
+
+_log = logging.getLogger(__name__)
 
 
 def stage_finished(last_path: str | Path, epochs: int) -> bool:
@@ -28,9 +31,9 @@ def train_stage(cfg, *, label: str = "[dtc]", on_step=None) -> str:
 
     last = Path(cfg.run.out_dir) / "last.pt"
     if stage_finished(last, cfg.optim.epochs):
-        print(f"{label}: already trained ({last})")
+        _log.info("%s: already trained (%s)", label, last)
         return "skipped"
     resume = last.exists()
-    print(f"{label}: {'resuming' if resume else 'training'} ...", flush=True)
+    _log.info("%s: %s ...", label, "resuming" if resume else "training")
     Trainer(cfg, resume=resume, on_step=on_step).fit()
     return "resumed" if resume else "trained"

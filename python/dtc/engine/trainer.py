@@ -561,7 +561,7 @@ class Trainer:
         if self.cfg.run.progress:
             shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
                      if k in ("epoch", "train_loss", "val_dice", "val_tc", "lr")}
-            print(f"[{self.cfg.stage}] " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+            _log.info("[%s] %s", self.cfg.stage, "  ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: Sequence[str] = ()) -> dict:

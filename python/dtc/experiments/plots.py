@@ -1,7 +1,8 @@
 """Figures of experiments and notebooks: the ablation bars, flicker over time, the training signals.
 
 Each function returns a matplotlib Figure (notebooks display it; :func:`figure_png` turns it into PNG
-bytes for files). Nothing here trains or evaluates.
+bytes for files) and takes ``settings``, a line written under the figure naming what produced it (the
+notebooks pass their preset and, in tiny mode, say so). Nothing here trains or evaluates.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["figure_png", "ablation_figure", "flicker_figure", "flicker_series", "flicker_comparison_figure",
+__all__ = ["figure_png", "ablation_figure", "ablation_axis_limits", "flicker_figure", "flicker_series", "flicker_comparison_figure",
            "signal_maps_figure", "video_strip_figure"]
 
 _NAMES = {"Dice_sunseg": "Dice ↑", "S_alpha": "Sα ↑", "E_mean": "E^mn_φ ↑", "F_w": "F^w_β ↑", "Sen": "Sen ↑",
@@ -35,11 +36,56 @@ def figure_png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+# Scores bounded by [0, 1] (everything not listed in _FROM_ZERO): their axis spans at least this much, so
+# one seed's worth of difference between arms never fills the plot.
+MIN_SCORE_SPAN = 0.05
+# How many of the largest seed standard deviations the axis spans at least: differences within the noise
+# then look as small as they are.
+NOISE_SPANS = 6.0
+# Magnitudes (lower is better, or rates): their axis starts at zero, where the eye reads them from.
+_FROM_ZERO = ("flicker", "HD95", "FPS", "error", "MAE")
+
+
+def ablation_axis_limits(metric: str, means, stds, seeds=()) -> tuple[float, float]:
+    """The y-range of one ablation panel: holds every mean ± std and every seed, spans at least
+    ``NOISE_SPANS`` times the largest std and, for scores in [0, 1], at least ``MIN_SCORE_SPAN`` (clipped to
+    [0, 1] by shifting, not shrinking); magnitudes (flicker, HD95, FPS, errors) start at zero."""
+    means, stds = np.asarray(means, float), np.nan_to_num(np.asarray(stds, float))
+    values = np.concatenate([means - stds, means + stds, np.asarray(list(seeds), float)])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    noise = NOISE_SPANS * float(stds.max()) if len(stds) else 0.0
+    if any(tag in metric for tag in _FROM_ZERO):
+        top = max(hi, noise, 1e-12)
+        return 0.0, top * 1.08
+    bounded = lo >= 0.0 and hi <= 1.0
+    span = max(hi - lo, noise, MIN_SCORE_SPAN if bounded else 0.0) * 1.15 or max(abs(hi) * 0.1, 1e-6)
+    centre = (lo + hi) / 2
+    bottom, top = centre - span / 2, centre + span / 2
+    if bounded:  # keep the span, move it inside [0, 1] (a little headroom above 1 for the markers)
+        if bottom < 0.0:
+            bottom, top = 0.0, min(span, 1.02)
+        elif top > 1.02:
+            bottom, top = max(1.02 - span, 0.0), 1.02
+    return bottom, top
+
+
+def _state_settings(fig, settings: Optional[str]) -> None:
+    """Writes the run settings under the figure, so a saved or pasted figure says what produced it."""
+    if settings:
+        fig.text(0.005, 0.005, settings, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+
+
 def ablation_figure(table: list[dict], *, metrics=("Dice_sunseg", "S_alpha", "TC", "area_flicker"),
-                    title: Optional[str] = None, runs: Optional[list[dict]] = None):
-    """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per arm (rows of
+                    title: Optional[str] = None, runs: Optional[list[dict]] = None, settings: Optional[str] = None):
+    """Per arm, the mean over seeds as a marker with ``± std`` error bars (rows of
     :func:`dtc.experiments.results.aggregate` or :func:`~dtc.experiments.results.load_results`); with
-    ``runs`` (the per-run rows) every seed is drawn as a dot on its arm's bar."""
+    ``runs`` (the per-run rows) every seed is drawn as a dot beside it. Markers, not bars, because the
+    axes do not start at zero: each spans at least the noise (:func:`ablation_axis_limits`), so
+    differences within it are not blown up. ``settings`` is written under the figure."""
     if not table:
         raise ValueError("table is empty: no evaluated run to plot")
     missing = [m for m in metrics if f"{m}_mean" not in table[0]]
@@ -47,29 +93,28 @@ def ablation_figure(table: list[dict], *, metrics=("Dice_sunseg", "S_alpha", "TC
         raise ValueError(f"metrics {missing} are not in the table (columns like 'Dice_sunseg_mean')")
     plt = _plt()
     labels = [r["label"] for r in table]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
-    colours = ["0.6" if r["arm"] == "teacher" else f"C{i}" for i, r in enumerate(table)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.8), squeeze=False)
+    colours = ["0.5" if r["arm"] == "teacher" else f"C{i}" for i, r in enumerate(table)]
     for ax, metric in zip(axes[0], metrics):
         means = np.array([r[f"{metric}_mean"] for r in table], float)
-        stds = np.array([r[f"{metric}_std"] for r in table], float)
-        stds = np.where(np.isnan(stds), 0, stds)
-        ax.bar(range(len(table)), means, yerr=stds, color=colours, capsize=3)
-        if runs:
-            for i, r in enumerate(table):
-                values = [run[metric] for run in runs if run["arm"] == r["arm"]]
-                ax.plot([i] * len(values), values, "k.", ms=5, alpha=0.7)
-        finite = means[np.isfinite(means)]
-        if len(finite) and metric != "FPS":
-            lo, hi = float(np.min(finite - stds[np.isfinite(means)])), float(np.max(finite + stds[np.isfinite(means)]))
-            # Differences between arms are small next to the values: zoom on them, never below zero.
-            pad = 0.15 * (hi - lo) if hi > lo else max(0.05 * abs(hi), 1e-4)
-            ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        stds = np.nan_to_num(np.array([r.get(f"{metric}_std", math.nan) for r in table], float))
+        seeds = []
+        for i, r in enumerate(table):
+            ax.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", color=colours[i], ms=6, capsize=4, lw=1.5)
+            if runs:
+                values = [float(run[metric]) for run in runs if run["arm"] == r["arm"] and run.get(metric) is not None]
+                seeds += values
+                ax.plot([i + 0.18] * len(values), values, ".", color="k", ms=4, alpha=0.6)
+        ax.set_ylim(*ablation_axis_limits(metric, means, stds, seeds))
+        ax.set_xlim(-0.5, len(table) - 0.5)
         ax.set_xticks(range(len(table)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(_NAMES.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    counts = sorted({int(r["seeds"]) for r in table if r.get("seeds") is not None})
+    over = f"mean ± std over {'/'.join(map(str, counts))} seed(s)" if counts else "mean ± std over seeds"
+    fig.suptitle(f"{title} — {over}" if title else over, fontsize=10)
     fig.tight_layout()
+    _state_settings(fig, settings)
     return fig
 
 
@@ -87,7 +132,8 @@ def flicker_series(video: dict) -> dict:
             "change": np.concatenate([[math.nan], change])}
 
 
-def flicker_figure(predictions: dict, video_id: Optional[str] = None, *, title: Optional[str] = None):
+def flicker_figure(predictions: dict, video_id: Optional[str] = None, *, title: Optional[str] = None,
+                   settings: Optional[str] = None):
     """Flicker over time of several models on one video: predicted area against the ground truth, Dice
     per frame and the frame-to-frame change ``mean|P_t - P_{t-1}|``.
 
@@ -119,10 +165,11 @@ def flicker_figure(predictions: dict, video_id: Optional[str] = None, *, title: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    _state_settings(fig, settings)
     return fig
 
 
-def signal_maps_figure(maps: dict, pair: int = 0):
+def signal_maps_figure(maps: dict, pair: int = 0, *, settings: Optional[str] = None):
     """One pair ``(t-1, t)`` of :func:`dtc.experiments.inspect.training_signal_maps`: the frames, flow,
     prediction, pseudo-label, warped target, confidence M and the prototypes' masks."""
     from dtc.flow import flow_to_rgb
@@ -162,10 +209,11 @@ def signal_maps_figure(maps: dict, pair: int = 0):
         ax.axis("off")
     fig.suptitle(f"training signals, pair ({t - 1}, {t}); L_con = {maps['loss_con']:.4f}")
     fig.tight_layout()
+    _state_settings(fig, settings)
     return fig
 
 
-def flicker_comparison_figure(predictions: dict):
+def flicker_comparison_figure(predictions: dict, *, settings: Optional[str] = None):
     """Per test video, each model's area flicker and TC side by side (``predictions``: model name ->
     ``predict_videos`` output)."""
     from dtc.engine.inference import video_scores
@@ -193,6 +241,7 @@ def flicker_comparison_figure(predictions: dict):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    _state_settings(fig, settings)
     return fig
 
 
@@ -201,7 +250,8 @@ def _grey(images) -> np.ndarray:
     return a.mean(1) if a.ndim == 4 else a
 
 
-def video_strip_figure(video: dict, frames=None, *, predictions: Optional[dict] = None, title: Optional[str] = None):
+def video_strip_figure(video: dict, frames=None, *, predictions: Optional[dict] = None, title: Optional[str] = None,
+                       settings: Optional[str] = None):
     """Frames of one video with the ground-truth contour (yellow) and each prediction's contour.
 
     ``video`` has ``image`` ``(F, H, W)`` or ``(F, 3, H, W)`` and ``mask`` ``(F, H, W)`` or ``(F, 1, H, W)``
@@ -233,4 +283,5 @@ def video_strip_figure(video: dict, frames=None, *, predictions: Optional[dict] 
     legend = ["yellow: ground truth"] + [f"C{i}: {name}" for i, name in enumerate(predictions)]
     fig.suptitle((title + " — " if title else "") + ", ".join(legend), fontsize=9)
     fig.tight_layout()
+    _state_settings(fig, settings)
     return fig

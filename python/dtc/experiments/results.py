@@ -374,7 +374,7 @@ def write_results(experiment: Experiment, out_root: str | os.PathLike, *, comman
     if changed or not paths["plot"].is_file():
         from dtc.experiments.plots import ablation_figure, figure_png
 
-        atomic_write_bytes(paths["plot"], figure_png(ablation_figure(table, title=title)))
+        atomic_write_bytes(paths["plot"], figure_png(ablation_figure(table, title=title, runs=rows)))
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ EVALUATION_FILE = "evaluation.json"
 # The folder's own paths are volatile too: a moved experiment folder stays resumable.
 _VOLATILE = {("run", "progress"), ("run", "device"), ("run", "threads"), ("run", "log_every"), ("optim", "epochs"),
              ("data", "num_workers"), ("run", "out_dir"), ("teacher_checkpoint",)}
+
+_log = logging.getLogger(__name__)
 
 
 def run_state(run: RunSpec) -> str:
@@ -124,7 +127,7 @@ def execute_run(run: RunSpec, experiment: Experiment, *, on_step: Optional[Calla
     if done == "skipped" and evaluation.is_file():
         return "skipped"
     split = experiment.evaluation["split"]
-    print(f"{label}: evaluating best.pt on the {split} split ...", flush=True)
+    _log.info("%s: evaluating best.pt on the %s split ...", label, split)
     dataset = build_dataset(cfg, split, T=1, stride=1)
     device = resolve_device(cfg.run.device)
     with _keep_matplotlib_backend():
@@ -275,10 +278,10 @@ def run_experiment(experiment: Experiment, out_root: str | os.PathLike = "runs",
         todo = [r for r in chosen if states[r.run_id] != "finished"]
         summary["runs"] = {r.run_id: "skipped" for r in chosen if states[r.run_id] == "finished"}
         if todo:
-            print(f"[{experiment.name}] {len(todo)} of {len(chosen)} runs to do "
-                  f"({len(chosen) - len(todo)} finished) in {experiment.folder(out_root)}", flush=True)
+            _log.info("[%s] %d of %d runs to do (%d finished) in %s", experiment.name, len(todo), len(chosen),
+                      len(chosen) - len(todo), experiment.folder(out_root))
         else:
-            print(f"[{experiment.name}] all {len(chosen)} runs finished in {experiment.folder(out_root)}", flush=True)
+            _log.info("[%s] all %d runs finished in %s", experiment.name, len(chosen), experiment.folder(out_root))
         if jobs == 1 or len(todo) <= 1:
             from dtc.progress import progress_bar
 
