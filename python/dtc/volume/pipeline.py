@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -26,7 +27,8 @@ STUDENT_FORMAT = "dtc-xdim-student-1"
 
 
 def _log_default(msg: str) -> None:
-    print(msg, flush=True)
+    # Status lines go through logging like the rest of dtc (dtc.log): the dtc command prints them.
+    logging.getLogger(__name__).info(msg)
 
 
 # ---------------------------------------------------------------------------------------------- data
