@@ -7,7 +7,7 @@ import sys
 
 # Modules under dtc.cli, each defining `register(subparsers)`; a subcommand's parser sets
 # `func(args) -> int`. Imported lazily per run so `dtc --help` stays fast.
-SUBCOMMAND_MODULES = ["demo", "train", "infer", "evaluate", "data", "bench", "experiment", "export", "stream", "xdim"]
+SUBCOMMAND_MODULES = ["demo", "train", "infer", "evaluate", "data", "bench", "experiment", "export", "stream", "xdim", "v2i"]
 
 
 def build_parser() -> argparse.ArgumentParser:
