@@ -16,6 +16,9 @@ def register(subparsers) -> None:
     p.add_argument("--nifti", action="store_true", help="also write the masks as a NIfTI stack (needs nibabel)")
     p.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"), default=None,
                    help="pixel spacing for the NIfTI header")
+    p.add_argument("--volume", type=float, default=None, metavar="STEP_MM",
+                   help="a linear sweep STEP_MM apart: reconstruct it in 3-D (volume in mL, STL/PLY/PNG surface; "
+                        "needs --spacing)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=run)
@@ -25,6 +28,7 @@ def run(args) -> int:
     from dtc.engine.infer import infer
 
     summary = infer(args.checkpoint, args.input, out=args.out, probs=args.probs, overlay=not args.no_overlay,
-                    nifti=args.nifti, spacing=args.spacing, device=args.device, batch_size=args.batch_size)
+                    nifti=args.nifti, spacing=args.spacing, device=args.device, batch_size=args.batch_size,
+                    volume_step=args.volume)
     print(f"wrote {summary['frames']} frame(s) of {summary['videos']} video(s) to {summary['out']}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -92,7 +93,7 @@ def write_overlay_video(path: Path, frames: list[np.ndarray], fps: float = 10.0)
 
 
 def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: bool = True, nifti: bool = False,
-          spacing=None, device: str = "auto", batch_size: int = 8) -> dict:
+          spacing=None, device: str = "auto", batch_size: int = 8, volume_step: float | None = None) -> dict:
     import cv2
 
     from dtc.data import VideoSegmentationDataset
@@ -100,6 +101,8 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
     from dtc.engine.inference import predict_videos, resolve_device
 
     input_path = Path(input_path)
+    if volume_step is not None and not (math.isfinite(volume_step) and volume_step > 0):
+        raise ValueError(f"--volume must be the positive distance between frames in mm, got {volume_step}")
     device = resolve_device(device)  # before the checkpoint is read: a bad --device fails at once
     model, ckpt = model_from_checkpoint(checkpoint, map_location="cpu")
     model = model.to(device)
@@ -132,8 +135,35 @@ def infer(checkpoint, input_path, *, out=None, probs: bool = False, overlay: boo
             write_overlay_video(vdir / "overlay.mp4", overlay_frames)
         if nifti:
             _write_nifti(vdir / "masks.nii.gz", np.stack(masks, axis=-1), spacing or rec.spacing)
+        if volume_step is not None:
+            reconstruct_sweep(vdir, np.stack(masks), spacing or rec.spacing, volume_step)
         total += len(v["frame"])
     return {"frames": total, "videos": len(dataset.videos), "out": str(out)}
+
+
+def reconstruct_sweep(folder: Path, masks: np.ndarray, spacing, step_mm: float) -> dict:
+    """3-D reconstruction of a segmented linear sweep: the masks (D, H, W) stacked in frame order, `step_mm`
+    apart, with the frames' (row, column) pixel spacing. Writes reconstruction.json (gland volume in mL from
+    the voxel count, and the mesh's) and, when the masks are not empty, surface.stl, surface.ply, surface.png."""
+    import json
+
+    from dtc.io import atomic_write_text
+    from dtc.volume.mesh import mesh_volume, render_mesh, surface_mesh, write_ply, write_stl
+
+    if spacing is None:
+        raise ValueError("--volume needs the frames' pixel spacing: pass --spacing ROW_MM COL_MM")
+    row, col = (float(s) for s in spacing)
+    voxel = (float(step_mm), row, col)
+    summary = {"frames": int(masks.shape[0]), "spacing_mm": list(voxel),
+               "volume_ml": float(masks.astype(bool).sum() * step_mm * row * col / 1000.0), "mesh_volume_ml": 0.0}
+    if masks.any():
+        verts, faces = surface_mesh(masks, voxel)
+        summary["mesh_volume_ml"] = mesh_volume(verts, faces) / 1000.0
+        write_stl(folder / "surface.stl", verts, faces)
+        write_ply(folder / "surface.ply", verts, faces)
+        render_mesh(folder / "surface.png", verts, faces, title=f"{summary['volume_ml']:.1f} mL")
+    atomic_write_text(folder / "reconstruction.json", json.dumps(summary, indent=2))
+    return summary
 
 
 def _prepare_output_folder(out: Path) -> None:
