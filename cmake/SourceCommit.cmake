@@ -10,8 +10,11 @@ endif()
 set(commit "null")
 set(dirty "null")
 find_package(Git QUIET)
+# The build already runs this tree's own CMake code, so trusting its git metadata adds no risk; without
+# this, a checkout owned by another user (a CI container, a shared machine) gives no commit.
+set(trust -c "safe.directory=${SOURCE_DIR}")
 if(GIT_FOUND)
-  execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${SOURCE_DIR}" rev-parse --show-toplevel HEAD
+  execute_process(COMMAND "${GIT_EXECUTABLE}" ${trust} -C "${SOURCE_DIR}" rev-parse --show-toplevel HEAD
                   RESULT_VARIABLE failed OUTPUT_VARIABLE lines OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   if(NOT failed)
     string(REPLACE "\n" ";" lines "${lines}")
@@ -22,7 +25,7 @@ if(GIT_FOUND)
     # A source tree inside some other repository (an unpacked sdist, say) is not that repository's commit.
     if(top STREQUAL source)
       set(commit "\"${sha}\"")
-      execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${SOURCE_DIR}" status --porcelain --untracked-files=no
+      execute_process(COMMAND "${GIT_EXECUTABLE}" ${trust} -C "${SOURCE_DIR}" status --porcelain --untracked-files=no
                       RESULT_VARIABLE failed OUTPUT_VARIABLE changes ERROR_QUIET)
       if(NOT failed)
         if(changes STREQUAL "")
