@@ -14,7 +14,8 @@ ABLATION = Path(__file__).resolve().parents[2] / "experiments" / "ablation-v2i.y
 def test_ablation_file_is_valid_and_has_the_arms():
     spec = load_ablation(ABLATION)
     assert {"smoke", "cpu", "gpu"} <= set(spec["presets"])
-    assert {"full", "a1-msi-off", "a2-tfd-off", "a2-tfd-hard", "a2-tfd-box", "a2-tfd-moment", "a2-tfd-edt"} <= set(spec["arms"])
+    assert {"full", "a1-msi-off", "a2-tfd-off", "a2-tfd-hard", "a2-tfd-box", "a2-tfd-moment", "a2-tfd-edt",
+            "a3-cqd-fixed", "a3-cqd-random"} <= set(spec["arms"])
     assert all(len(spec["presets"][p]["seeds"]) >= 3 for p in ("cpu", "gpu"))
 
 

@@ -60,11 +60,29 @@ def test_clip_sampler_offsets_and_clamping():
 def test_bad_settings_and_missing_stages(tmp_path):
     with pytest.raises(ValueError, match="v2i.tfd must be"):
         TINY.replace(tfd="gauss")
-    with pytest.raises(ValueError, match="not implemented"):
-        TINY.replace(cqd="random")
+    with pytest.raises(ValueError, match="v2i.cqd must be"):
+        TINY.replace(cqd="cross")
     with pytest.raises(ValueError, match="unknown setting"):
         TINY.replace(lamda_tfd=1.0)
     with pytest.raises(FileNotFoundError, match="run the earlier stage first"):
         v2i.run_stage(TINY, "s2", tmp_path)
     with pytest.raises(ValueError, match="stage must be one of"):
         v2i.run_stage(TINY, "s3", tmp_path)
+
+
+@pytest.mark.parametrize("cqd", ["random", "fixed"])
+def test_cqd_trains_the_probe_in_s1_and_distils_in_s2(tmp_path, cqd):
+    cfg = TINY.replace(cqd=cqd)
+    result = v2i.run_all(cfg, tmp_path)
+    payload = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert payload["decoder"] is not None and result["s2"]["dice"] >= 0.0
+    student, _ = models.load_checkpoint(tmp_path / "student.pt")
+    image_model, _ = models.load_checkpoint(tmp_path / "image_model.pt")
+    assert models.count_parameters(student) == models.count_parameters(image_model)  # no decoder left (O-D1)
+
+
+def test_s2_with_cqd_refuses_a_teacher_trained_without_the_probe(tmp_path):
+    v2i.run_stage(TINY, "s0", tmp_path)
+    v2i.run_stage(TINY, "s1", tmp_path)
+    with pytest.raises(ValueError, match="needs the probe decoder"):
+        v2i.run_stage(TINY.replace(cqd="random"), "s2", tmp_path)

@@ -52,7 +52,9 @@ class V2IConfig:
     feat_norm: str = "pixel_ln"
     lambda_kd: float = 0.0
     kd_tau: float = 4.0
-    cqd: str = "off"            # only "off": cross-view query distillation is not built yet
+    cqd: str = "off"            # off | fixed | random (cross-view query distillation)
+    lambda_cqd: float = 0.5
+    lambda_probe: float = 0.5
     warmup_iters: int = 500
     # optimisation
     epochs_s0: int = 4
@@ -71,8 +73,8 @@ class V2IConfig:
 
         if self.tfd not in ("off",) + MODES:
             raise ValueError(f"v2i.tfd must be 'off' or one of {MODES}, got {self.tfd!r}")
-        if self.cqd != "off":
-            raise ValueError(f"v2i.cqd={self.cqd!r}: cross-view query distillation is not implemented yet; use 'off'")
+        if self.cqd not in ("off", "fixed", "random"):
+            raise ValueError(f"v2i.cqd must be 'off', 'fixed' or 'random', got {self.cqd!r}")
         if self.T < 1 or self.delta_max < 1 or self.eval_delta < 1:
             raise ValueError(f"v2i: T, delta_max and eval_delta must be >= 1, got {self.T}, {self.delta_max}, "
                              f"{self.eval_delta}")
@@ -265,35 +267,72 @@ def load_teacher(cfg: V2IConfig, image_path: Path, teacher_path: Optional[Path] 
     return image_model, teacher
 
 
+def _decoder(cfg: V2IConfig, channels: int):
+    from dtc.distill.cqd import ProbeDecoder
+
+    return ProbeDecoder(channels, d=cfg.msi_d, heads=cfg.msi_heads, layers=2, ffn=4 * cfg.msi_d)
+
+
+def _generator(cfg: V2IConfig, stage: int, it: int) -> torch.Generator:
+    # every random choice of an iteration (views, points) from (seed, stage, iteration): reproducible runs
+    return torch.Generator().manual_seed((cfg.seed * 1_000 + stage) * 1_000_003 + it)
+
+
 def train_s1(cfg: V2IConfig, out: Path, image_path: Path) -> dict:
-    """The clip teacher: M0's weights plus MSI-Seg, trained on clips (encoder at lr x encoder_lr_scale)."""
+    """The clip teacher: M0's weights plus MSI-Seg, trained on clips (encoder at lr x encoder_lr_scale); with
+    CQD on, also the probe decoder on the teacher's (stop-gradient) memory level."""
+    from dtc.distill.cqd import build_queries, probe_loss
     from dtc.io import atomic_torch_save
 
     torch.manual_seed(cfg.seed + 1)
     device = torch.device(cfg.device)
     image_model, teacher = load_teacher(cfg, image_path)
     key = _key(cfg)
-    if teacher is None:  # arm A1: the teacher is M0 itself
-        metrics = evaluate_key_frames(lambda clip: image_model.eval()(clip[:, key])[0], cfg)
-        atomic_torch_save({"msi": False, "state_dict": {}, "metrics": metrics}, out / "teacher.pt")
-        return metrics
-    base = [p for p in teacher.image_model.parameters()]
-    if cfg.freeze_encoder_s1:
-        for p in base:
+    strides = list(image_model.feature_strides)[-3:]
+    decoder = _decoder(cfg, list(image_model.feature_channels)[-2]).to(device) if cfg.cqd != "off" else None
+    groups = []
+    if teacher is not None:
+        base = list(teacher.image_model.parameters())
+        if cfg.freeze_encoder_s1:
+            for p in base:
+                p.requires_grad_(False)
+        groups.append({"params": list(teacher.msi.parameters())})
+        if not cfg.freeze_encoder_s1:
+            groups.append({"params": base, "lr": cfg.lr * cfg.encoder_lr_scale})
+    else:  # arm A1: the teacher is M0 itself, frozen
+        image_model.eval()
+        for p in image_model.parameters():
             p.requires_grad_(False)
-    groups = [{"params": list(teacher.msi.parameters())}]
-    if not cfg.freeze_encoder_s1:
-        groups.append({"params": base, "lr": cfg.lr * cfg.encoder_lr_scale})
+    if decoder is not None:
+        groups.append({"params": list(decoder.parameters())})
 
     def step(batch, it):
         clip = _normalise(batch["image"].to(device))
-        return _seg_loss(teacher(clip)[0], batch["mask"][:, key].to(device))
+        target = batch["mask"][:, key].to(device)
+        loss = torch.zeros((), device=device)
+        if teacher is not None:
+            (logits, _, _), enhanced, _ = teacher.forward_features(clip)
+            loss = loss + _seg_loss(logits, target)
+        else:
+            with torch.no_grad():
+                enhanced = image_model.features(clip[:, key])[-3:]
+        if decoder is not None:
+            phi = decoder.memory(enhanced[1].detach())
+            queries = build_queries(phi, target, stride=strides[1], generator=_generator(cfg, 1, it), mode=cfg.cqd)
+            loss = loss + cfg.lambda_probe * probe_loss(decoder(queries, phi), queries, strides[1])
+        return loss
 
-    _fit(cfg, groups, _loader(cfg, "train", True), cfg.epochs_s1, step, [teacher])
-    teacher.eval()
-    metrics = evaluate_key_frames(lambda clip: teacher(clip)[0], cfg)
-    atomic_torch_save({"msi": True, "state_dict": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
-                       "metrics": metrics}, out / "teacher.pt")
+    if groups:
+        _fit(cfg, groups, _loader(cfg, "train", True), cfg.epochs_s1, step,
+             [m for m in (teacher, decoder) if m is not None])
+    frozen = teacher if teacher is not None else image_model
+    frozen.eval()
+    metrics = evaluate_key_frames((lambda clip: teacher(clip)[0]) if teacher is not None
+                                  else (lambda clip: image_model(clip[:, key])[0]), cfg)
+    state = {k: v.detach().cpu() for k, v in teacher.state_dict().items()} if teacher is not None else {}
+    atomic_torch_save({"msi": teacher is not None, "state_dict": state, "metrics": metrics,
+                       "decoder": ({k: v.detach().cpu() for k, v in decoder.state_dict().items()}
+                                   if decoder is not None else None)}, out / "teacher.pt")
     return metrics
 
 
@@ -317,6 +356,17 @@ def train_s2(cfg: V2IConfig, out: Path, image_path: Path, teacher_path: Path) ->
     channels = list(student.feature_channels)[-levels:]
     adapters = FeatureAdapters(channels, channels).to(device)
     key = _key(cfg)
+    decoder = None
+    if cfg.cqd != "off":
+        if payload.get("decoder") is None:
+            raise ValueError(f"v2i s2: cqd={cfg.cqd!r} needs the probe decoder, but {teacher_path} was trained "
+                             "without it; rerun s1 with the same cqd setting")
+        decoder = _decoder(cfg, channels[1]).to(device)
+        decoder.load_state_dict(payload["decoder"])
+        decoder.eval()  # frozen, but not under no_grad: the student's decode back-propagates through it
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+    pre_msi = teacher.image_model if teacher is not None else image_model
 
     def step(batch, it):
         clip = _normalise(batch["image"].to(device))
@@ -337,6 +387,10 @@ def train_s2(cfg: V2IConfig, out: Path, image_path: Path, teacher_path: Path) ->
             loss = loss + ramp * cfg.lambda_tfd * tfd_loss(adapters(s_feats[-levels:]), t_feats, masks,
                                                            alpha_fg=cfg.alpha_fg, alpha_bg=cfg.alpha_bg,
                                                            norm=cfg.feat_norm)
+        if decoder is not None and cfg.lambda_cqd > 0:
+            adapted_m = adapters.adapters[1](s_feats[-2])
+            loss = loss + ramp * cfg.lambda_cqd * _cqd_term(cfg, decoder, pre_msi, clip, batch["mask"].to(device), key,
+                                                            t_feats[1], adapted_m, strides[1], it)
         if cfg.lambda_kd > 0:
             loss = loss + cfg.lambda_kd * ops.kd_loss(logits, t_logits, cfg.kd_tau)
         return loss
@@ -349,6 +403,32 @@ def train_s2(cfg: V2IConfig, out: Path, image_path: Path, teacher_path: Path) ->
     models.save_checkpoint(out / "student.pt", student, name=cfg.model, kwargs=cfg.model_kwargs,
                            extra={"metrics": metrics})
     return metrics
+
+
+def _cqd_term(cfg, decoder, pre_msi, clip, masks, key, teacher_m, student_m, stride, it):
+    """L_CQD of one batch: per sample a source view, its queries decoded on both memories."""
+    from dtc.distill.cqd import QuerySet, build_queries, choose_views, cqd_loss
+
+    g = _generator(cfg, 2, it)
+    phi_t = decoder.memory(teacher_m).detach()
+    phi_s = decoder.memory(student_m)
+    views = choose_views(clip.shape[0], g, mode=cfg.cqd)
+    others = [t for t in range(clip.shape[1]) if t != key]
+    ref_t = others[int(torch.randint(len(others), (1,), generator=g))] if others else key
+    phi_ref = None
+    if "reference" in views:
+        with torch.no_grad():
+            phi_ref = decoder.memory(pre_msi.features(clip[:, ref_t])[-2])
+    sets = []
+    for b, view in enumerate(views):
+        source = {"teacher": phi_t, "student": phi_s.detach(), "reference": phi_ref}[view][b:b + 1]
+        frame = ref_t if view == "reference" else key
+        sets.append(build_queries(source, masks[b:b + 1, frame], stride=stride, generator=g, mode=cfg.cqd))
+    queries = QuerySet(*(torch.cat([getattr(q, f) for q in sets]) for f in
+                         ("embeddings", "types", "valid", "targets", "foreground")))
+    with torch.no_grad():
+        teacher_out = decoder(queries, phi_t)
+    return cqd_loss(teacher_out, decoder(queries, phi_s), queries.valid)
 
 
 def _done(out: Path, stage: str) -> Optional[dict]:
@@ -433,7 +513,7 @@ def run_ablation(path, preset: str, out, *, seeds=None, arms=None, log=print) ->
         run_stage(base, "s0", s0_dir)
         for arm in arm_names:
             cfg = base.replace(**(spec["arms"][arm] or {}))
-            teacher_key = "msi" if cfg.msi else "no-msi"
+            teacher_key = ("msi" if cfg.msi else "no-msi") + ("" if cfg.cqd == "off" else f"-cqd-{cfg.cqd}")
             t_dir = out / f"seed{seed}" / f"s1-{teacher_key}"
             log(f"[v2i] seed {seed} arm {arm}")
             s0 = run_stage(cfg, "s0", s0_dir)
