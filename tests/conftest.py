@@ -29,6 +29,23 @@ SUNSEG_FIXTURES_SOURCE = ("the GewelsJI/VPS repository at commit a718e53: eval/d
 CUDA_AVAILABLE = torch.cuda.is_available()
 
 
+def randomise_weights_(model, seed: int = 1):
+    """Random weights and batch-norm statistics in place, so that normalisation and folding are not
+    identities in a test (fresh nets have unit variances and zero means); returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif name.endswith("running_mean") or name.endswith("bias"):
+                t.copy_(0.2 * torch.randn(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) / max(1, t[0].numel()) ** 0.5)
+    return model
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device (none visible)")
     for item in items:

@@ -7,20 +7,7 @@ import torch
 
 from dtc.models import create
 
-
-def randomise_(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif name.endswith("running_mean") or name.endswith("bias"):
-                t.copy_(0.2 * torch.randn(t.shape, generator=g))
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / max(1, t[0].numel()) ** 0.5)
-    return model
+from tests.conftest import randomise_weights_ as randomise_
 
 
 def outputs(model, x, folded: bool):
