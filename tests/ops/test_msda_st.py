@@ -117,3 +117,10 @@ def test_cuda_matches_reference_forward_and_backward(kw, dtype):
     (want * w).sum().backward()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a.grad.cpu().double(), b.grad, rtol=tol, atol=tol)
+
+
+def test_torch_compile_matches_eager():
+    value, shapes, loc, attn = _case(seed=7, dtype=torch.float32)
+    flat = [v for s in shapes for v in s]
+    compiled = torch.compile(lambda v, l, a: torch.ops.dtc.msda_st(v, flat, l, a), backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(value, loc, attn), torch.ops.dtc.msda_st(value, flat, loc, attn))

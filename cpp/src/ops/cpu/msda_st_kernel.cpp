@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "ops/common/msda_math.h"
@@ -13,6 +14,12 @@
 
 namespace dtc::ops {
 namespace {
+
+// (sample, head) pairs per task: small problems stay on one thread, where a parallel region's
+// start-up would cost more than the work.
+int64_t grain_of(const msda::Geometry& g) {
+  return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, g.Q * g.M * g.K * g.D));
+}
 
 at::Tensor msda_st_cpu(const at::Tensor& value_in, at::IntArrayRef spatial_shapes, const at::Tensor& loc_in,
                        const at::Tensor& attn_in) {
@@ -26,7 +33,7 @@ at::Tensor msda_st_cpu(const at::Tensor& value_in, at::IntArrayRef spatial_shape
     const scalar_t* ap = attn.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t pos_stride = g.heads * g.D;
-    at::parallel_for(0, g.B * g.heads, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, g.B * g.heads, grain_of(g), [&](int64_t i0, int64_t i1) {
       std::vector<double> acc(g.D);
       for (int64_t bh = i0; bh < i1; ++bh) {
         const int64_t b = bh / g.heads, h = bh % g.heads;
@@ -80,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_st_backward_cpu(const at::Te
     scalar_t* glp = g_loc.data_ptr<scalar_t>();
     scalar_t* gap = g_attn.data_ptr<scalar_t>();
     const int64_t pos_stride = g.heads * g.D;
-    at::parallel_for(0, g.B * g.heads, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, g.B * g.heads, grain_of(g), [&](int64_t i0, int64_t i1) {
       for (int64_t bh = i0; bh < i1; ++bh) {
         const int64_t b = bh / g.heads, h = bh % g.heads;
         const int64_t base = b * g.S * pos_stride + h * g.D;

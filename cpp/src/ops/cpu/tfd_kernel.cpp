@@ -20,7 +20,7 @@ void errors_cpu(const at::Tensor& s, const at::Tensor& t, bool normalise, at::Te
     const scalar_t* tp = t.data_ptr<scalar_t>();
     acc_t* ep = e.data_ptr<acc_t>();
     acc_t* ap = t_abs.defined() ? t_abs.data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, B * P, std::max<int64_t>(1, 2048 / C), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, B * P, std::max<int64_t>(1, 32768 / C), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / P, p = i % P, offset = b * C * P + p;
         ep[i] = math::tfd::pixel_error<scalar_t, acc_t>(sp + offset, tp + offset, C, P, normalise,
@@ -38,7 +38,7 @@ void grad_cpu(const at::Tensor& s, const at::Tensor& t, bool normalise, const at
     const scalar_t* tp = t.data_ptr<scalar_t>();
     const acc_t* kp = k.data_ptr<acc_t>();
     scalar_t* dp = ds.data_ptr<scalar_t>();
-    at::parallel_for(0, B * P, std::max<int64_t>(1, 2048 / C), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, B * P, std::max<int64_t>(1, 32768 / C), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / P, p = i % P, offset = b * C * P + p;
         math::tfd::pixel_grad<scalar_t, acc_t>(sp + offset, tp + offset, C, P, normalise, kp[i], dp + offset);
