@@ -117,3 +117,14 @@ def test_bad_input(shape, match):
         _net()(torch.zeros(1, 1, 2, 8, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="base"):
         StudentKD(base=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    net = _net()
+    x = torch.rand(2, 1, 9, 32, 24, dtype=torch.float64)
+    want = net(x)
+    got = copy.deepcopy(net).cuda()(x.cuda())
+    for g, w in zip(got, want):
+        assert g.is_cuda and torch.allclose(g.cpu(), w, atol=1e-9)

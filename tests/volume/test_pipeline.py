@@ -101,3 +101,12 @@ def test_experiment_file_and_smoke_run(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
     assert main(["xdim", "experiment", str(path), "--preset", "smoke", "--out", str(tmp_path)]) == 0
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before  # finished steps are skipped
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from dtc.cli.main import main
+
+    assert main(["xdim", "pseudo", "--run", str(tmp_path / "none")]) == 2
+    assert "not an XDim-KD run folder" in capsys.readouterr().err
+    assert main(["xdim", "train-teacher", "--data", str(tmp_path), "--run", str(tmp_path / "r")]) == 2
+    assert "images/" in capsys.readouterr().err
