@@ -85,6 +85,8 @@ def test_experiment_file_and_smoke_run(tmp_path):
     cpu = load_spec(path, "cpu")
     assert cpu["ratios"] == [0.001, 0.005, 0.01] and cpu["seeds"] == [0, 1, 2]
     assert cpu["arms"] == ["sparse", "teacher2d", "pseudo", "full"]
+    small = load_spec(path, "cpu-small")
+    assert small["ratios"] == [0.005] and small["seeds"] == [0, 1, 2]
     with pytest.raises(ValueError, match="no preset"):
         load_spec(path, "nope")
     from dtc.volume.experiment import run_experiment
