@@ -86,3 +86,11 @@ def test_s2_with_cqd_refuses_a_teacher_trained_without_the_probe(tmp_path):
     v2i.run_stage(TINY, "s1", tmp_path)
     with pytest.raises(ValueError, match="needs the probe decoder"):
         v2i.run_stage(TINY.replace(cqd="random"), "s2", tmp_path)
+
+
+def test_s2_composes_with_the_dtc_temporal_term(tmp_path):
+    cfg = TINY.replace(lambda_con=1.0, tfd="box")
+    item = v2i.ClipSampler(cfg, "train", delta=1)[3]
+    assert item["flow"].shape == (3, 2, 32, 48) and torch.all(item["flow"][0] == 0)
+    result = v2i.run_all(cfg, tmp_path)
+    assert 0.0 <= result["s2"]["dice"] <= 1.0

@@ -13,9 +13,10 @@ nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient 
 pytest.importorskip("ipykernel", reason="notebook tests need ipykernel (requirements.txt)")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01-quickstart.ipynb", "02-ablation.ipynb", "03-temporal-consistency.ipynb"]
+NAMES = ["01-quickstart.ipynb", "02-ablation.ipynb", "03-temporal-consistency.ipynb", "04-clip-teacher.ipynb"]
 # Figures each notebook must show (display_data with image/png), at least.
-MIN_FIGURES = {"01-quickstart.ipynb": 3, "02-ablation.ipynb": 2, "03-temporal-consistency.ipynb": 3}
+MIN_FIGURES = {"01-quickstart.ipynb": 3, "02-ablation.ipynb": 2, "03-temporal-consistency.ipynb": 3,
+               "04-clip-teacher.ipynb": 3}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -52,6 +52,10 @@ class V2IConfig:
     feat_norm: str = "pixel_ln"
     lambda_kd: float = 0.0
     kd_tau: float = 4.0
+    # DTC-TRUS temporal consistency on the student's predictions over the clip (docs/method.md §2),
+    # with the simulator's exact flow; 0 leaves it out
+    lambda_con: float = 0.0
+    con_alpha: float = 13.3
     cqd: str = "off"            # off | fixed | random (cross-view query distillation)
     lambda_cqd: float = 0.5
     lambda_probe: float = 0.5
@@ -138,13 +142,16 @@ class ClipSampler(torch.utils.data.Dataset):
         else:
             delta = self.delta
         scene = self.frames.scene(vi)
-        images, masks = [], []
+        images, masks, flows, previous = [], [], [], None
         for off in _offsets(self.cfg.T, delta, self.cfg.causal):
             t = min(max(key + off, 0), self.cfg.frames - 1)
-            f, m, _, _ = scene.render(t)
+            # the flow from the previous clip frame (what the temporal term warps with); zero for the first
+            f, m, flow, _ = scene.render(t, flow_from=previous)
             images.append(torch.from_numpy(f)[None].expand(3, -1, -1))
             masks.append(torch.from_numpy(m).float()[None])
-        return {"image": torch.stack(images).contiguous(), "mask": torch.stack(masks)}
+            flows.append(torch.from_numpy(flow) if previous is not None else torch.zeros(2, *f.shape))
+            previous = t
+        return {"image": torch.stack(images).contiguous(), "mask": torch.stack(masks), "flow": torch.stack(flows)}
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -393,6 +400,14 @@ def train_s2(cfg: V2IConfig, out: Path, image_path: Path, teacher_path: Path) ->
                                                             t_feats[1], adapted_m, strides[1], it)
         if cfg.lambda_kd > 0:
             loss = loss + cfg.lambda_kd * ops.kd_loss(logits, t_logits, cfg.kd_tau)
+        if cfg.lambda_con > 0 and clip.shape[1] > 1:
+            # the student on every clip frame, held consistent along the flow (the DTC-TRUS term)
+            B, T = clip.shape[:2]
+            frames = torch.cat([clip[:, t][:, None] if t != key else x[:, None] for t in range(T)], 1)
+            all_logits = student(frames.flatten(0, 1))[0].view(B, T, 1, *x.shape[-2:])
+            con = ops.temporal_consistency(all_logits, batch["image"].to(device), batch["flow"].to(device),
+                                           alpha=cfg.con_alpha)[0].mean()
+            loss = loss + cfg.lambda_con * con
         return loss
 
     params = [{"params": list(student.parameters()) + list(adapters.parameters())}]
