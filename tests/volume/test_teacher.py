@@ -129,3 +129,28 @@ def test_teacher_file_round_trip(tmp_path):
         load_teacher(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="checkpoint"):
         encoder_from_spec({})
+
+
+def test_an_epoch_has_the_requested_number_of_updates():
+    from dtc.volume.teacher import _epoch_batches
+
+    g = torch.Generator().manual_seed(4)
+    one_pass = _epoch_batches(5, 2, None, g)
+    assert sorted(torch.cat(one_pass).tolist()) == [0, 1, 2, 3, 4]
+    drawn = _epoch_batches(3, 4, 7, g)
+    assert len(drawn) == 7 and all(len(b) == 4 and int(b.max()) < 3 for b in drawn)
+    steps = []
+    teacher = SliceTeacher(FrozenEncoder(nn.AvgPool2d(8), 3), hidden=4)
+    opt_step = torch.optim.Adam.step
+
+    def counting(self, *a, **k):
+        steps.append(1)
+        return opt_step(self, *a, **k)
+
+    torch.optim.Adam.step = counting
+    try:
+        train_teacher_head(teacher, torch.rand(2, 16, 16), torch.zeros(2, 16, 16), epochs=2, batch=4, size=(16, 16),
+                           steps_per_epoch=3, generator=g)
+    finally:
+        torch.optim.Adam.step = opt_step
+    assert len(steps) == 6

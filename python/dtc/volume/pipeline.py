@@ -111,15 +111,17 @@ def train_teacher(data, run, *, ratio: float = 0.005, seed: int = 0, size: int =
     labels = torch.cat([torch.from_numpy(v.mask[labelled[n]].astype(np.float32)) for n, v in volumes if labelled[n]])
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    # an epoch has as many updates as batches over all training slices, as in the original code
+    steps = math.ceil(sum(len(f) for f in flags) / batch)
     if encoder is None:
         seg = train_slice_segmenter(slices, labels, name=encoder_model, kwargs=encoder_kwargs, epochs=encoder_epochs,
-                                    size=(size, size), generator=generator, log=log)
+                                    batch=batch, size=(size, size), generator=generator, log=log, steps_per_epoch=steps)
         save_checkpoint(run / "encoder.pt", seg, name=encoder_model, kwargs=dict(encoder_kwargs or {}))
         encoder = str(run / "encoder.pt")
     spec = {"checkpoint": str(Path(encoder).resolve())}
     teacher = SliceTeacher(encoder_from_spec(spec))
     history = train_teacher_head(teacher, slices, labels, epochs=epochs, batch=batch, lr=lr, size=(size, size),
-                                 generator=generator, log=log)
+                                 generator=generator, log=log, steps_per_epoch=steps)
     save_teacher(run / "teacher.pt", teacher, spec, {"ratio": ratio, "seed": seed})
     settings = {"data": str(Path(data).resolve()), "ratio": ratio, "seed": seed, "size": size, "chunk": chunk,
                 "preset": preset, "stratify": stratify, "encoder": spec, "teacher_loss": history[-1] if history else None}

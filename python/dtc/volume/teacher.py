@@ -142,11 +142,24 @@ def resize_slices(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=True).clamp_(0, 1)
 
 
+def _epoch_batches(n: int, batch: int, steps: int | None, generator) -> list[torch.Tensor]:
+    """Index batches of one epoch over n labelled slices: one pass (shuffled) when steps is None, else
+    `steps` batches drawn with replacement. The original code's epoch runs over every slice of the
+    training volumes with half of each batch forced onto labelled slices; unlabelled samples carry no
+    loss, so an epoch of ceil(N_slices / batch) steps on labelled slices keeps its number of updates."""
+    if steps is None:
+        order = torch.randperm(n, generator=generator)
+        return [order[i:i + batch] for i in range(0, n, batch)]
+    return [torch.randint(n, (batch,), generator=generator) for _ in range(steps)]
+
+
 def train_teacher_head(teacher: SliceTeacher, slices: torch.Tensor, labels: torch.Tensor, *, epochs: int = 100,
                        batch: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4, size=(256, 256),
-                       generator: torch.Generator | None = None, augment: bool = True, log=None) -> list[float]:
+                       generator: torch.Generator | None = None, augment: bool = True, log=None,
+                       steps_per_epoch: int | None = None) -> list[float]:
     """Stage A: BCE of the head on the labelled slices ([N, H, W] images in [0, 1] and 0/1 labels), Adam with
-    MultiStep x0.1 at 70 % and 90 % of the epochs. Returns the mean loss per epoch."""
+    MultiStep x0.1 at 70 % and 90 % of the epochs; `steps_per_epoch` batches per epoch (default one pass).
+    Returns the mean loss per epoch."""
     from dtc.volume.augment import random_affine
 
     if slices.dim() != 3 or labels.shape != slices.shape or slices.shape[0] < 1:
@@ -160,10 +173,8 @@ def train_teacher_head(teacher: SliceTeacher, slices: torch.Tensor, labels: torc
     history = []
     n = x_all.shape[0]
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
         total, count = 0.0, 0
-        for i in range(0, n, batch):
-            idx = order[i:i + batch]
+        for idx in _epoch_batches(n, batch, steps_per_epoch, generator):
             x, y = x_all[idx], y_all[idx]
             if augment:
                 x, y = random_affine(x, y, generator)
@@ -212,7 +223,8 @@ def pseudo_label_volume(teacher: SliceTeacher, image: torch.Tensor, *, draws: in
 
 def train_slice_segmenter(slices: torch.Tensor, labels: torch.Tensor, *, name: str = "student", kwargs: dict | None = None,
                           epochs: int = 100, batch: int = 16, lr: float = 1e-3, size=(256, 256),
-                          generator: torch.Generator | None = None, log=None) -> nn.Module:
+                          generator: torch.Generator | None = None, log=None,
+                          steps_per_epoch: int | None = None) -> nn.Module:
     """The encoder dtc trains itself when none is given: a 2-D segmenter (dtc.models `name`) trained with
     BCE + soft Dice on the labelled slices (augmented), to be frozen as `SegmenterEncoder`."""
     from dtc.engine.inference import normalise_images
@@ -231,10 +243,8 @@ def train_slice_segmenter(slices: torch.Tensor, labels: torch.Tensor, *, name: s
     model.train()
     n = x_all.shape[0]
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for i in range(0, n, batch):
-            idx = order[i:i + batch]
+        total, count = 0.0, 0
+        for idx in _epoch_batches(n, batch, steps_per_epoch, generator):
             x, y = random_affine(x_all[idx], y_all[idx], generator)
             logits = model(normalise_images(x.expand(-1, 3, -1, -1)))[0]
             loss, _ = bce_dice(logits, (y >= 0.5).float())
@@ -242,9 +252,10 @@ def train_slice_segmenter(slices: torch.Tensor, labels: torch.Tensor, *, name: s
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
+            count += len(idx)
         sched.step()
         if log is not None:
-            log(f"encoder epoch {epoch + 1}/{epochs}: BCE+Dice {total / n:.4f}")
+            log(f"encoder epoch {epoch + 1}/{epochs}: BCE+Dice {total / count:.4f}")
     return model.eval()
 
 
