@@ -313,7 +313,7 @@ def test_killed_command_line_run_finishes_only_what_is_missing(tmp_path):
 
 
 def test_training_signal_maps_on_a_still_window_are_exact():
-    """Identical frames and zero flow: M = 1, the warped target is P_{t-1} binarised, and the local
+    """Identical frames and zero flow: M = 1, the (hard) warped target is P_{t-1} binarised, and the local
     prototype mask is the foreground of both frames."""
     from dtc.experiments import training_signal_maps
 
@@ -329,7 +329,7 @@ def test_training_signal_maps_on_a_still_window_are_exact():
     frame = torch.rand(3, 32, 48)
     window = {"image": frame.expand(3, 3, 32, 48).clone(), "mask": torch.zeros(3, 1, 32, 48),
               "flow": torch.zeros(3, 2, 32, 48)}
-    maps = training_signal_maps(model, window)
+    maps = training_signal_maps(model, window, loss={"warped_target": "hard"})
     assert maps["confidence"].shape == (2, 32, 48) and maps["flow"].shape == (2, 2, 32, 48)
     assert (maps["confidence"] == 1).all()
     fg = (maps["prob"][0] > 0.5).astype("float32")

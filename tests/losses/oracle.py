@@ -145,14 +145,15 @@ def proto(p, loc, glob, flows, thr_spec, rescale, scales="both", warped_target="
 
 
 PRESET = {
-    "dtc": dict(alpha=13.3, thr=0.5, rescale=True),
-    "reference": dict(alpha=1.0, thr="percentile70", rescale=False),
+    "dtc": dict(alpha=13.3, thr=0.5, rescale=True, warped_target="soft"),
+    "reference": dict(alpha=1.0, thr="percentile70", rescale=False, warped_target="hard"),
 }
 
 
-def total(z, loc, glob, zt, y, images, flows, preset, weights=(3, 1, 2, 0.1), flows_bw=None, warped_target="hard",
+def total(z, loc, glob, zt, y, images, flows, preset, weights=(3, 1, 2, 0.1), flows_bw=None, warped_target=None,
           normalise=False):
     cfg = PRESET[preset]
+    warped_target = cfg["warped_target"] if warped_target is None else warped_target
     p = torch.sigmoid(z)
     out = {"seg": bce_dice(z, y), "kd": kd(z, zt, 4.0),
            "con": con(z, images, flows, preset, cfg["alpha"], warped_target, normalise, flows_bw)}

@@ -144,8 +144,10 @@ def test_config_presets_and_unknown_keys():
     ref = losses.DTCLossConfig.from_preset("reference")
     assert (ref.alpha, ref.confidence, ref.fg_threshold, ref.rescale_flow, ref.normalise_images) == (
         1.0, "abs_sum", "percentile70", False, True)
+    assert (ref.pseudo_source, ref.warped_target) == ("student", "hard")
     dtc = losses.DTCLossConfig.from_preset("dtc")
     assert (dtc.alpha, dtc.confidence, dtc.fg_threshold, dtc.rescale_flow) == (13.3, "mean_abs", 0.5, True)
+    assert (dtc.pseudo_source, dtc.warped_target) == ("teacher", "soft")
     assert dtc.weights == (3.0, 1.0, 2.0, 0.1) and dtc.tau == 4.0
     with pytest.raises(ValueError, match=r"unknown keys \['bogus', 'wieghts'\]"):
         losses.DTCObjective("dtc", bogus=1, wieghts=(1, 1, 1, 1))

@@ -58,7 +58,7 @@ def test_structure_confidence_keeps_the_weight_through_a_gain_change():
     flows = torch.zeros(1, 2, 2, *images.shape[-2:])
     weights = {}
     for name in ("intensity", "structure"):
-        objective = losses.DTCObjective("dtc", ablation="seg+kd+con", confidence_input=name)
+        objective = losses.DTCObjective("dtc", ablation="seg+kd+con", confidence_input=name, warped_target="hard")
         imgs = LF.structure_images(images) if name == "structure" else images
         _, maps = LF.temporal_consistency(logits, imgs, flows, return_maps=True)
         weights[name] = float(maps["confidence"].mean())
@@ -80,9 +80,11 @@ class _Constant(nn.Module):
 @pytest.mark.parametrize("p, want", [(0.7, 1.0), (0.3, 0.0)])
 def test_binarised_pseudo_labels_are_hard(p, want):
     x = torch.rand(2, 3, 8, 12)
-    soft = losses.DTCObjective("dtc").pseudo_labels(_Constant(p), None, x)
+    soft = losses.DTCObjective("dtc", pseudo_source="student").pseudo_labels(_Constant(p), None, x)
     assert torch.allclose(soft, torch.full_like(soft, p))
-    hard = losses.DTCObjective("dtc", pseudo_binarise=True).pseudo_labels(_Constant(p), None, x)
+    hard = losses.DTCObjective("dtc", pseudo_source="student", pseudo_binarise=True).pseudo_labels(_Constant(p), None, x)
+    assert torch.equal(hard, torch.full_like(hard, want))
+    hard = losses.DTCObjective("dtc", pseudo_binarise=True).pseudo_labels(None, _Constant(p), x)  # the teacher's
     assert torch.equal(hard, torch.full_like(hard, want))
 
 

@@ -25,7 +25,8 @@ def training_signal_maps(student, window: dict, *, preset: str = "dtc", loss: Op
 
     Returns:
         numpy arrays: ``image``, ``mask``, ``prob``, ``pseudo`` ``(T, H, W)``; per pair ``t = 1..T-1``:
-        ``flow (T-1, 2, H, W)``, ``confidence`` (M), ``warped_target`` (``P~`` as the loss uses it),
+        ``flow (T-1, 2, H, W)``, ``confidence`` (M, on the structure images with ``confidence_input="structure"``),
+        ``warped_target`` (``P~`` as the loss uses it),
         ``local_mask`` (``fg_t * 1[P~ > thr]``, ``P~`` the warped target) ``(T-1, H, W)``, ``global_bg_prev``/``global_bg_cur``
         (background masks at the bottleneck size ``(T-1, h, w)``); ``threshold (T-1,)`` and ``loss_con``.
 
@@ -37,6 +38,7 @@ def training_signal_maps(student, window: dict, *, preset: str = "dtc", loss: Op
     from dtc.engine.trainer import split_outputs
     from dtc.flow import make_flow_provider
     from dtc.losses import DTCLossConfig, flip_pseudo_labels, foreground_threshold, temporal_consistency
+    from dtc.losses.functional import structure_images
 
     if not isinstance(window, dict) or "image" not in window:
         raise ValueError("window must be a dataset item (a dict with 'image' (T, 3, H, W))")
@@ -60,8 +62,9 @@ def training_signal_maps(student, window: dict, *, preset: str = "dtc", loss: Op
         student.train(was_training)
     logits = logits.float()[None]
     probs = torch.sigmoid(logits)
+    confidence_images = structure_images(images) if cfg.confidence_input == "structure" else images
     loss_con, maps = temporal_consistency(
-        logits, images, flows, alpha=cfg.alpha, confidence=cfg.confidence, channel_scale=cfg.channel_scale(3),
+        logits, confidence_images, flows, alpha=cfg.alpha, confidence=cfg.confidence, channel_scale=cfg.channel_scale(3),
         warped_target=cfg.warped_target, normalise=cfg.con_normalise, return_maps=True, impl=cfg.implementation)
     thr = foreground_threshold(probs, cfg.fg_threshold, impl=cfg.implementation)
     local_masks, bg_prev, bg_cur = [], [], []
