@@ -112,3 +112,28 @@ def test_bad_input():
         MSISeg([4], attn="sparse")
     with pytest.raises(ValueError, match=r"levels\[0\] must be"):
         MSISeg([4], frames=3, **SMALL)([torch.rand(1, 2, 4, 4, 4)])
+
+
+def test_o_a2_full_attention_branch_matches_a_naive_softmax_attention():
+    torch.manual_seed(1)
+    msi = MSISeg([4, 6], frames=3, attn="full", **SMALL).double().eval()
+    levels = [torch.randn(2, 3, 4, 4, 6, dtype=torch.float64), torch.randn(2, 3, 6, 2, 3, dtype=torch.float64)]
+    B, T, key, d, heads = 2, 3, msi.key, msi.d, SMALL["heads"]
+    z = [proj(f.flatten(0, 1)).view(B, T, d, *f.shape[-2:]) for proj, f in zip(msi.project, levels)]
+    got = msi._global(z, key)
+    block = msi.blocks[0]
+    w_q, w_k, w_v = block.attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = block.attn.in_proj_bias.chunk(3)
+    for l, zl in enumerate(z):
+        h, w = zl.shape[-2:]
+        pos = sine_position(h, w, d, dtype=torch.float64) + msi.level_embed[l]
+        x0 = zl[:, key].flatten(2).transpose(1, 2)
+        keys = torch.cat([zl[:, t].flatten(2).transpose(1, 2) + msi.time_embed[t] + pos for t in range(T)], 1)
+        q = (block.norm1(x0) + pos) @ w_q.T + b_q
+        k, v = keys @ w_k.T + b_k, keys @ w_v.T + b_v
+        split = lambda t: t.view(B, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
+        attn = torch.softmax(split(q) @ split(k).transpose(-1, -2) / (d // heads) ** 0.5, -1) @ split(v)
+        x = x0 + block.attn.out_proj(attn.transpose(1, 2).reshape(B, -1, d))
+        x = x + block.ffn(block.norm2(x))
+        want = (x - x0).transpose(1, 2).reshape(B, d, h, w)
+        assert torch.allclose(got[l], want, rtol=1e-10, atol=1e-12)
