@@ -27,7 +27,8 @@ status "all tests (not slow)" "$(tail -1 "$OUT/all_tests.log")"
 # Small shapes keep the sanitizer's slowdown affordable; every kernel family runs at least once.
 for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" \
              "losses --device cuda --B 1 --T 2 --H 64 --W 96 --repeat 1" \
-             "flow --device cuda --size 64,96 --batch 2 --repeat 1"; do
+             "flow --device cuda --size 64,96 --batch 2 --repeat 1" \
+             "v2i --device cuda --size 64x96 --batch 1 --d 32 --heads 4 --channels 8,16,32 --model student --model-kwargs base=4 --rounds 1"; do
   name=${bench%% *}
   if compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m dtc.bench $bench > "$OUT/sanitizer_$name.log" 2>&1; then
     status "memcheck $name" "clean"
@@ -37,7 +38,8 @@ for bench in "warp --device cuda --size 2,3,40,56 --repeat 1" \
 done
 
 for bench in "warp --device cuda" "losses --device cuda" "flow --device cuda" "infer --devices cuda" \
-             "step --device cuda --model unet --channels-last" "metrics --repeat 20 --torch-batch 16"; do
+             "step --device cuda --model unet --channels-last" "metrics --repeat 20 --torch-batch 16" \
+             "v2i --device cuda"; do
   name=${bench%% *}
   python3 -m dtc.bench $bench > "$OUT/bench_$name.md" 2>&1
   status "bench $name" "exit $? (bench_$name.md)"
