@@ -99,7 +99,7 @@ class V2IConfig:
         return dataclasses.asdict(self)
 
 
-#: Starting points sized for a laptop CPU and for one GPU (METHOD defaults: d=256, 8 heads, 50 epochs).
+#: Starting points sized for a laptop CPU and for one GPU (the gpu preset has docs/v2i.md's sizes: d=256, 8 heads, 50 epochs).
 PRESETS = {
     "cpu": {},
     "gpu": dict(height=256, width=448, num_videos=40, frames=48, model="unet", model_kwargs={"base": 32},
