@@ -1,6 +1,8 @@
 """`dtc bench stream` runs every contender on one clip and prints one row each (figures are not tested)."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from dtc.bench import main
@@ -10,7 +12,10 @@ from dtc.bench import main
 def test_bench_stream_prints_a_row_per_contender(capsys):
     assert main(["stream", "--sizes", "32x48", "--frames", "3", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for name in ("exported .pt2 (Python loop)", "Segmenter.push (Python loop)", "dtc infer (Python, batched)"):
+    names = ["exported .pt2 (Python loop)", "Segmenter.push (Python loop)", "dtc infer (Python, batched)"]
+    if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
+        names.append("ONNX Runtime (Python loop)")
+    for name in names:
         assert f"| 32x48 | {name} |" in out
     assert "host load" in out
 

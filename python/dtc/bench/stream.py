@@ -47,7 +47,7 @@ def _make_case(root: Path, size, frames: int, base: int):
     atomic_torch_save({"format": FORMAT, "version": VERSION, "stage": "student", "epoch": 0, "best": math.nan,
                        "model": {"name": "student", "kwargs": {"base": base}, "state_dict": model.state_dict()},
                        "config": {"data": {"height": h, "width": w}}}, ckpt)
-    export(ckpt, root / "export", onnx=False)
+    export(ckpt, root / "export", onnx=None)  # ONNX too when the exporter and onnxruntime are installed
     data = SyntheticTRUSDataset(num_videos=1, frames=frames, size=(h, w), T=1, split="all")
     # The input clip, not an output: motion JPEG decodes cheaply and identically in OpenCV's Python and
     # C++ builds, so every contender starts from the same decode cost.
@@ -139,10 +139,27 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
         def segmenter():
             return _python_stream(clip, root / "seg.mp4", lambda grey: seg.push(grey).prob)
 
+        def onnx_runtime():
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            session = ort.InferenceSession(str(exp / "model.onnx"), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+
+            def fn(grey):
+                x = np.ascontiguousarray(np.broadcast_to((grey.astype(np.float32) / 255)[None, None], (1, 3, *grey.shape)))
+                return session.run(None, {name: x})[0][0, 0]
+            return _python_stream(clip, root / "onnx.mp4", fn)
+
         contenders = {"C++ runtime (dtc-stream)": runtime, "exported .pt2 (Python loop)": pt2,
                       "Segmenter.push (Python loop)": segmenter, "dtc infer (Python, batched)": dtc_infer}
         if exe is None:
             contenders.pop("C++ runtime (dtc-stream)")
+        if (exp / "model.onnx").is_file():
+            contenders["ONNX Runtime (Python loop)"] = onnx_runtime
+        else:
+            log("  ONNX Runtime skipped: install onnx, onnxscript and onnxruntime (the dtc[onnx] extra)")
         names = list(contenders)
         results = {k: [] for k in names}
         for r in range(rounds):
