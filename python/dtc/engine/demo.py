@@ -55,7 +55,7 @@ class DemoPreset:
 DEMO_PRESETS = {
     # Sized for 2 CPU cores in under 10 minutes.
     "small": DemoPreset(height=128, width=224, num_videos=12, frames=24, model="student", model_kwargs={"base": 8},
-                        teacher_epochs=10, student_epochs=8, batch_size=8, teacher_lr=5e-3, student_lr=1e-3,
+                        teacher_epochs=10, student_epochs=6, batch_size=8, teacher_lr=5e-3, student_lr=1e-3,
                         max_windows=128),
     # The paper's geometry on a GPU.
     "full": DemoPreset(height=256, width=448, num_videos=20, frames=64, model="unet", model_kwargs={"base": 32},
