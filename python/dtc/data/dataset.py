@@ -268,19 +268,9 @@ class VideoSegmentationDataset(Dataset):
         return _LoadedVideo(np.stack(images), np.stack(masks), np.array(valid), flow_arr, spacing)
 
     def _decode_video_file(self, rec: VideoRecord) -> list[np.ndarray]:
-        cap = cv2.VideoCapture(rec.source)
-        if not cap.isOpened():
-            raise ValueError(f"cannot open video file {rec.source} (corrupt or unsupported codec)")
-        frames = []
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if self.color == "grey"
-                              else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        finally:
-            cap.release()
+        from dtc.data.index import decode_video_frames
+
+        frames = decode_video_frames(rec.source, "grey" if self.color == "grey" else "rgb")
         need = max(f.position for f in rec.frames) + 1
         if len(frames) < need:
             raise ValueError(f"video file {rec.source}: decoded {len(frames)} frames, index expects {need} (corrupt?)")

@@ -252,6 +252,24 @@ def count_video_frames(path: str | os.PathLike) -> int:
     return n
 
 
+def decode_video_frames(path: str | os.PathLike, color: str = "grey") -> list:
+    """Every frame of a video file, in order: (H, W) uint8 for ``color="grey"``, (H, W, 3) RGB for ``"rgb"``."""
+    path = _require(path, "video file")
+    conversion = {"grey": cv2.COLOR_BGR2GRAY, "rgb": cv2.COLOR_BGR2RGB}[color]
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise ValueError(f"cannot open video file {path} (corrupt or unsupported codec)")
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(cv2.cvtColor(frame, conversion) if frame.ndim == 3 else frame)
+    finally:
+        cap.release()
+
+
 def _masks_by_frame(mask_dir, n: int, source) -> dict:
     """Mask files of a folder by frame number (0-based, from the file names) for a source of ``n`` frames;
     {} without a folder. A mask for a frame the source does not have is an error naming both."""

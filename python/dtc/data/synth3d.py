@@ -449,21 +449,10 @@ def read_sweep_video(path: str | os.PathLike, spacing: tuple[float, float, float
     spacing = tuple(float(v) for v in spacing)
     if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
         raise ValueError(f"spacing must be three positive mm values (frame step, row, column), got {spacing}")
-    from dtc.data.index import _require
+    from dtc.data.index import decode_video_frames
 
-    path = _require(path, "sweep video")
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"{path}: cannot open the sweep video (not a video OpenCV can decode)")
-    frames = []
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
-    finally:
-        cap.release()
+    path = os.fspath(path)
+    frames = decode_video_frames(path, "grey")
     if len(frames) < 2:
         raise ValueError(f"{path}: a sweep needs at least 2 frames, decoded {len(frames)}")
     image = np.stack(frames).astype(np.float32) / 255.0
