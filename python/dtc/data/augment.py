@@ -97,7 +97,7 @@ class SequenceAugment:
             frames = []
             for t in range(T):
                 k = t if n > 1 else 0
-                frames.append(_gauss_blur(out[t], float(sig[k])) if use[k] and sig[k] > 0.3 else out[t])
+                frames.append(gaussian_blur(out[t], float(sig[k])) if use[k] and sig[k] > 0.3 else out[t])
             out = torch.stack(frames)
         if self.noise > 0:
             std = (self._u(0, self.noise, (n,))).float().view(n, 1, 1, 1)
@@ -111,7 +111,9 @@ class SequenceAugment:
         return out
 
 
-def _gauss_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of each channel of ``x (C, H, W)``, radius ``ceil(3 sigma)``, replicated
+    borders (an image border must not read as an edge)."""
     r = max(1, int(math.ceil(3 * sigma)))
     k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
     k = (k / k.sum()).to(x.dtype)

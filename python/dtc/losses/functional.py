@@ -14,7 +14,6 @@ Convention (every function here):
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
@@ -228,21 +227,11 @@ def structure_images(images: torch.Tensor, *, fine: Optional[float] = None, coar
     coarse = max(2.0, 8.0 * width / 448.0) if coarse is None else float(coarse)
     if not 0 < fine < coarse:
         raise ValueError(f"structure_images: need 0 < fine < coarse, got fine {fine} and coarse {coarse}")
-    flat = images.flatten(0, 2).unsqueeze(1)
-    band = _gaussian_blur(flat, fine) - _gaussian_blur(flat, coarse)
+    from dtc.data.augment import gaussian_blur
+
+    planes = images.flatten(0, 2)
+    band = gaussian_blur(planes, fine) - gaussian_blur(planes, coarse)
     return (0.5 + band).clamp(0.0, 1.0).view_as(images)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, 1, H, W)`` with replicated borders (a border must not read as an edge)."""
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode="replicate")
-    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = torch.nn.functional.pad(x, (0, 0, radius, radius), mode="replicate")
-    return torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
 def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
