@@ -2,6 +2,9 @@
 // file, in a three-stage pipeline (decode -> inference -> overlay/encode) joined by bounded queues, and
 // report the latency distribution and the frame rate. `dtc-stream --help` documents the command line.
 #include <ATen/Parallel.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <c10/util/Exception.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -347,6 +350,9 @@ std::string error_text(const std::exception& e) {
 
 int run(const Options& o) {
   if (o.threads > 0) at::set_num_threads(o.threads);
+  // Decode and encode are one stage each; OpenCV's own worker threads would only compete with the
+  // network's intra-op threads for the cores.
+  cv::setNumThreads(1);
   auto model = dtc::runtime::Model::load(o.model, o.device);
   auto source = open_source(o);
   fs::path out = o.out;
@@ -385,43 +391,47 @@ int run(const Options& o) {
     }
     decoded.close();
   });
-  std::thread inference([&] {
+  // The overlay/encode stage runs on its own thread and inference on this one. GNU OpenMP keeps one
+  // worker pool per thread that enters a parallel region, and once more pool threads exist than cores
+  // it stops spinning between regions: every one of the network's ~40 ops per frame then waits for
+  // futex wake-ups, which made 2 intra-op threads no faster than 1. This thread loaded the model, so
+  // its pool already exists; running the network here keeps it the only one.
+  std::vector<double> inference_ms, latency_ms;
+  cv::VideoWriter writer;
+  const fs::path video = out / "overlay.mp4", video_tmp = out / ".overlay.tmp.mp4";
+  std::thread encoder([&] {
     try {
-      dtc::runtime::Stream stream(model, o.pad);
-      while (auto item = decoded.pop()) {
-        item->result = stream.push(item->frame);
-        if (!inferred.push(std::move(*item))) return;
+      while (auto item = inferred.pop()) {
+        if (o.overlay) {
+          cv::Mat frame = overlay_of(item->frame, item->result.mask);
+          if (!writer.isOpened()) {
+            writer.open(video_tmp.string(), cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps, frame.size());
+            if (!writer.isOpened()) throw Error("OpenCV cannot write an MP4 video to " + video_tmp.string());
+          }
+          writer.write(frame);
+        }
+        if (o.masks) write_png(out / "masks" / frame_name(item->index, ".png"), item->result.mask);
+        if (o.probs) write_npy(out / "probs" / frame_name(item->index, ".npy"), item->result.prob);
+        inference_ms.push_back(item->result.inference_ms);
+        latency_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - item->decoded).count());
+        if (!o.quiet && item->index % 100 == 0) std::cerr << "dtc-stream: frame " << item->index << "\n";
       }
     } catch (const std::exception& e) {
       fail(error_text(e));
     }
-    inferred.close();
   });
-
-  std::vector<double> inference_ms, latency_ms;
-  cv::VideoWriter writer;
-  const fs::path video = out / "overlay.mp4", video_tmp = out / ".overlay.tmp.mp4";
   try {
-    while (auto item = inferred.pop()) {
-      if (o.overlay) {
-        cv::Mat frame = overlay_of(item->frame, item->result.mask);
-        if (!writer.isOpened()) {
-          writer.open(video_tmp.string(), cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps, frame.size());
-          if (!writer.isOpened()) throw Error("OpenCV cannot write an MP4 video to " + video_tmp.string());
-        }
-        writer.write(frame);
-      }
-      if (o.masks) write_png(out / "masks" / frame_name(item->index, ".png"), item->result.mask);
-      if (o.probs) write_npy(out / "probs" / frame_name(item->index, ".npy"), item->result.prob);
-      inference_ms.push_back(item->result.inference_ms);
-      latency_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - item->decoded).count());
-      if (!o.quiet && item->index % 100 == 0) std::cerr << "dtc-stream: frame " << item->index << "\n";
+    dtc::runtime::Stream stream(model, o.pad);
+    while (auto item = decoded.pop()) {
+      item->result = stream.push(item->frame);
+      if (!inferred.push(std::move(*item))) break;
     }
   } catch (const std::exception& e) {
     fail(error_text(e));
   }
+  inferred.close();
   reader.join();
-  inference.join();
+  encoder.join();
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
   if (writer.isOpened()) {
     writer.release();
@@ -457,6 +467,13 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Every frame allocates and frees the same few-megabyte activations. With glibc's defaults they are
+  // mmap'ed and returned to the kernel each time, so every frame page-faults its activations back in
+  // (a third of the frame time at 256x448). Keeping freed memory in the heap removes that.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
   try {
     return run(parse(argc, argv));
   } catch (const UsageError& e) {

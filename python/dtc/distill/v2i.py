@@ -22,7 +22,9 @@ STAGES = ("s0", "s1", "s2")
 
 @dataclass
 class V2IConfig:
-    # data: the synthetic TRUS simulator (train/val split by patient)
+    # data: the synthetic TRUS simulator (train/val split by patient); benchmark names a
+    # dtc.data.synth.BENCHMARKS entry ("events" = the hard benchmark with transient acoustic events)
+    benchmark: str = "calm"
     height: int = 64
     width: int = 96
     num_videos: int = 8
@@ -75,6 +77,10 @@ class V2IConfig:
     def validate(self) -> "V2IConfig":
         from dtc.distill.masks import MODES
 
+        from dtc.data.synth import BENCHMARKS
+
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"v2i.benchmark must be one of {sorted(BENCHMARKS)}, got {self.benchmark!r}")
         if self.tfd not in ("off",) + MODES:
             raise ValueError(f"v2i.tfd must be 'off' or one of {MODES}, got {self.tfd!r}")
         if self.cqd not in ("off", "fixed", "random"):
@@ -121,10 +127,11 @@ class ClipSampler(torch.utils.data.Dataset):
 
     def __init__(self, cfg: V2IConfig, split: str, delta: Optional[int] = None):
         from dtc.data import SyntheticTRUSDataset
+        from dtc.data.synth import synth_config
 
         self.cfg, self.delta = cfg, delta
         self.frames = SyntheticTRUSDataset(num_videos=cfg.num_videos, frames=cfg.frames, size=(cfg.height, cfg.width),
-                                           T=1, seed=cfg.seed, split=split)
+                                           T=1, seed=cfg.seed, split=split, config=synth_config(cfg.benchmark))
         per_video = cfg.frames
         self.keys = [(vi, t) for vi in range(len(self.frames.videos)) for t in range(per_video)]
         if cfg.max_windows is not None:
