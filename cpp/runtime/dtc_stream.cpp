@@ -37,7 +37,8 @@ using dtc::runtime::Error;
 namespace {
 
 constexpr const char* kUsage = R"(usage: dtc-stream MODEL INPUT [--out DIR] [--threads N] [--device cpu|cuda] [--masks] [--probs]
-                  [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--max-frames N] [--queue N] [--quiet]
+                  [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--realtime] [--max-frames N] [--queue N]
+                  [--quiet]
 
 Segment live ultrasound with a model exported by `dtc export` (the .dtc file), without Python.
 
@@ -56,6 +57,8 @@ options:
   --pad            pad frames whose size is not a multiple of the network's (default: refuse them)
   --raw WxHxC      the size of raw stdin frames: width, height, channels (1 grey, 3 BGR), e.g. 448x256x1
   --fps F          frame rate of the overlay video (default: the input's, else 30)
+  --realtime       deliver a file's or folder's frames at that rate, as a scanner would, instead of as
+                   fast as they decode: the latency then reads as a live feed's (no backlog of frames)
   --max-frames N   stop after N frames (a camera runs until then, or until interrupted)
   --queue N        capacity of each queue between the stages (default 4)
   --quiet          print only the final report
@@ -70,7 +73,7 @@ struct Options {
   std::string model, input, out, device = "cpu", raw;
   int threads = 0, max_frames = -1, queue = 4;
   double fps = 0;
-  bool masks = false, probs = false, overlay = true, pad = false, quiet = false;
+  bool masks = false, probs = false, overlay = true, pad = false, quiet = false, realtime = false;
 };
 
 struct UsageError : std::runtime_error {
@@ -113,6 +116,8 @@ Options parse(int argc, char** argv) {
       o.overlay = false;
     } else if (a == "--pad") {
       o.pad = true;
+    } else if (a == "--realtime") {
+      o.realtime = true;
     } else if (a == "--quiet") {
       o.quiet = true;
     } else if (a == "--raw") {
@@ -381,6 +386,9 @@ int run(const Options& o) {
     try {
       for (int64_t i = 0; o.max_frames < 0 || i < o.max_frames; ++i) {
         Item item;
+        if (o.realtime) {
+          std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / fps)));
+        }
         if (!source->read(item.frame)) break;
         item.index = i;
         item.decoded = Clock::now();

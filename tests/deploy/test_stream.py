@@ -73,6 +73,19 @@ def test_runtime_equals_python_inference_on_a_simulated_video(exported, simulate
     assert overlay.isOpened() and int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
 
 
+def test_realtime_feed_paces_the_frames_and_keeps_the_results(exported, simulated_video, tmp_path):
+    ckpt, model = exported
+    expected = Segmenter.from_checkpoint(ckpt, device="cpu")(simulated_video)
+    folder = write_folder(tmp_path / "frames", simulated_video)
+    r = run(model, folder, "--out", tmp_path / "out", "--probs", "--realtime", "--fps", 20, "--threads", 2, "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    probs = np.stack([np.load(tmp_path / "out" / "probs" / f"{i:06d}.npy") for i in range(8)])
+    assert np.abs(probs - expected.prob).max() <= 1e-5
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    # Frame k is handed over no earlier than k / 20 s after the start: 8 frames take at least 0.35 s.
+    assert report["wall_s"] >= 7 / 20 and report["threads"] == 2
+
+
 def test_raw_frames_on_stdin_equal_python_inference(exported, simulated_video, tmp_path):
     ckpt, model = exported
     rgb = np.repeat(simulated_video[..., None], 3, axis=-1)

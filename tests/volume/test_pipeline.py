@@ -103,6 +103,11 @@ def test_experiment_file_and_smoke_run(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
     assert main(["xdim", "experiment", str(path), "--preset", "smoke", "--out", str(tmp_path)]) == 0
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before  # finished steps are skipped
+    # The same folder under changed settings would mix old students into the new table: refused.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(path.read_text().replace("student: {epochs: 1, base: 4", "student: {epochs: 2, base: 4"))
+    with pytest.raises(ValueError, match="other student settings"):
+        run_experiment(changed, "smoke", tmp_path)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -2,8 +2,10 @@
 #include "dtc/nets.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 
 namespace dtc::nets {
@@ -48,6 +50,27 @@ void check_features(const char* net, const at::Tensor& x, const std::vector<at::
 
 at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)}); }
 
+using ConvPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                                 at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
+                                 c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>);
+
+// oneDNN's convolution with the ReLU applied as a post-op, while the output is still in cache (the op
+// PyTorch's inductor emits for conv + relu on the CPU). It gives the same bits as conv2d then relu
+// (tests/nets compare them); absent from builds without oneDNN, which keep the two-op path.
+const c10::TypedOperatorHandle<ConvPointwise>* conv_relu_op() {
+  static const std::optional<c10::TypedOperatorHandle<ConvPointwise>> op =
+      []() -> std::optional<c10::TypedOperatorHandle<ConvPointwise>> {
+    try {
+      const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", ""});
+      if (!handle.has_value() || !at::hasMKLDNN()) return std::nullopt;
+      return handle->typed<ConvPointwise>();
+    } catch (const c10::Error&) {
+      return std::nullopt;
+    }
+  }();
+  return op.has_value() ? &*op : nullptr;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------- building blocks
@@ -90,7 +113,13 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
     b = bias_;
   }
   const auto& o = conv->options;
-  at::Tensor y = at::conv2d(x, w, b, *o.stride(), *std::get<torch::ExpandingArray<2>>(o.padding()), *o.dilation(), o.groups());
+  const at::IntArrayRef padding = *std::get<torch::ExpandingArray<2>>(o.padding());
+  if (relu && x.device().is_cpu() && x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn()) {
+    if (const auto* op = conv_relu_op()) {
+      return op->call(x, w, b, padding, *o.stride(), *o.dilation(), o.groups(), "relu", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    }
+  }
+  at::Tensor y = at::conv2d(x, w, b, *o.stride(), padding, *o.dilation(), o.groups());
   return relu ? at::relu_(y) : y;
 }
 

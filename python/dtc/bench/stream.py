@@ -7,6 +7,10 @@ contender: frames per second over the whole clip, the per-frame end-to-end laten
 its overlay written) at p50/p95/p99 for the streaming ones (`dtc infer` batches, so it has no per-frame
 latency), the mean inference time and the fraction of the frame time it takes. Contenders run in
 rotating order each round; the host load is printed before and after, since this machine is shared.
+
+dtc-stream runs twice: flat out (its FPS) and fed at the clip's frame rate as a scanner would feed it
+(`--realtime`: its latency). `--load N` keeps N CPU-bound processes running throughout, for the latency
+distribution of a machine that is busy with something else.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import numpy as np
 import torch
 
 from dtc.bench._timing import host_load
+
+CLIP_FPS = 30
 
 
 def _percentiles(values):
@@ -52,7 +58,7 @@ def _make_case(root: Path, size, frames: int, base: int):
     # The input clip, not an output: motion JPEG decodes cheaply and identically in OpenCV's Python and
     # C++ builds, so every contender starts from the same decode cost.
     clip = root / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (w, h), isColor=False)
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), CLIP_FPS, (w, h), isColor=False)
     for i in range(frames):
         writer.write(np.round(data[i]["image"][0, 0].numpy() * 255).astype(np.uint8))
     writer.release()
@@ -108,11 +114,11 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
             exe = None
             log(f"  C++ runtime skipped: {exc}")
 
-        def runtime():
+        def runtime(*extra):
             out = root / "rt"
             t = time.perf_counter()
             r = subprocess.run([exe, str(exp / "model.dtc"), str(clip), "--out", str(out), "--threads", str(threads),
-                                "--quiet"], capture_output=True, text=True)
+                                "--quiet", *extra], capture_output=True, text=True)
             wall = time.perf_counter() - t
             if r.returncode != 0:
                 raise RuntimeError(f"dtc-stream failed: {r.stderr.strip()}")
@@ -152,10 +158,14 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
                 return session.run(None, {name: x})[0][0, 0]
             return _python_stream(clip, root / "onnx.mp4", fn)
 
-        contenders = {"C++ runtime (dtc-stream)": runtime, "exported .pt2 (Python loop)": pt2,
-                      "Segmenter.push (Python loop)": segmenter, "dtc infer (Python, batched)": dtc_infer}
+        # Flat out, dtc-stream decodes ahead of the network, so its latency includes the frames waiting in
+        # its queues; fed at the clip's 30 FPS (--realtime), as a scanner feeds it, the latency is a live
+        # feed's. The Python loops do one frame at a time, so theirs never include a backlog.
+        contenders = {"C++ runtime (dtc-stream)": runtime, f"C++ runtime, live {CLIP_FPS} FPS feed": lambda: runtime("--realtime"),
+                      "exported .pt2 (Python loop)": pt2, "Segmenter.push (Python loop)": segmenter,
+                      "dtc infer (Python, batched)": dtc_infer}
         if exe is None:
-            contenders.pop("C++ runtime (dtc-stream)")
+            contenders = {k: v for k, v in contenders.items() if not k.startswith("C++")}
         if (exp / "model.onnx").is_file():
             contenders["ONNX Runtime (Python loop)"] = onnx_runtime
         else:
@@ -182,7 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender")
     p.add_argument("--rounds", type=int, default=1, help="rounds of all contenders (rotating order); the median is shown")
     p.add_argument("--base", type=int, default=16, help="the student's width (16: the light student)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="N busy-looping processes run alongside every contender (a machine under load)")
     args = p.parse_args(argv)
+    if args.load < 0:
+        p.error(f"--load must be >= 0, got {args.load}")
     sizes = []
     for s in args.sizes:
         try:
@@ -191,11 +205,20 @@ def main(argv=None) -> int:
             p.error(f"--sizes: expected HxW, got {s!r}")
         sizes.append((h, w))
     print(f"dtc bench stream: light student (base {args.base}), {args.frames} frames, {args.threads} thread(s), "
-          f"{args.rounds} round(s), {os.cpu_count()} CPU(s); host load {host_load()} at start", flush=True)
-    rows = []
-    for size in sizes:
-        rows += run_case(size, frames=args.frames, threads=args.threads, rounds=args.rounds, base=args.base,
-                         log=lambda m: print(m, flush=True))
+          f"{args.rounds} round(s), {os.cpu_count()} CPU(s), {args.load} busy process(es); host load {host_load()} "
+          f"at start", flush=True)
+    import sys
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        rows = []
+        for size in sizes:
+            rows += run_case(size, frames=args.frames, threads=args.threads, rounds=args.rounds, base=args.base,
+                             log=lambda m: print(m, flush=True))
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     print()
     print("| size | contender | FPS | vs runtime | latency p50 / p95 / p99 (ms) | inference (ms, mean) | inference share |")
     print("|---|---|---|---|---|---|---|")

@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dtc.cli.errors import run_command
     from dtc.log import use_cli_logging
+    from dtc.memory import keep_freed_memory
 
     use_cli_logging()
+    keep_freed_memory()
 
     return run_command(args.func, args, args.command, debug=args.debug)
 

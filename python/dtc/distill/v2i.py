@@ -550,10 +550,36 @@ def run_ablation(path, preset: str, out, *, seeds=None, arms=None, log=print) ->
         return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
     keys = ["image_dice", "teacher_dice", "student_dice", "image_flicker", "teacher_flicker", "student_flicker"]
-    lines = ["| arm | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    control = "a2-tfd-off" if "a2-tfd-off" in arm_names else None
+    by_seed = {(r["arm"], r["seed"]): r for r in rows}
+
+    def paired(arm, key, other=None):
+        """mean ± std over seeds of arm's key minus the image model's (or minus arm `other`'s student),
+        and in how many seeds it is positive."""
+        diffs = [r[key] - (r[key.replace("student", "image")] if other is None else by_seed[(other, r["seed"])][key])
+                 for r in rows if r["arm"] == arm]
+        return f"{stat(diffs)} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+
+    extra = ["student − image model, Dice", "student − image model, flicker"]
+    if control:
+        extra.append(f"student − {control} (same epochs, no distillation), Dice")
+    lines = [f"Seeds {seeds}; mean ± std over seeds; paired differences count the seeds where they are > 0.", "",
+             "| arm | " + " | ".join(keys + extra) + " |", "|---" * (len(keys) + len(extra) + 1) + "|"]
     for arm in arm_names:
         mine = [r for r in rows if r["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(stat([r[k] for r in mine]) for k in keys) + " |")
+        cells = [stat([r[k] for r in mine]) for k in keys]
+        cells += [paired(arm, "student_dice"), paired(arm, "student_flicker")]
+        if control:
+            cells.append(paired(arm, "student_dice", control))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    first = [r for r in rows if r["arm"] == arm_names[0]]  # the teachers are shared: one row per seed suffices
+    teacher_dice = [r["teacher_dice"] - r["image_dice"] for r in first if r["teacher_dice"] == r["teacher_dice"]]
+    teacher_flicker = [r["teacher_flicker"] - r["image_flicker"] for r in first]
+    if teacher_dice:
+        lines += ["", f"Clip teacher ({arm_names[0]}'s) − image model: validation Dice {stat(teacher_dice)} "
+                      f"(teacher ahead in {sum(d > 0 for d in teacher_dice)}/{len(teacher_dice)} seeds), flicker "
+                      f"{stat(teacher_flicker)} (teacher steadier in {sum(d < 0 for d in teacher_flicker)}/"
+                      f"{len(teacher_flicker)} seeds)."]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
     return rows

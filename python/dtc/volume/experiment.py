@@ -59,6 +59,23 @@ def _size(text) -> tuple[int, int]:
     return h, w
 
 
+def _check_settings(out: Path, spec: dict) -> None:
+    """Finished steps are skipped on a re-run, so a folder must only ever hold one set of settings: a
+    changed preset would otherwise mix old students into the new table without a word."""
+    from dtc.io import atomic_write_text
+
+    settings = {k: spec.get(k) for k in ("data", "teacher", "pseudo", "student")}
+    path = out / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
+            raise ValueError(f"{out} holds runs made with other {', '.join(changed)} settings ({path}); "
+                             f"use another --out, or delete the folder to start again")
+        return
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
 def run_experiment(path, preset: str, out=None, log=print, ratios=None, seeds=None) -> dict:
     """Run (or resume) the experiment; `ratios` / `seeds` restrict it to a subset of the preset's."""
     from dtc.data.synth3d import Synth3DConfig, write_synth3d_dataset
@@ -73,6 +90,7 @@ def run_experiment(path, preset: str, out=None, log=print, ratios=None, seeds=No
     todo_seeds = seeds or spec["seeds"]
     todo_ratios = ratios or spec["ratios"]
     out = Path(out) if out else Path("runs") / spec["name"] / preset
+    _check_settings(out, spec)
     data_cfg = dict(spec.get("data") or {})
     n_train, n_test = int(data_cfg.pop("volumes", 8)), int(data_cfg.pop("test_volumes", 4))
     height, width = _size(data_cfg.pop("size", "128x128"))
