@@ -2,9 +2,6 @@
 // file, in a three-stage pipeline (decode -> inference -> overlay/encode) joined by bounded queues, and
 // report the latency distribution and the frame rate. `dtc-stream --help` documents the command line.
 #include <ATen/Parallel.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #include <c10/util/Exception.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -475,13 +472,7 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-#if defined(__GLIBC__)
-  // Every frame allocates and frees the same few-megabyte activations. With glibc's defaults they are
-  // mmap'ed and returned to the kernel each time, so every frame page-faults its activations back in
-  // (a third of the frame time at 256x448). Keeping freed memory in the heap removes that.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
+  dtc::runtime::keep_freed_memory();
   try {
     return run(parse(argc, argv));
   } catch (const UsageError& e) {

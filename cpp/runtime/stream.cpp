@@ -5,10 +5,20 @@
 
 #include <chrono>
 #include <string>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "dtc/runtime.h"
 
 namespace dtc::runtime {
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
 
 Stream::Stream(Model model, bool pad) : model_(std::move(model)), pad_(pad) {}
 

@@ -28,7 +28,16 @@ struct Result {
   double inference_ms = 0;        // preprocessing + forward + copy back
 };
 
-// Frame-by-frame segmentation of a stream (camera, video, scanner feed).
+// Keep freed memory in the process's heap (glibc's mmap and trim thresholds raised; a no-op elsewhere).
+// A forward allocates and frees the same few-megabyte activations every frame; with glibc's defaults
+// they go back to the kernel and every frame page-faults them in again, about a third of the frame time
+// of the light student at 256x448. Call it once at start-up; it affects the whole process, which keeps
+// its peak footprint.
+void keep_freed_memory();
+
+// Frame-by-frame segmentation of a stream (camera, video, scanner feed). Call push from one thread, the
+// one that loaded the model (see docs/deploy.md: LibTorch keeps one OpenMP pool per calling thread, and
+// a second pool on a small machine makes every parallel region wait for wake-ups).
 class Stream {
  public:
   // pad: frames whose size is not a multiple of the net's are padded (edge replication, bottom/right) and
