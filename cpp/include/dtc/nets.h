@@ -53,6 +53,10 @@ struct FoldedConvBn {
 
  private:
   at::Tensor weight_, bias_;
+  // weight_ reordered into oneDNN's blocked layout for inputs shaped packed_for_ (a stream's frames
+  // keep one size, so this is packed once); undefined where oneDNN's fused convolution is unavailable.
+  at::Tensor packed_;
+  std::vector<int64_t> packed_for_;
   std::array<const void*, 5> storage_{};
   std::array<int64_t, 5> versions_{};
   c10::ScalarType dtype_ = c10::ScalarType::Undefined;

@@ -2,6 +2,7 @@
 #include "dtc/nets.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
@@ -53,24 +54,33 @@ at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 
 using ConvPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
                                  at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
                                  c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>);
+using ReorderWeight = at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                                 at::OptionalIntArrayRef);
 
-// oneDNN's convolution with the ReLU applied as a post-op, while the output is still in cache (the op
-// PyTorch's inductor emits for conv + relu on the CPU). It gives the same bits as conv2d then relu
-// (tests/nets compare them); absent from builds without oneDNN, which keep the two-op path.
-const c10::TypedOperatorHandle<ConvPointwise>* conv_relu_op() {
-  static const std::optional<c10::TypedOperatorHandle<ConvPointwise>> op =
-      []() -> std::optional<c10::TypedOperatorHandle<ConvPointwise>> {
-    try {
-      const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", ""});
-      if (!handle.has_value() || !at::hasMKLDNN()) return std::nullopt;
-      return handle->typed<ConvPointwise>();
-    } catch (const c10::Error&) {
-      return std::nullopt;
-    }
-  }();
-  return op.has_value() ? &*op : nullptr;
+template <typename Signature>
+const c10::TypedOperatorHandle<Signature>* find_op(const char* name) {
+  try {
+    const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+    if (!handle.has_value() || !at::hasMKLDNN()) return nullptr;
+    return new c10::TypedOperatorHandle<Signature>(handle->typed<Signature>());
+  } catch (const c10::Error&) {
+    return nullptr;
+  }
 }
 
+// oneDNN's convolution with its weights reordered once into oneDNN's blocked layout and the ReLU applied
+// as a post-op while the output is still in cache: the ops PyTorch's inductor emits for conv + relu on
+// the CPU. They give the same bits as conv2d then relu (tests/models/test_folded_inference.py); builds
+// without oneDNN keep the plain path.
+const c10::TypedOperatorHandle<ConvPointwise>* conv_pointwise_op() {
+  static const auto* op = find_op<ConvPointwise>("mkldnn::_convolution_pointwise");
+  return op;
+}
+
+const c10::TypedOperatorHandle<ReorderWeight>* reorder_weight_op() {
+  static const auto* op = find_op<ReorderWeight>("mkldnn::_reorder_convolution_weight");
+  return op;
+}
 }  // namespace
 
 // ------------------------------------------------------------------------------------- building blocks
@@ -86,7 +96,16 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
   }
   const at::Tensor* sources[5] = {&conv->weight, &bn->weight, &bn->bias, &bn->running_mean, &bn->running_var};
   const auto format = conv->weight.suggest_memory_format();
-  at::Tensor w, b;
+  const auto& o = conv->options;
+  const at::IntArrayRef padding = *std::get<torch::ExpandingArray<2>>(o.padding());
+  const auto* conv_op = conv_pointwise_op();
+  const auto* reorder_op = reorder_weight_op();
+  const bool onednn = conv_op != nullptr && reorder_op != nullptr && x.device().is_cpu() &&
+                      x.scalar_type() == at::kFloat && conv->weight.scalar_type() == at::kFloat &&
+                      at::globalContext().userEnabledMkldnn() &&
+                      // under autocast conv2d runs in the lower precision; the oneDNN ops are not on its list
+                      !at::autocast::is_autocast_enabled(at::kCPU);
+  at::Tensor w, b, packed;
   {
     std::lock_guard<std::mutex> lock(mu_);
     bool fresh = weight_.defined() && dtype_ == conv->weight.scalar_type() && format_ == format;
@@ -102,6 +121,7 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
                     .to(conv->weight.scalar_type())
                     .contiguous(format);
       bias_ = (bn->bias.to(at::kDouble) - bn->running_mean.to(at::kDouble) * scale).to(conv->weight.scalar_type());
+      packed_ = at::Tensor();
       for (int i = 0; i < 5; ++i) {
         storage_[i] = sources[i]->unsafeGetTensorImpl()->storage().data();
         versions_[i] = sources[i]->_version();
@@ -109,15 +129,17 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
       dtype_ = conv->weight.scalar_type();
       format_ = format;
     }
+    if (onednn && (!packed_.defined() || x.sizes() != at::IntArrayRef(packed_for_))) {
+      packed_ = reorder_op->call(weight_, padding, *o.stride(), *o.dilation(), o.groups(), x.sizes());
+      packed_for_ = x.sizes().vec();
+    }
     w = weight_;
     b = bias_;
+    packed = packed_;
   }
-  const auto& o = conv->options;
-  const at::IntArrayRef padding = *std::get<torch::ExpandingArray<2>>(o.padding());
-  if (relu && x.device().is_cpu() && x.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn()) {
-    if (const auto* op = conv_relu_op()) {
-      return op->call(x, w, b, padding, *o.stride(), *o.dilation(), o.groups(), "relu", c10::List<std::optional<at::Scalar>>(), std::nullopt);
-    }
+  if (onednn) {
+    return conv_op->call(x, packed, b, padding, *o.stride(), *o.dilation(), o.groups(), relu ? "relu" : "none",
+                         c10::List<std::optional<at::Scalar>>(), std::nullopt);
   }
   at::Tensor y = at::conv2d(x, w, b, *o.stride(), padding, *o.dilation(), o.groups());
   return relu ? at::relu_(y) : y;

@@ -555,15 +555,17 @@ def run_ablation(path, preset: str, out, *, seeds=None, arms=None, log=print) ->
 
     def paired(arm, key, other=None):
         """mean ± std over seeds of arm's key minus the image model's (or minus arm `other`'s student),
-        and in how many seeds it is positive."""
+        and in how many seeds the arm is better (higher Dice, lower flicker)."""
         diffs = [r[key] - (r[key.replace("student", "image")] if other is None else by_seed[(other, r["seed"])][key])
                  for r in rows if r["arm"] == arm]
-        return f"{stat(diffs)} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+        better = sum((d < 0) if key.endswith("flicker") else (d > 0) for d in diffs)
+        return f"{stat(diffs)} ({better}/{len(diffs)})"
 
     extra = ["student − image model, Dice", "student − image model, flicker"]
     if control:
         extra.append(f"student − {control} (same epochs, no distillation), Dice")
-    lines = [f"Seeds {seeds}; mean ± std over seeds; paired differences count the seeds where they are > 0.", "",
+    lines = [f"Seeds {seeds}; mean ± std over seeds of validation key-frame metrics; after each paired difference, "
+             "the seeds where the student is better (higher Dice, lower flicker).", "",
              "| arm | " + " | ".join(keys + extra) + " |", "|---" * (len(keys) + len(extra) + 1) + "|"]
     for arm in arm_names:
         mine = [r for r in rows if r["arm"] == arm]
