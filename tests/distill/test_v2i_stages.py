@@ -30,6 +30,13 @@ def test_stages_run_end_to_end_and_the_student_is_the_image_model(tmp_path):
     before = (tmp_path / "student.pt").stat().st_mtime_ns
     again = v2i.run_all(TINY, tmp_path)
     assert again["s2"]["dice"] == result["s2"]["dice"] and (tmp_path / "student.pt").stat().st_mtime_ns == before
+    # A finished stage is reused for settings it does not read (S0 for the distillation's) and refused
+    # for those it does, instead of reporting old results under new settings.
+    assert v2i.run_stage(TINY.replace(tfd="box", epochs_s2=3), "s0", tmp_path)["dice"] == result["s0"]["dice"]
+    with pytest.raises(ValueError, match=r"v2i s0: .*s0.json was trained with other settings \(epochs_s0=1, now 2\)"):
+        v2i.run_stage(TINY.replace(epochs_s0=2), "s0", tmp_path)
+    with pytest.raises(ValueError, match=r"tfd='edt', now 'box'"):
+        v2i.run_stage(TINY.replace(tfd="box"), "s2", tmp_path)
 
 
 def test_arm_a1_without_msi_uses_the_image_model_as_teacher(tmp_path):

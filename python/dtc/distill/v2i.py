@@ -453,9 +453,33 @@ def _cqd_term(cfg, decoder, pre_msi, clip, masks, key, teacher_m, student_m, str
     return cqd_loss(teacher_out, decoder(queries, phi_s), queries.valid)
 
 
-def _done(out: Path, stage: str) -> Optional[dict]:
+# Settings a stage does not read, so a finished stage can be shared by runs that differ only in them
+# (the ablation's arms share S0 and, per teacher, S1). The device never changes what a stage computes.
+_S2_ONLY = {"tfd", "lambda_tfd", "alpha_fg", "alpha_bg", "feat_norm", "lambda_kd", "kd_tau", "lambda_con", "con_alpha",
+            "lambda_cqd", "warmup_iters", "epochs_s2"}
+_NOT_READ_BY = {
+    "s0": _S2_ONLY | {"msi", "msi_d", "msi_heads", "msi_points", "msi_blocks", "msi_attn", "freeze_encoder_s1",
+                      "encoder_lr_scale", "epochs_s1", "lambda_probe", "cqd", "device"},
+    "s1": _S2_ONLY | {"device"},
+    "s2": {"device"},
+}
+
+
+def _done(out: Path, stage: str, cfg: V2IConfig) -> Optional[dict]:
+    """The finished stage's metrics, or None. A stage finished under other settings is an error: skipping
+    it would put its results under the new settings' name."""
     path = out / f"{stage}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    done = json.loads(path.read_text())
+    defaults, wanted = V2IConfig().to_dict(), cfg.to_dict()
+    stored = {**defaults, **(done.get("config") or {})}  # settings added since it ran had their defaults
+    changed = sorted(k for k in wanted if k not in _NOT_READ_BY[stage] and stored.get(k) != wanted[k])
+    if changed:
+        raise ValueError(f"v2i {stage}: {path} was trained with other settings ("
+                         + ", ".join(f"{k}={stored.get(k)!r}, now {wanted[k]!r}" for k in changed)
+                         + "); use another --out, or delete that folder to train it again")
+    return done
 
 
 def run_stage(cfg: V2IConfig, stage: str, out, *, image_path=None, teacher_path=None) -> dict:
@@ -469,7 +493,7 @@ def run_stage(cfg: V2IConfig, stage: str, out, *, image_path=None, teacher_path=
         raise ValueError(f"v2i: stage must be one of {STAGES}, got {stage!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    done = _done(out, stage)
+    done = _done(out, stage, cfg)
     if done is not None:
         return done
     image_path = Path(image_path) if image_path else out / "image_model.pt"
