@@ -336,3 +336,54 @@ def test_cpu_backward_paths_agree_bitwise():
         torch.set_num_threads(threads)
     for a, b in zip(fused, split):
         assert torch.equal(a, b)
+
+
+# The CPU forward evaluates a row's taps once and then gathers eight pixels at a time (AVX2 where the
+# CPU has it, a portable loop for the rest of the row and elsewhere). Widths that are not multiples of
+# 8 cover both loops; flows up to 40 pixels send many taps across and far beyond the borders.
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "transposed"])
+def test_row_gather_forward_matches_float64_oracle(padding, dtype, channels, layout):
+    g = torch.Generator().manual_seed(channels)
+    H, W = 13, 29
+    x = torch.randn(2, 2 * channels, H, W, generator=g, dtype=torch.float64)
+    scale = torch.where(torch.arange(W) % 3 == 0, 40.0, 2.0).to(torch.float64)
+    flow = torch.randn(2, 2, H, W, generator=g, dtype=torch.float64) * scale
+    flow = torch.round(flow * 256) / 256  # exact sample points in float32 (see random_pair)
+    flow[0, 0, 3, 5] = float("nan")
+    flow[1, 1, 7, 28] = float("inf")
+    flow[1, 0, 0, 0] = -float("inf")
+    x = x.to(dtype)[:, ::2] if layout == "strided" else x.to(dtype)[:, :channels].contiguous()
+    if layout == "transposed":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert x.is_contiguous() == (layout == "contiguous")
+    flow = flow.to(dtype)
+    out = ops.warp(x, flow, padding=padding)
+    bad = ~torch.isfinite(flow).all(dim=1, keepdim=True).expand_as(out)
+    assert torch.isnan(out[bad]).all()
+    expected = reference.warp(x.double(), flow.double(), padding=padding).to(dtype)
+    torch.testing.assert_close(out[~bad], expected[~bad], rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_out_of_image_taps_read_zero_even_next_to_infinite_pixels(dtype):
+    # Out-of-image taps are masked, not multiplied by a zero weight: an infinite pixel in x must not
+    # turn their zero into 0 * inf = NaN.
+    x = torch.randn(1, 3, 6, 19, dtype=dtype)
+    x[..., 0, 0] = float("inf")
+    x[..., 5, 18] = -float("inf")
+    flow = torch.zeros(1, 2, 6, 19, dtype=dtype)
+    flow[:, 0] = 1e6
+    torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)
+    flow[:, 0] = -1e6
+    torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)
+
+
+def test_planes_of_2_to_the_31_pixels_are_refused_on_the_cpu():
+    # Expanded (stride-0) tensors: the check comes before anything is materialised.
+    x = torch.zeros(1, 1, 1, 1).expand(1, 1, 65536, 32768)
+    flow = torch.zeros(1, 1, 1, 1).expand(1, 2, 65536, 32768)
+    with pytest.raises(ValueError, match="2\\^31 pixels"):
+        torch.ops.dtc.warp(x, flow, "border")
