@@ -31,6 +31,24 @@ def test_matches_reference_float64(pair_kind, seed):
     assert (c < 0).any() and ((c > 0) & (c < 0.8)).any() and (c > 0.8).any()  # every clamp branch is exercised
 
 
+@pytest.mark.parametrize("M", [8, 19])
+def test_slices_across_chunks_and_float32_match_the_float64_reference(M):
+    # The CPU kernel works on chunks of 8 slices; a partner may sit in another chunk.
+    s, t, perm = _points(M=M, n=33, cs=24, ct=40, seed=3)
+    want = reference.corr_distill_loss(s, t, perm)
+    s.requires_grad_(True)
+    want_grad, = torch.autograd.grad(reference.corr_distill_loss(s, t, perm), s)
+    got = dtc.ops.corr_distill_loss(s, t, perm)
+    got_grad, = torch.autograd.grad(got, s)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got_grad, want_grad, atol=1e-12)
+    s32 = s.detach().float().requires_grad_(True)
+    got32 = dtc.ops.corr_distill_loss(s32, t.float(), perm)
+    got32_grad, = torch.autograd.grad(got32, s32)
+    assert got32.dtype == torch.float32 and abs(float(got32) - float(want)) <= 1e-5 * max(1.0, abs(float(want)))
+    assert torch.allclose(got32_grad.double(), want_grad, atol=1e-6)
+
+
 def test_reference_loop_over_i_a_b_matches():
     """O-X1: an explicit loop over (i, a, b) equals the vectorised op."""
     s, t, perm = _points(M=3, n=4, seed=2)

@@ -3,123 +3,101 @@
 //   F(a,b) = T_i(a).T_j(b) (teacher correlation),  C(a,b) = S_i(a).S_j(b) (student correlation),
 //   Ft = F - rowmean_b F + mean F  (the last mean over all slices and points),
 //   loss = mean_{i,a,b} -clamp(C, 0, clamp_max) (Ft - b0).
-// F is recomputed rather than stored (M n^2 values), so memory stays O(M n). The teacher gets no
-// gradient (it is a stop-gradient target).
+// F is recomputed rather than stored (M n^2 values), so memory stays O(M n) plus one chunk's. The
+// teacher gets no gradient (it is a stop-gradient target).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <vector>
+#include <cmath>
+#include <utility>
 
 #include "ops/xdim/corr_distill.h"
 
 namespace dtc::ops {
 namespace {
 
-template <typename scalar_t>
-inline double dot(const scalar_t* x, const scalar_t* y, int64_t c) {
-  double acc = 0;
-  for (int64_t k = 0; k < c; ++k) acc += double(x[k]) * double(y[k]);
-  return acc;
+// The correlations are batched matrix products over chunks of slices: BLAS does the O(n^2 C) work,
+// and a chunk's [k, n, n] correlations are the only n^2 memory (F is recomputed per pass, not kept for
+// all M slices). Products run in the input's precision (float for half/bfloat16), the sums in float64.
+constexpr int64_t kSlicesPerChunk = 8;
+
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// rowmean [M, n] of F and the global mean of F
-template <typename scalar_t>
-double teacher_row_means(const scalar_t* t, const int64_t* pair, int64_t M, int64_t n, int64_t ct, double* rowmean) {
-  std::vector<double> slice_sum(M, 0.0);
-  at::parallel_for(0, M, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const scalar_t* ti = t + i * n * ct;
-      const scalar_t* tj = t + pair[i] * n * ct;
-      double total = 0;
-      for (int64_t a = 0; a < n; ++a) {
-        double row = 0;
-        for (int64_t b = 0; b < n; ++b) row += dot(ti + a * ct, tj + b * ct, ct);
-        rowmean[i * n + a] = row / double(n);
-        total += row;
-      }
-      slice_sum[i] = total;
-    }
-  });
+// F for slices [i0, i0 + k): T_i T_pair[i]^T, [k, n, n] in float64.
+at::Tensor teacher_corr(const at::Tensor& t, const at::Tensor& pair, int64_t i0, int64_t k) {
+  const at::Tensor ti = t.narrow(0, i0, k);
+  const at::Tensor tj = t.index_select(0, pair.narrow(0, i0, k));
+  return at::bmm(ti, tj.transpose(1, 2)).to(at::kDouble);
+}
+
+// rowmean [M, n] of F and the global mean of F (summed in a fixed order: deterministic).
+std::pair<at::Tensor, double> teacher_row_means(const at::Tensor& t, const at::Tensor& pair) {
+  const int64_t M = t.size(0), n = t.size(1);
+  at::Tensor rowmean = at::empty({M, n}, t.options().dtype(at::kDouble));
   double total = 0;
-  for (double v : slice_sum) total += v;  // fixed order: deterministic across thread counts
-  return total / (double(M) * double(n) * double(n));
+  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
+    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+    const at::Tensor f = teacher_corr(t, pair, i0, k);
+    rowmean.narrow(0, i0, k).copy_(f.mean(2));
+    total += f.sum().item<double>();
+  }
+  return {rowmean, total / (double(M) * double(n) * double(n))};
+}
+
+// The centred target Ft - b0 for a chunk: F - rowmean + mean - b0.
+at::Tensor target_minus_b0(const at::Tensor& t, const at::Tensor& pair, const at::Tensor& rowmean, double mean_f,
+                           double b0, int64_t i0, int64_t k) {
+  return teacher_corr(t, pair, i0, k) - rowmean.narrow(0, i0, k).unsqueeze(2) + (mean_f - b0);
 }
 
 at::Tensor corr_distill_cpu(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& pair, double b0,
                             double clamp_max) {
   corr_distill_check(student, teacher, pair, clamp_max);
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), p = pair.contiguous();
-  const int64_t M = s.size(0), n = s.size(1), cs = s.size(2), ct = t.size(2);
-  std::vector<double> rowmean(M * n), slice_loss(M, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "corr_distill_cpu", [&] {
-    const scalar_t* sp = s.data_ptr<scalar_t>();
-    const scalar_t* tp = t.data_ptr<scalar_t>();
-    const int64_t* pp = p.data_ptr<int64_t>();
-    const double mean_f = teacher_row_means(tp, pp, M, n, ct, rowmean.data());
-    at::parallel_for(0, M, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t j = pp[i];
-        double acc = 0;
-        for (int64_t a = 0; a < n; ++a) {
-          const double shift = mean_f - rowmean[i * n + a] - b0;
-          for (int64_t b = 0; b < n; ++b) {
-            const double c = std::min(std::max(dot(sp + (i * n + a) * cs, sp + (j * n + b) * cs, cs), 0.0), clamp_max);
-            acc -= c * (dot(tp + (i * n + a) * ct, tp + (j * n + b) * ct, ct) + shift);
-          }
-        }
-        slice_loss[i] = acc;
-      }
-    });
-  });
+  const at::Tensor s = student.contiguous().to(compute_type(student));
+  const at::Tensor t = teacher.contiguous().to(compute_type(teacher));
+  const at::Tensor p = pair.contiguous();
+  const int64_t M = s.size(0), n = s.size(1);
+  if (M == 0 || n == 0) return at::scalar_tensor(std::nan(""), student.options());
+  const auto [rowmean, mean_f] = teacher_row_means(t, p);
   double total = 0;
-  for (double v : slice_loss) total += v;
-  return at::scalar_tensor(total / (double(M) * double(n) * double(n)), s.options());
+  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
+    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+    const at::Tensor sj = s.index_select(0, p.narrow(0, i0, k));
+    const at::Tensor c = at::bmm(s.narrow(0, i0, k), sj.transpose(1, 2)).to(at::kDouble).clamp_(0, clamp_max);
+    total -= (c * target_minus_b0(t, p, rowmean, mean_f, b0, i0, k)).sum().item<double>();
+  }
+  return at::scalar_tensor(total / (double(M) * double(n) * double(n)), student.options());
 }
 
 at::Tensor corr_distill_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
                                      const at::Tensor& pair, double b0, double clamp_max) {
   corr_distill_check(student, teacher, pair, clamp_max);
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous(), p = pair.contiguous();
-  const int64_t M = s.size(0), n = s.size(1), cs = s.size(2), ct = t.size(2);
+  const at::Tensor s = student.contiguous().to(compute_type(student));
+  const at::Tensor t = teacher.contiguous().to(compute_type(teacher));
+  const at::Tensor p = pair.contiguous();
+  const int64_t M = s.size(0), n = s.size(1);
+  at::Tensor grad = at::zeros(s.sizes(), s.options().dtype(at::kDouble));
+  if (M == 0 || n == 0) return grad.to(student.scalar_type());
   const double scale = grad_loss.item<double>() / (double(M) * double(n) * double(n));
-  std::vector<double> rowmean(M * n);
-  // d/dS_i(a) and d/dS_j(b) accumulate separately: with a permutation each slice is "j" of exactly
-  // one i, so parallel slices never write the same rows
-  std::vector<double> grad_a(M * n * cs, 0.0), grad_b(M * n * cs, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "corr_distill_backward_cpu", [&] {
-    const scalar_t* sp = s.data_ptr<scalar_t>();
-    const scalar_t* tp = t.data_ptr<scalar_t>();
-    const int64_t* pp = p.data_ptr<int64_t>();
-    const double mean_f = teacher_row_means(tp, pp, M, n, ct, rowmean.data());
-    at::parallel_for(0, M, 1, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t j = pp[i];
-        for (int64_t a = 0; a < n; ++a) {
-          const scalar_t* sa = sp + (i * n + a) * cs;
-          const double shift = mean_f - rowmean[i * n + a] - b0;
-          for (int64_t b = 0; b < n; ++b) {
-            const scalar_t* sb = sp + (j * n + b) * cs;
-            const double c = dot(sa, sb, cs);
-            if (c < 0 || c > clamp_max) continue;  // clamp passes the gradient on [0, clamp_max], as torch.clamp
-            const double g = -scale * (dot(tp + (i * n + a) * ct, tp + (j * n + b) * ct, ct) + shift);
-            double* ga = grad_a.data() + (i * n + a) * cs;
-            double* gb = grad_b.data() + (j * n + b) * cs;
-            for (int64_t k = 0; k < cs; ++k) {
-              ga[k] += g * double(sb[k]);
-              gb[k] += g * double(sa[k]);
-            }
-          }
-        }
-      }
-    });
-  });
-  at::Tensor out = at::empty({M, n, cs}, s.options().dtype(at::kDouble));
-  double* o = out.data_ptr<double>();
-  for (int64_t k = 0; k < M * n * cs; ++k) o[k] = grad_a[k] + grad_b[k];
-  return out.to(s.scalar_type());
+  const auto [rowmean, mean_f] = teacher_row_means(t, p);
+  const at::Tensor sd = s.to(at::kDouble);
+  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
+    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+    const at::Tensor pj = p.narrow(0, i0, k);
+    const at::Tensor c = at::bmm(s.narrow(0, i0, k), s.index_select(0, pj).transpose(1, 2)).to(at::kDouble);
+    // clamp passes the gradient on [0, clamp_max], as torch.clamp
+    const at::Tensor g = target_minus_b0(t, p, rowmean, mean_f, b0, i0, k)
+                             .mul_(-scale)
+                             .mul_(((c >= 0) & (c <= clamp_max)).to(at::kDouble));
+    grad.narrow(0, i0, k).add_(at::bmm(g, sd.index_select(0, pj)));
+    grad.index_add_(0, pj, at::bmm(g.transpose(1, 2), sd.narrow(0, i0, k)));
+  }
+  return grad.to(student.scalar_type());
 }
 
 at::Tensor call_forward(const at::Tensor& s, const at::Tensor& t, const at::Tensor& p, double b0, double cm) {
