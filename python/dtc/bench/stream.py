@@ -19,6 +19,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -207,8 +208,6 @@ def main(argv=None) -> int:
     print(f"dtc bench stream: light student (base {args.base}), {args.frames} frames, {args.threads} thread(s), "
           f"{args.rounds} round(s), {os.cpu_count()} CPU(s), {args.load} busy process(es); host load {host_load()} "
           f"at start", flush=True)
-    import sys
-
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     try:
         rows = []

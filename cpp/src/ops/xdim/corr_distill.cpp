@@ -11,7 +11,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "ops/xdim/corr_distill.h"
@@ -28,11 +28,12 @@ at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// F for slices [i0, i0 + k): T_i T_pair[i]^T, [k, n, n] in float64.
-at::Tensor teacher_corr(const at::Tensor& t, const at::Tensor& pair, int64_t i0, int64_t k) {
-  const at::Tensor ti = t.narrow(0, i0, k);
-  const at::Tensor tj = t.index_select(0, pair.narrow(0, i0, k));
-  return at::bmm(ti, tj.transpose(1, 2)).to(at::kDouble);
+// The correlations of slices [i0, i0 + k) with their partners, X_i X_pair[i]^T: [k, n, n] in float64
+// (F for the teacher's points, C for the student's).
+at::Tensor corr(const at::Tensor& x, const at::Tensor& pair, int64_t i0, int64_t k) {
+  const at::Tensor xi = x.narrow(0, i0, k);
+  const at::Tensor xj = x.index_select(0, pair.narrow(0, i0, k));
+  return at::bmm(xi, xj.transpose(1, 2)).to(at::kDouble);
 }
 
 // rowmean [M, n] of F and the global mean of F (summed in a fixed order: deterministic).
@@ -42,7 +43,7 @@ std::pair<at::Tensor, double> teacher_row_means(const at::Tensor& t, const at::T
   double total = 0;
   for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
     const int64_t k = std::min(kSlicesPerChunk, M - i0);
-    const at::Tensor f = teacher_corr(t, pair, i0, k);
+    const at::Tensor f = corr(t, pair, i0, k);
     rowmean.narrow(0, i0, k).copy_(f.mean(2));
     total += f.sum().item<double>();
   }
@@ -52,46 +53,51 @@ std::pair<at::Tensor, double> teacher_row_means(const at::Tensor& t, const at::T
 // The centred target Ft - b0 for a chunk: F - rowmean + mean - b0.
 at::Tensor target_minus_b0(const at::Tensor& t, const at::Tensor& pair, const at::Tensor& rowmean, double mean_f,
                            double b0, int64_t i0, int64_t k) {
-  return teacher_corr(t, pair, i0, k) - rowmean.narrow(0, i0, k).unsqueeze(2) + (mean_f - b0);
+  return corr(t, pair, i0, k) - rowmean.narrow(0, i0, k).unsqueeze(2) + (mean_f - b0);
 }
+
+// What the forward and the backward both start from: the checked operands in the compute type and
+// the teacher's row means.
+struct Operands {
+  Operands(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& pair, double clamp_max) {
+    corr_distill_check(student, teacher, pair, clamp_max);
+    s = student.contiguous().to(compute_type(student));
+    t = teacher.contiguous().to(compute_type(teacher));
+    p = pair.contiguous();
+    std::tie(rowmean, mean_f) = teacher_row_means(t, p);
+  }
+  // The loss's normaliser: every (slice, a, b) term.
+  double terms() const { return double(s.size(0)) * double(s.size(1)) * double(s.size(1)); }
+  at::Tensor s, t, p, rowmean;
+  double mean_f = 0;
+};
 
 at::Tensor corr_distill_cpu(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& pair, double b0,
                             double clamp_max) {
-  corr_distill_check(student, teacher, pair, clamp_max);
-  const at::Tensor s = student.contiguous().to(compute_type(student));
-  const at::Tensor t = teacher.contiguous().to(compute_type(teacher));
-  const at::Tensor p = pair.contiguous();
-  const int64_t M = s.size(0), n = s.size(1);
-  if (M == 0 || n == 0) return at::scalar_tensor(std::nan(""), student.options());
-  const auto [rowmean, mean_f] = teacher_row_means(t, p);
+  const Operands o(student, teacher, pair, clamp_max);
+  const int64_t M = o.s.size(0);
   double total = 0;
   for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
     const int64_t k = std::min(kSlicesPerChunk, M - i0);
-    const at::Tensor sj = s.index_select(0, p.narrow(0, i0, k));
-    const at::Tensor c = at::bmm(s.narrow(0, i0, k), sj.transpose(1, 2)).to(at::kDouble).clamp_(0, clamp_max);
-    total -= (c * target_minus_b0(t, p, rowmean, mean_f, b0, i0, k)).sum().item<double>();
+    const at::Tensor c = corr(o.s, o.p, i0, k).clamp_(0, clamp_max);
+    total -= (c * target_minus_b0(o.t, o.p, o.rowmean, o.mean_f, b0, i0, k)).sum().item<double>();
   }
-  return at::scalar_tensor(total / (double(M) * double(n) * double(n)), student.options());
+  return at::scalar_tensor(total / o.terms(), student.options());
 }
 
 at::Tensor corr_distill_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
                                      const at::Tensor& pair, double b0, double clamp_max) {
-  corr_distill_check(student, teacher, pair, clamp_max);
-  const at::Tensor s = student.contiguous().to(compute_type(student));
-  const at::Tensor t = teacher.contiguous().to(compute_type(teacher));
-  const at::Tensor p = pair.contiguous();
-  const int64_t M = s.size(0), n = s.size(1);
-  at::Tensor grad = at::zeros(s.sizes(), s.options().dtype(at::kDouble));
-  if (M == 0 || n == 0) return grad.to(student.scalar_type());
-  const double scale = grad_loss.item<double>() / (double(M) * double(n) * double(n));
-  const auto [rowmean, mean_f] = teacher_row_means(t, p);
-  const at::Tensor sd = s.to(at::kDouble);
+  const Operands o(student, teacher, pair, clamp_max);
+  const int64_t M = o.s.size(0);
+  const double scale = grad_loss.item<double>() / o.terms();
+  const at::Tensor sd = o.s.to(at::kDouble);
+  at::Tensor grad = at::zeros(sd.sizes(), sd.options());
   for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
     const int64_t k = std::min(kSlicesPerChunk, M - i0);
-    const at::Tensor pj = p.narrow(0, i0, k);
-    const at::Tensor c = at::bmm(s.narrow(0, i0, k), s.index_select(0, pj).transpose(1, 2)).to(at::kDouble);
+    const at::Tensor pj = o.p.narrow(0, i0, k);
+    const at::Tensor c = corr(o.s, o.p, i0, k);
     // clamp passes the gradient on [0, clamp_max], as torch.clamp
-    const at::Tensor g = target_minus_b0(t, p, rowmean, mean_f, b0, i0, k)
+    const at::Tensor g = target_minus_b0(o.t, o.p, o.rowmean, o.mean_f, b0, i0, k)
                              .mul_(-scale)
                              .mul_(((c >= 0) & (c <= clamp_max)).to(at::kDouble));
     grad.narrow(0, i0, k).add_(at::bmm(g, sd.index_select(0, pj)));
