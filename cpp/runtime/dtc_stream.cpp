@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -33,9 +34,9 @@ using dtc::runtime::Error;
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: dtc-stream MODEL INPUT [--out DIR] [--threads N] [--device cpu|cuda] [--masks] [--probs]
-                  [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--realtime] [--max-frames N] [--queue N]
-                  [--quiet]
+constexpr const char* kUsage = R"(usage: dtc-stream MODEL INPUT [--out DIR] [--threads N] [--fixed-threads] [--device cpu|cuda] [--masks]
+                  [--probs] [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--realtime] [--max-frames N]
+                  [--queue N] [--quiet]
 
 Segment live ultrasound with a model exported by `dtc export` (the .dtc file), without Python.
 
@@ -46,7 +47,10 @@ positional arguments:
 
 options:
   --out DIR        output folder (default: INPUT + "_dtc", or stream_dtc for a camera or stdin)
-  --threads N      intra-op threads of the network (default: LibTorch's choice)
+  --threads N      the most intra-op threads the network uses (default: LibTorch's choice). While other
+                   processes compete for the cores, fewer threads are faster (their barriers do not wait
+                   for preempted threads): the runtime measures and switches, see --fixed-threads
+  --fixed-threads  always run N threads, however busy the machine is
   --device D       cpu (default), cuda or cuda:N (when the build has CUDA)
   --masks          write masks/NNNNNN.png (0/255)
   --probs          write probs/NNNNNN.npy (float32 probabilities, H x W)
@@ -61,8 +65,8 @@ options:
   --quiet          print only the final report
   -h, --help       show this help
 
-Writes report.json (frames, wall time, FPS, inference and end-to-end latency p50/p95/p99 in ms) into the
-output folder and prints it. Exit status: 0 on success, 2 for a bad command line, 1 for any other error
+Writes report.json (frames, wall time, FPS, inference and end-to-end latency p50/p95/p99 in ms, the frames
+run at each thread count) into the output folder and prints it. Exit status: 0 on success, 2 for a bad command line, 1 for any other error
 (unreadable input or model, a frame the model cannot take, a camera that does not open).
 )";
 
@@ -71,6 +75,7 @@ struct Options {
   int threads = 0, max_frames = -1, queue = 4;
   double fps = 0;
   bool masks = false, probs = false, overlay = true, pad = false, quiet = false, realtime = false;
+  bool fixed_threads = false;
 };
 
 struct UsageError : std::runtime_error {
@@ -103,6 +108,8 @@ Options parse(int argc, char** argv) {
       o.out = value();
     } else if (a == "--threads") {
       o.threads = to_int(a, value(), 1);
+    } else if (a == "--fixed-threads") {
+      o.fixed_threads = true;
     } else if (a == "--device") {
       o.device = value();
     } else if (a == "--masks") {
@@ -345,6 +352,14 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
 
+std::string counts_json(const std::map<int, int64_t>& counts) {
+  std::string s;
+  for (const auto& [threads, frames] : counts) {
+    s += (s.empty() ? "\"" : ", \"") + std::to_string(threads) + "\": " + std::to_string(frames);
+  }
+  return s;
+}
+
 std::string error_text(const std::exception& e) {
   if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
   return e.what();
@@ -356,6 +371,7 @@ int run(const Options& o) {
   // network's intra-op threads for the cores.
   cv::setNumThreads(1);
   auto model = dtc::runtime::Model::load(o.model, o.device);
+  dtc::runtime::Stream stream(model, dtc::runtime::StreamOptions{o.pad, o.threads, !o.fixed_threads});
   auto source = open_source(o);
   fs::path out = o.out;
   if (out.empty()) {
@@ -426,7 +442,6 @@ int run(const Options& o) {
     }
   });
   try {
-    dtc::runtime::Stream stream(model, o.pad);
     while (auto item = decoded.pop()) {
       item->result = stream.push(item->frame);
       if (!inferred.push(std::move(*item))) break;
@@ -453,7 +468,10 @@ int run(const Options& o) {
   r.setf(std::ios::fixed);
   r.precision(3);
   r << "{\n  \"frames\": " << n << ",\n  \"wall_s\": " << wall << ",\n  \"fps\": " << n / wall
-    << ",\n  \"device\": \"" << model.device().str() << "\",\n  \"threads\": " << at::get_num_threads()
+    << ",\n  \"device\": \"" << model.device().str() << "\",\n  \"threads\": " << stream.threads().options().max_threads
+    << ",\n  \"adaptive_threads\": " << (stream.threads().options().adaptive ? "true" : "false")
+    << ",\n  \"frames_per_thread_count\": {" << counts_json(stream.threads().frames_per_count())
+    << "},\n  \"thread_switches\": " << stream.threads().switches()
     << ",\n  \"inference_ms\": {\"p50\": " << percentile(inference_ms, 0.5) << ", \"p95\": " << percentile(inference_ms, 0.95)
     << ", \"p99\": " << percentile(inference_ms, 0.99) << ", \"mean\": " << inference_total / n << "},\n"
     << "  \"latency_ms\": {\"p50\": " << percentile(latency_ms, 0.5) << ", \"p95\": " << percentile(latency_ms, 0.95)

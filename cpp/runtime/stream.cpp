@@ -20,7 +20,19 @@ void keep_freed_memory() {
 #endif
 }
 
-Stream::Stream(Model model, bool pad) : model_(std::move(model)), pad_(pad) {}
+namespace {
+ThreadGovernor::Options governor_options(const StreamOptions& o, bool on_cpu) {
+  if (o.threads < 0) throw Error("dtc runtime: StreamOptions.threads must be >= 0 (0: LibTorch's count), got " + std::to_string(o.threads));
+  ThreadGovernor::Options g;
+  g.max_threads = o.threads > 0 ? o.threads : at::get_num_threads();
+  // On a GPU the intra-op threads only launch kernels: nothing to govern.
+  g.adaptive = o.adaptive_threads && on_cpu;
+  return g;
+}
+}  // namespace
+
+Stream::Stream(Model model, StreamOptions options)
+    : model_(std::move(model)), pad_(options.pad), governor_(governor_options(options, model_.device().is_cpu())) {}
 
 at::Tensor Stream::to_input(const cv::Mat& frame) const {
   if (frame.empty()) throw Error("dtc runtime: the frame is empty");
@@ -58,6 +70,10 @@ at::Tensor Stream::to_input(const cv::Mat& frame) const {
 }
 
 Result Stream::push(const cv::Mat& frame) {
+  const bool on_cpu = model_.device().is_cpu();
+  const int threads = governor_.threads();
+  // Per calling thread with OpenMP, so set here, on the thread that runs the network.
+  if (on_cpu && at::get_num_threads() != threads) at::set_num_threads(threads);
   const auto start = std::chrono::steady_clock::now();
   at::Tensor x = to_input(frame);
   const int64_t h = x.size(2), w = x.size(3), m = model_.preprocessing().multiple;
@@ -70,12 +86,26 @@ Result Stream::push(const cv::Mat& frame) {
     }
     x = at::replication_pad2d(x, {0, pad_w, 0, pad_h});
   }
+  if (frames_ == 0 && on_cpu) {
+    // oneDNN builds a count's kernels on its first frame (they are keyed by thread count), a spike of
+    // tens of milliseconds. Every count the governor may switch to is built now, on the first frame, which
+    // is slow anyway, instead of in the middle of a stream.
+    for (int count : governor_.counts()) {
+      if (count == threads) continue;
+      at::set_num_threads(count);
+      model_.probabilities(x);
+      governor_.warmed(count);
+    }
+    at::set_num_threads(threads);
+  }
   at::Tensor prob = model_.probabilities(x).select(1, 0).select(0, 0).narrow(0, 0, h).narrow(1, 0, w).to(at::kCPU).contiguous();
   Result r;
   r.prob = cv::Mat(static_cast<int>(h), static_cast<int>(w), CV_32FC1);
   std::memcpy(r.prob.data, prob.data_ptr<float>(), sizeof(float) * h * w);
   cv::compare(r.prob, model_.preprocessing().threshold, r.mask, cv::CMP_GT);
   r.inference_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  r.threads = on_cpu ? threads : 0;
+  if (on_cpu) governor_.record(r.inference_ms);
   ++frames_;
   return r;
 }

@@ -6,6 +6,7 @@ import importlib.util
 import pytest
 
 from dtc.bench import main
+from dtc.cli.stream import find_dtc_stream
 
 
 @pytest.mark.slow
@@ -15,6 +16,11 @@ def test_bench_stream_prints_a_row_per_contender(capsys):
     names = ["exported .pt2 (Python loop)", "Segmenter.push (Python loop)", "dtc infer (Python, batched)"]
     if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
         names.append("ONNX Runtime (Python loop)")
+    try:
+        find_dtc_stream()
+        names += ["C++ runtime (dtc-stream)", "C++ runtime, live 30 FPS feed", "C++ runtime, live 30 FPS feed, fixed threads"]
+    except FileNotFoundError:
+        pass
     for name in names:
         assert f"| 32x48 | {name} |" in out
     assert "host load" in out

@@ -84,6 +84,18 @@ def test_realtime_feed_paces_the_frames_and_keeps_the_results(exported, simulate
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     # Frame k is handed over no earlier than k / 20 s after the start: 8 frames take at least 0.35 s.
     assert report["wall_s"] >= 7 / 20 and report["threads"] == 2
+    assert report["adaptive_threads"] is True
+    assert set(report["frames_per_thread_count"]) <= {"1", "2"} and sum(report["frames_per_thread_count"].values()) == 8
+
+
+def test_fixed_threads_run_every_frame_with_the_count_given(exported, simulated_video, tmp_path):
+    ckpt, model = exported
+    folder = write_folder(tmp_path / "frames", simulated_video)
+    r = run(model, folder, "--out", tmp_path / "out", "--threads", 2, "--fixed-threads", "--no-overlay", "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["adaptive_threads"] is False and report["thread_switches"] == 0
+    assert report["frames_per_thread_count"] == {"2": 8}
 
 
 def test_raw_frames_on_stdin_equal_python_inference(exported, simulated_video, tmp_path):

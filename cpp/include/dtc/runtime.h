@@ -18,6 +18,7 @@
 #include <opencv2/core/mat.hpp>
 
 #include "dtc/runtime_model.h"
+#include "dtc/runtime_threads.h"
 
 namespace dtc::runtime {
 
@@ -26,6 +27,18 @@ struct Result {
   cv::Mat prob;  // CV_32FC1 probabilities in [0, 1]
   cv::Mat mask;  // CV_8UC1, 255 where prob > threshold, else 0
   double inference_ms = 0;        // preprocessing + forward + copy back
+  int threads = 0;                // the intra-op threads it ran with (CPU models)
+};
+
+struct StreamOptions {
+  // Frames whose size is not a multiple of the net's are padded (edge replication, bottom/right) and the
+  // result cropped back; without it such a frame throws Error naming the size and the multiple.
+  bool pad = false;
+  // The most intra-op threads a frame uses on the CPU; 0: LibTorch's count when the Stream is made.
+  int threads = 0;
+  // Run fewer threads while the machine is busy, and more again once it is quiet (runtime_threads.h).
+  // false: always `threads`.
+  bool adaptive_threads = true;
 };
 
 // Keep freed memory in the process's heap (glibc's mmap and trim thresholds raised; a no-op elsewhere).
@@ -40,19 +53,21 @@ void keep_freed_memory();
 // a second pool on a small machine makes every parallel region wait for wake-ups).
 class Stream {
  public:
-  // pad: frames whose size is not a multiple of the net's are padded (edge replication, bottom/right) and
-  // the result cropped back; without it such a frame throws Error naming the size and the multiple.
-  explicit Stream(Model model, bool pad = false);
+  explicit Stream(Model model, StreamOptions options = {});
+  Stream(Model model, bool pad) : Stream(std::move(model), StreamOptions{pad}) {}
   // frame: CV_8UC1 (grey), CV_8UC3 (BGR, as OpenCV decodes) or CV_8UC4 (BGRA), or CV_32FC1/CV_32FC3 in [0, 1].
   Result push(const cv::Mat& frame);
   // The frame as the network's input tensor (1, C_in, H, W) float32 in [0, 1] (RGB order).
   at::Tensor to_input(const cv::Mat& frame) const;
   const Model& model() const { return model_; }
   int64_t frames() const { return frames_; }
+  // Which thread counts the frames ran with, and how often the count changed.
+  const ThreadGovernor& threads() const { return governor_; }
 
  private:
   Model model_;
   bool pad_;
+  ThreadGovernor governor_;
   int64_t frames_ = 0;
 };
 

@@ -7,6 +7,7 @@
 
 #include "dtc/nets.h"
 #include "dtc/runtime_model.h"
+#include "dtc/runtime_threads.h"
 #include "dtc/student_kd.h"
 
 namespace py = pybind11;
@@ -87,4 +88,23 @@ void dtc_bind_nets(py::module_& m) {
       },
       py::arg("path"), py::arg("frames"), py::arg("device") = "cpu",
       "Loads a runtime model file with the C++ runtime's loader and returns its probabilities of `frames`.");
+
+  // The runtime's thread-count policy, driven by recorded latencies in tests (tests/deploy).
+  using dtc::runtime::ThreadGovernor;
+  py::class_<ThreadGovernor>(nets, "ThreadGovernor")
+      .def(py::init([](int max_threads, bool adaptive, int probe_every, int max_probe_every, double switch_margin,
+                       double collapse_factor) {
+             return ThreadGovernor(ThreadGovernor::Options{max_threads, adaptive, probe_every, max_probe_every,
+                                                           switch_margin, collapse_factor});
+           }),
+           py::arg("max_threads"), py::arg("adaptive") = true, py::arg("probe_every") = 30,
+           py::arg("max_probe_every") = 480, py::arg("switch_margin") = 0.85, py::arg("collapse_factor") = 2.0)
+      .def_property_readonly("threads", &ThreadGovernor::threads)
+      .def_property_readonly("home_threads", &ThreadGovernor::home_threads)
+      .def_property_readonly("switches", &ThreadGovernor::switches)
+      .def_property_readonly("probes", &ThreadGovernor::probes)
+      .def_property_readonly("frames_per_count", &ThreadGovernor::frames_per_count)
+      .def_property_readonly("counts", &ThreadGovernor::counts)
+      .def("warmed", &ThreadGovernor::warmed, py::arg("threads"))
+      .def("record", &ThreadGovernor::record, py::arg("ms"));
 }

@@ -125,9 +125,10 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
                 raise RuntimeError(f"dtc-stream failed: {r.stderr.strip()}")
             rep = json.loads((out / "report.json").read_text())
             lat = rep["latency_ms"]
+            used = " ".join(f"{t}:{n}" for t, n in sorted(rep["frames_per_thread_count"].items(), reverse=True))
             return {"frames": rep["frames"], "fps": rep["fps"], "latency": (lat["p50"], lat["p95"], lat["p99"]),
                     "inference_ms": rep["inference_ms"]["mean"], "inference_fraction": rep["inference_fraction"],
-                    "process_fps": rep["frames"] / wall}
+                    "process_fps": rep["frames"] / wall, "threads_used": used}
 
         def dtc_infer():
             t = time.perf_counter()
@@ -161,8 +162,10 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
 
         # Flat out, dtc-stream decodes ahead of the network, so its latency includes the frames waiting in
         # its queues; fed at the clip's 30 FPS (--realtime), as a scanner feeds it, the latency is a live
-        # feed's. The Python loops do one frame at a time, so theirs never include a backlog.
+        # feed's. The Python loops do one frame at a time, so theirs never include a backlog. The runtime
+        # adapts its thread count to the machine's load; the fixed-threads row shows what that saves.
         contenders = {"C++ runtime (dtc-stream)": runtime, f"C++ runtime, live {CLIP_FPS} FPS feed": lambda: runtime("--realtime"),
+                      f"C++ runtime, live {CLIP_FPS} FPS feed, fixed threads": lambda: runtime("--realtime", "--fixed-threads"),
                       "exported .pt2 (Python loop)": pt2, "Segmenter.push (Python loop)": segmenter,
                       "dtc infer (Python, batched)": dtc_infer}
         if exe is None:
@@ -219,13 +222,15 @@ def main(argv=None) -> int:
             spinner.kill()
             spinner.wait()
     print()
-    print("| size | contender | FPS | vs runtime | latency p50 / p95 / p99 (ms) | inference (ms, mean) | inference share |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | contender | FPS | vs runtime | latency p50 / p95 / p99 (ms) | inference (ms, mean) | inference share "
+          "| frames per thread count |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         ref = next((r["fps"] for r in rows if r["size"] == row["size"] and r["contender"].startswith("C++")), math.nan)
         lat = " / ".join("—" if math.isnan(v) else f"{v:.1f}" for v in row["latency"])
         inf = "—" if math.isnan(row["inference_ms"]) else f"{row['inference_ms']:.1f}"
         share = "—" if math.isnan(row["inference_fraction"]) else f"{100 * row['inference_fraction']:.0f}%"
-        print(f"| {row['size']} | {row['contender']} | {row['fps']:.1f} | {row['fps'] / ref:.2f}× | {lat} | {inf} | {share} |")
+        print(f"| {row['size']} | {row['contender']} | {row['fps']:.1f} | {row['fps'] / ref:.2f}× | {lat} | {inf} | {share} "
+              f"| {row.get('threads_used', '—')} |")
     print(f"\nhost load {host_load()} at the end")
     return 0
