@@ -54,3 +54,21 @@ def test_training_mode_is_unchanged_and_gets_gradients():
     model(x)[0].sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     assert model.stem.bn.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, kwargs", [("student", {"base": 8}), ("unet", {"base": 4})])
+def test_channels_last_inference_at_any_thread_count_equals_the_unfused_ops(name, kwargs):
+    # The deployment path: channels-last activations (the student's decoder then upsamples and
+    # concatenates in one pass, its head is one matrix product), and oneDNN weights packed per thread
+    # count, which a stream changes between frames when the machine gets busy.
+    model = randomise_(create(name, **kwargs), 0).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    expected = outputs(model, x, False)
+    threads = torch.get_num_threads()
+    try:
+        for n in (2, 1, 2, 1):
+            torch.set_num_threads(n)
+            for a, b in zip(outputs(model, x, True), expected):
+                assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+    finally:
+        torch.set_num_threads(threads)

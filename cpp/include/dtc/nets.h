@@ -32,6 +32,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <array>
+#include <map>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -53,10 +54,11 @@ struct FoldedConvBn {
 
  private:
   at::Tensor weight_, bias_;
-  // weight_ reordered into oneDNN's blocked layout for inputs shaped packed_for_ (a stream's frames
-  // keep one size, so this is packed once); undefined where oneDNN's fused convolution is unavailable.
-  at::Tensor packed_;
-  std::vector<int64_t> packed_for_;
+  // weight_ reordered into oneDNN's blocked layout, per input shape and intra-op thread count: oneDNN
+  // picks its kernel, and with it the weight layout, by both, and a weight packed for another count is
+  // reordered again on every call (2-3x slower). A stream keeps one frame size and switches between a
+  // few thread counts, so this holds a handful; empty where oneDNN's fused convolution is unavailable.
+  std::map<std::vector<int64_t>, at::Tensor> packed_;
   std::array<const void*, 5> storage_{};
   std::array<int64_t, 5> versions_{};
   c10::ScalarType dtype_ = c10::ScalarType::Undefined;

@@ -2,10 +2,13 @@
 #include "dtc/nets.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -50,6 +53,59 @@ void check_features(const char* net, const at::Tensor& x, const std::vector<at::
 }
 
 at::Tensor upsample2(const at::Tensor& x) { return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)}); }
+
+bool needs_grad(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
+
+// A 1x1 convolution with bias (the heads). On channels-last CPU activations at inference it is one matrix
+// product over the pixels, [N*H*W, C_in] x [C_in, C_out]: the generic convolution took about twice as long
+// for the light student's one-channel head at 128x224 (a path oneDNN does not block for). Elsewhere the
+// module's own forward.
+at::Tensor pointwise_conv(nn::Conv2d& conv, const at::Tensor& x) {
+  const auto& o = conv->options;
+  const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
+                      x.is_contiguous(at::MemoryFormat::ChannelsLast) && conv->bias.defined() &&
+                      conv->weight.scalar_type() == at::kFloat && (*o.kernel_size())[0] == 1 &&
+                      (*o.kernel_size())[1] == 1 && (*o.stride())[0] == 1 && (*o.stride())[1] == 1 && o.groups() == 1 &&
+                      !needs_grad(x) && !needs_grad(conv->weight) && !needs_grad(conv->bias);
+  if (!direct) return conv->forward(x);
+  const int64_t n = x.size(0), c_in = x.size(1), h = x.size(2), w = x.size(3), c_out = conv->weight.size(0);
+  const at::Tensor pixels = x.permute({0, 2, 3, 1}).reshape({n * h * w, c_in});  // a view: channels-last
+  return at::addmm(conv->bias, pixels, conv->weight.reshape({c_out, c_in}).t())
+      .view({n, h, w, c_out})
+      .permute({0, 3, 1, 2});
+}
+
+// cat([upsample2(low), skip], 1): the decoder's step. At inference on channels-last CPU tensors it is one
+// pass that writes each output pixel's channels from the two sources (about a tenth of the light
+// student's time at 128x224 went to the separate upsample, cat and their two allocations); elsewhere
+// (autograd, other layouts, devices) the two ATen ops. Pure copies, so both give the same bits.
+at::Tensor upsample2_cat(const at::Tensor& low, const at::Tensor& skip) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const bool direct = low.device().is_cpu() && skip.device().is_cpu() && low.scalar_type() == at::kFloat &&
+                      skip.scalar_type() == at::kFloat && low.dim() == 4 && skip.dim() == 4 &&
+                      low.is_contiguous(cl) && skip.is_contiguous(cl) && !needs_grad(low) && !needs_grad(skip) &&
+                      skip.size(0) == low.size(0) && skip.size(2) == 2 * low.size(2) && skip.size(3) == 2 * low.size(3);
+  if (!direct) return at::cat({upsample2(low), skip}, 1);
+  const int64_t n = low.size(0), c_low = low.size(1), c_skip = skip.size(1), h = skip.size(2), w = skip.size(3);
+  const int64_t c = c_low + c_skip;
+  at::Tensor out = at::empty({n, c, h, w}, low.options().memory_format(cl));
+  const float* lo = low.data_ptr<float>();
+  const float* sk = skip.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n * h, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, w * c)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / h, y = row % h;
+      const float* low_row = lo + (b * (h / 2) + y / 2) * (w / 2) * c_low;
+      const float* skip_row = sk + row * w * c_skip;
+      float* out_row = o + row * w * c;
+      for (int64_t x = 0; x < w; ++x) {
+        std::memcpy(out_row + x * c, low_row + (x / 2) * c_low, sizeof(float) * c_low);
+        std::memcpy(out_row + x * c + c_low, skip_row + x * c_skip, sizeof(float) * c_skip);
+      }
+    }
+  });
+  return out;
+}
 
 using ConvPointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
                                  at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
@@ -121,7 +177,7 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
                     .to(conv->weight.scalar_type())
                     .contiguous(format);
       bias_ = (bn->bias.to(at::kDouble) - bn->running_mean.to(at::kDouble) * scale).to(conv->weight.scalar_type());
-      packed_ = at::Tensor();
+      packed_.clear();
       for (int i = 0; i < 5; ++i) {
         storage_[i] = sources[i]->unsafeGetTensorImpl()->storage().data();
         versions_[i] = sources[i]->_version();
@@ -129,13 +185,19 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
       dtype_ = conv->weight.scalar_type();
       format_ = format;
     }
-    if (onednn && (!packed_.defined() || x.sizes() != at::IntArrayRef(packed_for_))) {
-      packed_ = reorder_op->call(weight_, padding, *o.stride(), *o.dilation(), o.groups(), x.sizes());
-      packed_for_ = x.sizes().vec();
+    if (onednn) {
+      std::vector<int64_t> key = x.sizes().vec();
+      key.push_back(at::get_num_threads());
+      auto it = packed_.find(key);
+      if (it == packed_.end()) {
+        // Bounded: a training run's validation sizes or a caller cycling through shapes must not grow it.
+        if (packed_.size() >= 8) packed_.clear();
+        it = packed_.emplace(key, reorder_op->call(weight_, padding, *o.stride(), *o.dilation(), o.groups(), x.sizes())).first;
+      }
+      packed = it->second;
     }
     w = weight_;
     b = bias_;
-    packed = packed_;
   }
   if (onednn) {
     return conv_op->call(x, packed, b, padding, *o.stride(), *o.dilation(), o.groups(), relu ? "relu" : "none",
@@ -397,12 +459,12 @@ Triple RealtimeStudentImpl::decode(const at::Tensor& x, const std::vector<at::Te
   check_input("RealtimeStudent", x, in_channels, kMultiple);
   check_features("RealtimeStudent", x, f, feature_strides(), feature_channels);
   const at::Tensor &s0 = f[0], &s1 = f[1], &s2 = f[2], &g = f[3];
-  at::Tensor y = dec[3]->forward(at::cat({upsample2(g), s2}, 1));
-  y = dec[2]->forward(at::cat({upsample2(y), s1}, 1));
-  y = dec[1]->forward(at::cat({upsample2(y), s0}, 1));
+  at::Tensor y = dec[3]->forward(upsample2_cat(g, s2));
+  y = dec[2]->forward(upsample2_cat(y, s1));
+  y = dec[1]->forward(upsample2_cat(y, s0));
   // The image itself is the full-resolution skip: cheap, and it carries the edges.
-  y = dec[0]->forward(at::cat({upsample2(y), x.to(y.scalar_type())}, 1));
-  return {head->forward(y), y, g};
+  y = dec[0]->forward(upsample2_cat(y, x.to(y.scalar_type())));
+  return {pointwise_conv(head, y), y, g};
 }
 
 }  // namespace dtc::nets

@@ -93,11 +93,18 @@ def _python_stream(clip: Path, out: Path, infer_fn):
         n += 1
     writer.close()
     wall = time.perf_counter() - start
-    return {"frames": n, "fps": n / wall, "latency": _percentiles(latencies), "inference_ms": float(np.mean(inference)),
+    return {"frames": n, "fps": n / wall, "latency": _percentiles(latencies), "inference_ms": float(np.median(inference)),
             "inference_fraction": sum(inference) / 1e3 / wall}
 
 
-def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) -> list[dict]:
+# `--only` names -> the contenders' row names.
+CONTENDERS = {"runtime": "C++ runtime (dtc-stream)", "live": f"C++ runtime, live {CLIP_FPS} FPS feed",
+              "live-fixed": f"C++ runtime, live {CLIP_FPS} FPS feed, fixed threads", "pt2": "exported .pt2 (Python loop)",
+              "segmenter": "Segmenter.push (Python loop)", "infer": "dtc infer (Python, batched)",
+              "onnx": "ONNX Runtime (Python loop)"}
+
+
+def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log, only=None) -> list[dict]:
     from dtc.cli.stream import find_dtc_stream
     from dtc.deploy import Segmenter
     from dtc.deploy.export import exported_program_module
@@ -127,7 +134,7 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
             lat = rep["latency_ms"]
             used = " ".join(f"{t}:{n}" for t, n in sorted(rep["frames_per_thread_count"].items(), reverse=True))
             return {"frames": rep["frames"], "fps": rep["fps"], "latency": (lat["p50"], lat["p95"], lat["p99"]),
-                    "inference_ms": rep["inference_ms"]["mean"], "inference_fraction": rep["inference_fraction"],
+                    "inference_ms": rep["inference_ms"]["p50"], "inference_fraction": rep["inference_fraction"],
                     "process_fps": rep["frames"] / wall, "threads_used": used}
 
         def dtc_infer():
@@ -164,16 +171,17 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
         # its queues; fed at the clip's 30 FPS (--realtime), as a scanner feeds it, the latency is a live
         # feed's. The Python loops do one frame at a time, so theirs never include a backlog. The runtime
         # adapts its thread count to the machine's load; the fixed-threads row shows what that saves.
-        contenders = {"C++ runtime (dtc-stream)": runtime, f"C++ runtime, live {CLIP_FPS} FPS feed": lambda: runtime("--realtime"),
-                      f"C++ runtime, live {CLIP_FPS} FPS feed, fixed threads": lambda: runtime("--realtime", "--fixed-threads"),
-                      "exported .pt2 (Python loop)": pt2, "Segmenter.push (Python loop)": segmenter,
-                      "dtc infer (Python, batched)": dtc_infer}
+        contenders = {CONTENDERS["runtime"]: runtime, CONTENDERS["live"]: lambda: runtime("--realtime"),
+                      CONTENDERS["live-fixed"]: lambda: runtime("--realtime", "--fixed-threads"),
+                      CONTENDERS["pt2"]: pt2, CONTENDERS["segmenter"]: segmenter, CONTENDERS["infer"]: dtc_infer}
         if exe is None:
             contenders = {k: v for k, v in contenders.items() if not k.startswith("C++")}
         if (exp / "model.onnx").is_file():
-            contenders["ONNX Runtime (Python loop)"] = onnx_runtime
+            contenders[CONTENDERS["onnx"]] = onnx_runtime
         else:
             log("  ONNX Runtime skipped: install onnx, onnxscript and onnxruntime (the dtc[onnx] extra)")
+        if only:
+            contenders = {k: v for k, v in contenders.items() if k in {CONTENDERS[o] for o in only}}
         names = list(contenders)
         results = {k: [] for k in names}
         for r in range(rounds):
@@ -185,6 +193,13 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log) ->
             runs = results[name]
             best = sorted(runs, key=lambda d: d["fps"])[len(runs) // 2]  # the median round by FPS
             rows.append({"size": f"{size[0]}x{size[1]}", "contender": name, **best})
+        rt, onnx = results.get(CONTENDERS["runtime"]), results.get(CONTENDERS["onnx"])
+        if rt and onnx:
+            # Paired by round (the two ran minutes apart at most), since this machine's speed drifts.
+            ratios = sorted(o["inference_ms"] / r["inference_ms"] for r, o in zip(rt, onnx))
+            log(f"  {size[0]}x{size[1]}: inference ONNX Runtime / C++ runtime per round: median "
+                f"{ratios[len(ratios) // 2]:.2f}× [{ratios[0]:.2f}–{ratios[-1]:.2f}] over {len(ratios)} round(s) "
+                "(> 1: the runtime is faster)")
         return rows
 
 
@@ -196,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender")
     p.add_argument("--rounds", type=int, default=1, help="rounds of all contenders (rotating order); the median is shown")
     p.add_argument("--base", type=int, default=16, help="the student's width (16: the light student)")
+    p.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), metavar="NAME",
+                   help=f"run only these contenders ({', '.join(CONTENDERS)})")
     p.add_argument("--load", type=int, default=0, metavar="N",
                    help="N busy-looping processes run alongside every contender (a machine under load)")
     args = p.parse_args(argv)
@@ -216,13 +233,13 @@ def main(argv=None) -> int:
         rows = []
         for size in sizes:
             rows += run_case(size, frames=args.frames, threads=args.threads, rounds=args.rounds, base=args.base,
-                             log=lambda m: print(m, flush=True))
+                             log=lambda m: print(m, flush=True), only=args.only)
     finally:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
     print()
-    print("| size | contender | FPS | vs runtime | latency p50 / p95 / p99 (ms) | inference (ms, mean) | inference share "
+    print("| size | contender | FPS | vs runtime | latency p50 / p95 / p99 (ms) | inference (ms, median) | inference share "
           "| frames per thread count |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
