@@ -152,6 +152,7 @@ FarnebackPlan check_and_plan_farneback(const at::Tensor& prev, const at::Tensor&
   plan.median_radius = median >= 3 ? int(median / 2) : 0;
   plan.basis = poly_basis(int(poly_n), poly_sigma);
   plan.window = window_kernel(int(winsize), gaussian_window, &plan.window_scale);
+  plan.gaussian_window = gaussian_window;
 
   // OpenCV's rule: add levels while both sides stay >= kMinLevelSize pixels.
   int used = 0;

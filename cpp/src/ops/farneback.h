@@ -20,6 +20,7 @@ struct FarnebackPlan {
   math::farneback::PolyBasis basis;
   math::farneback::WindowKernel window;     // unit taps for the box window
   float window_scale;                       // 1/winsize² (box) or 1 (Gaussian, taps normalised)
+  bool gaussian_window;                     // false: box window (unit taps)
   double pyr_scale;
   int iterations;
   int median_radius;                        // 0: no median filter

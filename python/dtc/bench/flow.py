@@ -3,7 +3,8 @@
 For each size and batch it times dtc.flow.farneback on the chosen device (all pairs of the batch in
 one call) and OpenCV's calcOpticalFlowFarneback + 3x3 medianBlur on one CPU thread, one pair at a
 time (the authors' training loop), on the same simulator frames with the authors' parameters, and
-reports pairs per second and the mean difference between the two flows.
+reports pairs per second, the mean difference between the two flows and each one's end-point error
+against the simulator's exact flow.
 
 When dtc was built with OpenCV C++, a second table puts the batched C++ op over OpenCV
 (dtc.flow.farneback_opencv, one call for the whole batch, parallel over pairs) beside the Python
@@ -24,9 +25,36 @@ DEFAULT_SIZES = [(256, 448), (512, 512)]
 DEFAULT_BATCHES = [1, 16]
 
 
+def _video(H: int, W: int, count: int):
+    return simulate_video(SynthConfig(height=H, width=W, frames=count), seed=3)
+
+
+def _to_u8(frames: np.ndarray) -> np.ndarray:
+    return np.round(frames * 255).astype(np.uint8)
+
+
 def _frames(H: int, W: int, count: int) -> np.ndarray:
-    video = simulate_video(SynthConfig(height=H, width=W, frames=count), seed=3)
-    return np.round(video.frames * 255).astype(np.uint8)
+    return _to_u8(_video(H, W, count).frames)
+
+
+def ground_truth_epe(video, device: str, params: dict) -> tuple[float, float]:
+    """Mean end-point error (px, inside the field of view) of dtc's and OpenCV's flow against the
+    simulator's exact flow, over the video's neighbouring pairs. The simulator gives the backward flow
+    of (t-1, t), frame_t(p) = frame_{t-1}(p - F(p)), so the pair (prev = frame_t, next = frame_{t-1})
+    has the exact flow -F at frame t's pixels."""
+    frames = _to_u8(video.frames)
+    prev = torch.from_numpy(frames[1:])[:, None].to(device)
+    nxt = torch.from_numpy(frames[:-1])[:, None].to(device)
+    ours = farneback(prev, nxt, **params).cpu().numpy()
+    theirs = np.stack([_opencv_pair(frames[t], frames[t - 1], params).transpose(2, 0, 1)
+                       for t in range(1, len(frames))])
+    gt = -video.flows[1:]
+    fov = np.broadcast_to(video.fov, gt[:, 0].shape)
+
+    def epe(flow):
+        return float(np.linalg.norm(flow - gt, axis=1)[fov].mean())
+
+    return epe(ours), epe(theirs)
 
 
 def _opencv_pair(a: np.ndarray, b: np.ndarray, p: dict) -> np.ndarray:
@@ -48,7 +76,9 @@ def run(device: str, sizes, batches, repeat: int = 5):
     params = dict(FARNEBACK_DEFAULTS)
     rows = []
     for H, W in sizes:
-        frames = _frames(H, W, max(batches) + 1)
+        video = _video(H, W, max(batches) + 1)
+        frames = _to_u8(video.frames)
+        epe_ours, epe_opencv = ground_truth_epe(video, device, params)
         for B in batches:
             prev = torch.from_numpy(frames[:B])[:, None].to(device)
             nxt = torch.from_numpy(frames[1:B + 1])[:, None].to(device)
@@ -66,7 +96,8 @@ def run(device: str, sizes, batches, repeat: int = 5):
                 cv2.setNumThreads(threads)
             got = farneback(prev, nxt, **params).cpu().numpy()
             diff = float(np.linalg.norm(got - ref, axis=1).mean())
-            rows.append(dict(size=(H, W), batch=B, ours=t["dtc"], opencv=t["opencv"], diff=diff))
+            rows.append(dict(size=(H, W), batch=B, ours=t["dtc"], opencv=t["opencv"], diff=diff, epe_ours=epe_ours,
+                             epe_opencv=epe_opencv))
     return rows
 
 
@@ -109,15 +140,17 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     print(f"Farneback benchmark: dtc on {device_name(device)} vs OpenCV {__import__('cv2').__version__} on 1 CPU "
           f"thread over the same pairs; authors' parameters {FARNEBACK_DEFAULTS}; {args.repeat} interleaved rounds, "
-          f"median [quartiles]; host load {host_load()}")
+          f"median [quartiles]; host load {host_load()}; EPE against the simulator's exact flow inside the "
+          f"field of view")
     print("| H×W | batch | dtc ms/call | OpenCV ms/call | dtc speed-up (paired) | dtc CPU ms | OpenCV CPU ms "
-          "| dtc pairs/s | mean |dtc − OpenCV| px |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| dtc pairs/s | mean |dtc − OpenCV| px | EPE dtc px | EPE OpenCV px |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in run(str(device), sizes, batches, args.repeat):
         ours, cv = r["ours"], r["opencv"]
         print(f"| {r['size'][0]}×{r['size'][1]} | {r['batch']} | {ours.describe()} | {cv.describe()} | "
               f"{describe_ratio(cv, ours)} | {ours.cpu_median:.1f} | {cv.cpu_median:.1f} | "
-              f"{r['batch'] / (ours.median * 1e-3):.1f} | {r['diff']:.1e} |", flush=True)
+              f"{r['batch'] / (ours.median * 1e-3):.1f} | {r['diff']:.1e} | {r['epe_ours']:.4f} | "
+              f"{r['epe_opencv']:.4f} |", flush=True)
     if args.opencv_batch > 0:
         from dtc.flow import opencv_cpp_available
 

@@ -5,6 +5,8 @@ than the fused kernels but differentiable by PyTorch's own autograd.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -257,3 +259,183 @@ def msda_st(value: torch.Tensor, spatial_shapes, sampling_locations: torch.Tenso
     weights = attention_weights.transpose(1, 2).reshape(B * heads, 1, Q, M * K)
     out = (stacked * weights).sum(-1).view(B, heads * D, Q)
     return out.transpose(1, 2).contiguous()
+
+
+# ---- Farnebäck dense optical flow (torch.ops.dtc.farneback) in float64 ------------------------------------
+
+def _reflect101(i: torch.Tensor, n: int) -> torch.Tensor:
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * n - 2
+    i = i.remainder(period)
+    return torch.where(i >= n, period - i, i)
+
+
+def _symmetric_pass(x: torch.Tensor, taps: list[float], dim: int, border: str) -> torch.Tensor:
+    """Σ_r taps[|r|]·x[i + r] along `dim` (taps[0] is the centre), edges reflect-101 or replicated."""
+    n, radius = x.shape[dim], len(taps) - 1
+    offsets = torch.arange(-radius, n + radius, device=x.device)
+    index = _reflect101(offsets, n) if border == "reflect101" else offsets.clamp(0, n - 1)
+    padded = x.index_select(dim, index)
+    out = taps[0] * padded.narrow(dim, radius, n)
+    for r in range(1, radius + 1):
+        out = out + taps[r] * (padded.narrow(dim, radius - r, n) + padded.narrow(dim, radius + r, n))
+    return out
+
+
+def _resize_taps(dst: int, src: int, device):
+    """OpenCV INTER_LINEAR sample positions: (d + 0.5)·src/dst − 0.5, clamped into the source."""
+    f = (torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * (src / dst) - 0.5
+    i0 = f.floor()
+    frac = f - i0
+    i0 = i0.long()
+    frac = torch.where(i0 < 0, 0.0, frac)
+    i0 = i0.clamp(min=0)
+    frac = torch.where(i0 >= src - 1, 0.0, frac)
+    i0 = i0.clamp(max=src - 1)
+    return i0, (i0 + 1).clamp(max=src - 1), frac
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    y0, y1, fy = _resize_taps(h, x.shape[-2], x.device)
+    x0, x1, fx = _resize_taps(w, x.shape[-1], x.device)
+    rows = x[..., y0, :] * (1 - fy)[:, None] + x[..., y1, :] * fy[:, None]
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+
+
+def _gaussian_taps(size: int, sigma: float) -> list[float]:
+    """OpenCV's getGaussianKernel as the centre and one side: fixed tables for small sizes, sigma 0."""
+    radius = size // 2
+    if sigma <= 0 and size <= 7 and size % 2 == 1:
+        return [[1.0], [0.5, 0.25], [0.375, 0.25, 0.0625], [0.28125, 0.21875, 0.109375, 0.03125]][radius]
+    if sigma <= 0:
+        sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    g = [math.exp(-r * r / (2 * sigma * sigma)) for r in range(radius + 1)]
+    total = g[0] + 2 * sum(g[1:])
+    return [v / total for v in g]
+
+
+def _poly_basis(n: int, sigma: float):
+    """Applicability g, x·g, x²·g and the inverse-Gram entries of the expansion's basis [1, x, y, x², y², xy]."""
+    if sigma < 1.1920929e-07:
+        sigma = n * 0.3
+    g = torch.tensor([math.exp(-x * x / (2 * sigma * sigma)) for x in range(n + 1)], dtype=torch.float64)
+    g = g / (g[0] + 2 * g[1:].sum())
+    xs = torch.arange(n + 1, dtype=torch.float64)
+    full = torch.cat([g.flip(0), g[1:]])
+    coords = torch.arange(-n, n + 1, dtype=torch.float64)
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    wgt = full[:, None] * full[None, :]
+    basis = torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y]).reshape(6, -1)
+    gram = (basis * wgt.reshape(1, -1)) @ basis.T
+    inv = torch.linalg.inv(gram)
+    return g, xs * g, xs * xs * g, (inv[1, 1].item(), inv[0, 3].item(), inv[3, 3].item(), inv[5, 5].item())
+
+
+def _poly_expansion(img: torch.Tensor, basis) -> torch.Tensor:
+    """[..., h, w] -> [..., 5, h, w]: b_y, b_x, a_yy, a_xx, a_xy of the local quadratic (edges replicated)."""
+    g, xg, xxg, (ig11, ig03, ig33, ig55) = basis
+    n = len(g) - 1
+
+    def along(x, dim, weights, odd):
+        size = x.shape[dim]
+        index = torch.arange(-n, size + n, device=x.device).clamp(0, size - 1)
+        padded = x.index_select(dim, index)
+        out = weights[0].item() * padded.narrow(dim, n, size) if not odd else torch.zeros_like(x)
+        for k in range(1, n + 1):
+            lo, hi = padded.narrow(dim, n - k, size), padded.narrow(dim, n + k, size)
+            out = out + weights[k].item() * ((hi - lo) if odd else (hi + lo))
+        return out
+
+    m0, m1, m2 = along(img, -2, g, False), along(img, -2, xg, True), along(img, -2, xxg, False)
+    s1, sxx, sx = along(m0, -1, g, False), along(m0, -1, xxg, False), along(m0, -1, xg, True)
+    sy, sxy, syy = along(m1, -1, g, False), along(m1, -1, xg, True), along(m2, -1, g, False)
+    return torch.stack([sy * ig11, sx * ig11, s1 * ig03 + syy * ig33, s1 * ig03 + sxx * ig33, sxy * ig55], -3)
+
+
+def _normal_equations(R0: torch.Tensor, R1: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """[N, 5, h, w] planes g11, g12, g22, h1, h2 of Farnebäck's per-pixel constraint at the current flow."""
+    N, _, h, w = R0.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    dx, dy = flow[:, 0], flow[:, 1]
+    fx, fy = xs + dx, ys + dy
+    flx, fly = fx.floor(), fy.floor()
+    inside = (flx >= 0) & (fly >= 0) & (flx < w - 1) & (fly < h - 1)
+    x1 = torch.where(inside, flx, 0).long()
+    y1 = torch.where(inside, fly, 0).long()
+    wx, wy = fx - flx, fy - fly
+    flat = R1.reshape(N, 5, h * w)
+
+    def tap(oy, ox):
+        idx = ((y1 + oy) * w + (x1 + ox)).reshape(N, 1, h * w).expand(N, 5, h * w)
+        return flat.gather(2, idx).reshape(N, 5, h, w)
+
+    s = (tap(0, 0) * ((1 - wx) * (1 - wy))[:, None] + tap(0, 1) * (wx * (1 - wy))[:, None]
+         + tap(1, 0) * ((1 - wx) * wy)[:, None] + tap(1, 1) * (wx * wy)[:, None])
+    ins = inside[:, None]
+    r = torch.where(ins, s[:, :2], 0.0)
+    a_yy = torch.where(inside, (R0[:, 2] + s[:, 2]) * 0.5, R0[:, 2])
+    a_xx = torch.where(inside, (R0[:, 3] + s[:, 3]) * 0.5, R0[:, 3])
+    a_xy = torch.where(inside, (R0[:, 4] + s[:, 4]) * 0.25, R0[:, 4] * 0.5)
+    db_y = (R0[:, 0] - r[:, 0]) * 0.5 + a_yy * dy + a_xy * dx
+    db_x = (R0[:, 1] - r[:, 1]) * 0.5 + a_xy * dy + a_xx * dx
+
+    def edge_weight(i, n):
+        # The five outermost rows and columns saw replicated pixels in the expansion: down-weighted.
+        d = torch.minimum(i, n - 1 - i)
+        return torch.where(d < 2, 0.14, torch.where(d < 5, 0.4472, 1.0))
+
+    scale = edge_weight(xs, w) * edge_weight(ys, h)
+    db_y, db_x, a_yy, a_xx, a_xy = (v * scale for v in (db_y, db_x, a_yy, a_xx, a_xy))
+    return torch.stack([a_yy * a_yy + a_xy * a_xy, (a_yy + a_xx) * a_xy, a_xx * a_xx + a_xy * a_xy,
+                        a_yy * db_y + a_xy * db_x, a_xy * db_y + a_xx * db_x], 1)
+
+
+def _median(flow: torch.Tensor, k: int) -> torch.Tensor:
+    r = k // 2
+    N, C, h, w = flow.shape
+    padded = F.pad(flow.reshape(N * C, 1, h, w), (r, r, r, r), mode="replicate")
+    return F.unfold(padded, k).median(dim=1).values.reshape(N, C, h, w)
+
+
+def farneback(prev: torch.Tensor, next: torch.Tensor, pyr_scale: float = 0.5, levels: int = 3, winsize: int = 15,
+              iterations: int = 3, poly_n: int = 5, poly_sigma: float = 1.2, gaussian_window: bool = False,
+              median: int = 0) -> torch.Tensor:
+    """Farnebäck's flow [N, 2, H, W] (dx, dy) from greyscale batches [N, 1, H, W] on the 0–255 scale, in
+    float64 with plain tensor ops: the oracle of ``torch.ops.dtc.farneback`` (same pyramid, expansion,
+    window and border rules as OpenCV's calcOpticalFlowFarneback, which the kernels follow)."""
+    images = torch.cat([prev, next], 1).to(torch.float64)
+    N, _, H, W = images.shape
+    basis = _poly_basis(poly_n, poly_sigma)
+    used, scale = 0, 1.0
+    while used < levels:
+        scale *= pyr_scale
+        if W * scale < 32 or H * scale < 32:
+            break
+        used += 1
+    m = winsize // 2
+    if gaussian_window:
+        sigma = m * 0.3
+        window = [1.0] + [math.exp(-r * r / (2 * sigma * sigma)) for r in range(1, m + 1)]
+        total = window[0] + 2 * sum(window[1:])
+        window, window_scale = [v / total for v in window], 1.0
+    else:
+        window, window_scale = [1.0] * (m + 1), 1.0 / (winsize * winsize)
+    flow = None
+    for k in range(used, -1, -1):
+        s = pyr_scale ** k
+        sigma = (1 / s - 1) * 0.5
+        size = max(int(round(sigma * 5)) | 1, 3)
+        taps = _gaussian_taps(size, sigma)
+        smoothed = _symmetric_pass(_symmetric_pass(images, taps, -2, "reflect101"), taps, -1, "reflect101")
+        h, w = int(round(H * s)), int(round(W * s))
+        level = _resize(smoothed, h, w) if (h, w) != (H, W) else smoothed
+        R = _poly_expansion(level, basis)  # [N, 2, 5, h, w]
+        flow = torch.zeros(N, 2, h, w, dtype=torch.float64) if flow is None else _resize(flow, h, w) / pyr_scale
+        for _ in range(iterations):
+            M = _normal_equations(R[:, 0], R[:, 1], flow)
+            M = _symmetric_pass(_symmetric_pass(M, window, -2, "replicate"), window, -1, "replicate") * window_scale
+            g11, g12, g22, h1, h2 = M.unbind(1)
+            idet = 1 / (g11 * g22 - g12 * g12 + 1e-3)
+            flow = torch.stack([(g11 * h2 - g12 * h1) * idet, (g22 * h1 - g12 * h2) * idet], 1)
+    return _median(flow, median) if median in (3, 5) else flow

@@ -1,10 +1,25 @@
-// CPU kernel of dtc::farneback. Every stage is a pass over pixels that calls the shared per-pixel
-// math of ops/common/farneback_math.h (the CUDA kernel calls the same functions), parallel over
-// image rows of the whole batch with at::parallel_for. Each output element has one writer, so the
-// result is deterministic and independent of the thread count.
+// CPU kernel of dtc::farneback, written as row passes rather than per-pixel calls:
+//  - every stage walks whole rows with the taps in the outer loop and the pixels in the inner one, so
+//    the compiler vectorises it (DTC_SIMD_CLONES builds AVX-512, AVX2 and baseline copies);
+//  - the box window sums are running sums in double (add the row entering the window, subtract the
+//    one leaving), O(1) per pixel instead of 2·winsize taps, as OpenCV does;
+//  - the pyramid's full-resolution pre-smoothing is computed only on the source rows the level's
+//    bilinear resize reads (a quarter of them at scale 1/8);
+//  - one pair is split into bands of kBandRows rows, the unit of parallel work, so two threads help
+//    at batch 1; the M planes of the next iteration are built right after a band's flow is solved,
+//    while its rows are still in cache.
+// Per-pixel formulas are those of ops/common/farneback_math.h (the CUDA twin calls them pixel by
+// pixel), evaluated in the same order, except the box window: its double running sums round
+// differently from the CUDA kernel's float tap sums. Agreement between the two is held to the
+// tolerance docs/design.md states (tests/flow/test_farneback.py). Each output element has one
+// writer and band boundaries do not depend on the thread count, so results are deterministic and
+// independent of it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "ops/common/farneback_math.h"
 #include "ops/cpu/simd_math.h"
@@ -15,18 +30,338 @@ namespace {
 
 namespace fb = math::farneback;
 
-// Calls f(plane, y, x) for every pixel of `planes` planes of h×w, split by rows across threads.
+// Rows per unit of parallel work. A constant, not a function of the thread count: the box window's
+// running sums restart at each band, so the band edges must not move when the thread count does.
+constexpr int kBandRows = 32;
+
+// Calls f(plane, y_begin, y_end) for bands of rows of `planes` planes of h rows, across threads.
 template <typename F>
-void for_each_pixel(int64_t planes, int h, int w, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max(1, w));
-  at::parallel_for(0, planes * h, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t p = row / h;
-      const int y = int(row % h);
-      for (int x = 0; x < w; ++x) f(p, y, x);
+void for_each_band(int64_t planes, int h, const F& f) {
+  const int64_t bands = (h + kBandRows - 1) / kBandRows;
+  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int y0 = int(i % bands) * kBandRows;
+      f(i / bands, y0, std::min(h, y0 + kBandRows));
     }
   });
 }
+
+// ---- Pyramid: pre-smoothing and resize -------------------------------------------------------------
+
+// One row of the vertical smoothing pass (reflect-101 rows), the same sums as fb::smooth_at.
+DTC_SIMD_CLONES void smooth_vertical_row(const float* plane, int H, int W, int y, const float* taps, int radius,
+                                         float* __restrict out) {
+  const float* c = plane + int64_t(y) * W;
+  for (int x = 0; x < W; ++x) out[x] = taps[0] * c[x];
+  for (int r = 1; r <= radius; ++r) {
+    const float* __restrict a = plane + int64_t(fb::reflect101_index(y - r, H)) * W;
+    const float* __restrict b = plane + int64_t(fb::reflect101_index(y + r, H)) * W;
+    const float t = taps[r];
+    for (int x = 0; x < W; ++x) out[x] += t * (a[x] + b[x]);
+  }
+}
+
+// One row of a horizontal pass of a symmetric kernel over a row padded by `radius` columns on each
+// side (reflect-101 for the pyramid smoothing, replicated for the Gaussian window): the sums of
+// fb::smooth_at and fb::window_at in their order.
+DTC_SIMD_CLONES void horizontal_taps_row(const float* padded, int W, const float* taps, int radius,
+                                           float* __restrict out) {
+  const float* c = padded + radius;
+  for (int x = 0; x < W; ++x) out[x] = taps[0] * c[x];
+  for (int r = 1; r <= radius; ++r) {
+    const float* __restrict a = c - r;
+    const float* __restrict b = c + r;
+    const float t = taps[r];
+    for (int x = 0; x < W; ++x) out[x] += t * (a[x] + b[x]);
+  }
+}
+
+// Column half of fb::resize_at, tabulated once per level.
+struct ResizeColumns {
+  std::vector<int> x0, x1;
+  std::vector<float> fx;
+  ResizeColumns(int dst_w, int src_w) : x0(dst_w), x1(dst_w), fx(dst_w) {
+    for (int x = 0; x < dst_w; ++x) fb::resize_coordinate(x, dst_w, src_w, &x0[x], &x1[x], &fx[x]);
+  }
+};
+
+// One destination row of fb::resize_at from its two source rows, times `multiplier` (the flow's
+// rescaling between levels; 1 for images).
+void resize_row(const float* top_row, const float* bottom_row, float fy, const ResizeColumns& cols, int w,
+                float multiplier, float* __restrict out) {
+  for (int x = 0; x < w; ++x) {
+    const int x0 = cols.x0[x], x1 = cols.x1[x];
+    const float fx = cols.fx[x];
+    const float top = top_row[x0] * (1.f - fx) + top_row[x1] * fx;
+    const float bottom = bottom_row[x0] * (1.f - fx) + bottom_row[x1] * fx;
+    out[x] = (top * (1.f - fy) + bottom * fy) * multiplier;
+  }
+}
+
+// The level's images: full-resolution pre-smoothing, then bilinear resize. Only the source rows a
+// destination row samples are smoothed (both passes, all columns), so a coarse level costs a
+// fraction of the full-resolution blur the per-pixel formulation computes.
+void build_level_images(const float* images, int64_t planes, int H, int W, const FarnebackLevel& level,
+                        float* level_images) {
+  const int h = level.height, w = level.width;
+  const int radius = level.smooth.radius;
+  const float* taps = level.smooth.taps;
+  const bool resized = h != H || w != W;
+  const ResizeColumns cols(w, W);
+  for_each_band(planes, h, [&](int64_t p, int y_begin, int y_end) {
+    const float* src = images + p * int64_t(H) * W;
+    float* dst = level_images + p * int64_t(h) * w;
+    std::vector<float> vertical(W), padded(W + 2 * radius), rows(2 * int64_t(W));
+    auto smooth_row = [&](int y, float* out) {
+      smooth_vertical_row(src, H, W, y, taps, radius, vertical.data());
+      for (int j = -radius; j < W + radius; ++j) padded[j + radius] = vertical[fb::reflect101_index(j, W)];
+      horizontal_taps_row(padded.data(), W, taps, radius, out);
+    };
+    for (int y = y_begin; y < y_end; ++y) {
+      if (!resized) {
+        smooth_row(y, dst + int64_t(y) * w);
+        continue;
+      }
+      int y0, y1;
+      float fy;
+      fb::resize_coordinate(y, h, H, &y0, &y1, &fy);
+      smooth_row(y0, rows.data());
+      if (y1 != y0) smooth_row(y1, rows.data() + W);
+      resize_row(rows.data(), y1 != y0 ? rows.data() + W : rows.data(), fy, cols, w, 1.f, dst + int64_t(y) * w);
+    }
+  });
+}
+
+// ---- Polynomial expansion ---------------------------------------------------------------------------
+
+// Vertical moments of row y (fb::poly_vertical_at's sums), written after n replicated columns on each
+// side of three padded rows, ready for the horizontal pass.
+DTC_SIMD_CLONES void poly_vertical_row(const float* img, int h, int w, int y, const fb::PolyBasis& b,
+                                       float* __restrict m0, float* __restrict m1, float* __restrict m2) {
+  const float* c = img + int64_t(y) * w;
+  const float g0 = b.g[0];
+  for (int x = 0; x < w; ++x) {
+    m0[x] = g0 * c[x];
+    m1[x] = 0.f;
+    m2[x] = 0.f;
+  }
+  for (int k = 1; k <= b.n; ++k) {
+    const float* __restrict up = img + int64_t(fb::clamp_index(y - k, h)) * w;
+    const float* __restrict down = img + int64_t(fb::clamp_index(y + k, h)) * w;
+    const float g = b.g[k], xg = b.xg[k], xxg = b.xxg[k];
+    for (int x = 0; x < w; ++x) {
+      const float sum = up[x] + down[x];
+      m0[x] += g * sum;
+      m1[x] += xg * (down[x] - up[x]);
+      m2[x] += xxg * sum;
+    }
+  }
+}
+
+// acc[x] += t·(r[x] + l[x]) and acc[x] += t·(r[x] − l[x]) over one row: the building blocks of the
+// expansion's horizontal pass. (Kept as separate simple loops: GCC did not vectorise the six
+// accumulations written as one loop body.)
+DTC_SIMD_CLONES void accumulate_sum(const float* __restrict l, const float* __restrict r, float t, int w,
+                                    float* __restrict acc) {
+  for (int x = 0; x < w; ++x) acc[x] += t * (r[x] + l[x]);
+}
+
+DTC_SIMD_CLONES void accumulate_difference(const float* __restrict l, const float* __restrict r, float t, int w,
+                                           float* __restrict acc) {
+  for (int x = 0; x < w; ++x) acc[x] += t * (r[x] - l[x]);
+}
+
+DTC_SIMD_CLONES void scale_row(const float* __restrict v, float t, int w, float* __restrict out) {
+  for (int x = 0; x < w; ++x) out[x] = v[x] * t;
+}
+
+DTC_SIMD_CLONES void quadratic_row(const float* __restrict s1, const float* __restrict s2, float ig03, float ig33,
+                                   int w, float* __restrict out) {
+  for (int x = 0; x < w; ++x) out[x] = s1[x] * ig03 + s2[x] * ig33;
+}
+
+// Horizontal pass (fb::poly_horizontal_at's sums, in its order) over three moment rows padded by n
+// replicated columns, writing the five coefficient rows. `acc` is scratch for six rows of w.
+void poly_horizontal_row(const float* v0, const float* v1, const float* v2, int w, const fb::PolyBasis& b,
+                         float* acc, float* const* R) {
+  float* s1 = acc;
+  float* sx = acc + w;
+  float* sy = acc + 2 * w;
+  float* sxx = acc + 3 * w;
+  float* syy = acc + 4 * w;
+  float* sxy = acc + 5 * w;
+  scale_row(v0, b.g[0], w, s1);
+  std::fill(sx, sx + w, 0.f);
+  scale_row(v1, b.g[0], w, sy);
+  std::fill(sxx, sxx + w, 0.f);
+  scale_row(v2, b.g[0], w, syy);
+  std::fill(sxy, sxy + w, 0.f);
+  for (int k = 1; k <= b.n; ++k) {
+    accumulate_sum(v0 - k, v0 + k, b.g[k], w, s1);
+    accumulate_sum(v0 - k, v0 + k, b.xxg[k], w, sxx);
+    accumulate_difference(v0 - k, v0 + k, b.xg[k], w, sx);
+    accumulate_sum(v1 - k, v1 + k, b.g[k], w, sy);
+    accumulate_difference(v1 - k, v1 + k, b.xg[k], w, sxy);
+    accumulate_sum(v2 - k, v2 + k, b.g[k], w, syy);
+  }
+  scale_row(sy, b.ig11, w, R[0]);
+  scale_row(sx, b.ig11, w, R[1]);
+  quadratic_row(s1, syy, b.ig03, b.ig33, w, R[2]);
+  quadratic_row(s1, sxx, b.ig03, b.ig33, w, R[3]);
+  scale_row(sxy, b.ig55, w, R[4]);
+}
+
+// R [planes, 5, h, w] of the level images [planes, h, w].
+void polynomial_expansion(const float* level_images, int64_t planes, int h, int w, const fb::PolyBasis& basis,
+                          float* R) {
+  const int64_t hw = int64_t(h) * w;
+  const int n = basis.n;
+  for_each_band(planes, h, [&](int64_t p, int y_begin, int y_end) {
+    const int64_t padded_w = w + 2 * n;
+    std::vector<float> moments(3 * padded_w), acc(6 * int64_t(w));
+    float* m[3] = {moments.data(), moments.data() + padded_w, moments.data() + 2 * padded_w};
+    for (int y = y_begin; y < y_end; ++y) {
+      poly_vertical_row(level_images + p * hw, h, w, y, basis, m[0] + n, m[1] + n, m[2] + n);
+      for (int c = 0; c < 3; ++c) {
+        // The expansion replicates the edge columns (fb::poly_horizontal_at clamps its index).
+        std::fill(m[c], m[c] + n, m[c][n]);
+        std::fill(m[c] + n + w, m[c] + padded_w, m[c][n + w - 1]);
+      }
+      float* rows[5];
+      for (int c = 0; c < 5; ++c) rows[c] = R + (p * 5 + c) * hw + int64_t(y) * w;
+      poly_horizontal_row(m[0] + n, m[1] + n, m[2] + n, w, basis, acc.data(), rows);
+    }
+  });
+}
+
+// ---- Normal equations and window sums ----------------------------------------------------------------
+
+// Row y of the five M planes for the current flow (fb::update_matrices_at, pixel by pixel: its
+// bilinear gathers from next's expansion at p + d(p) do not vectorise without gather instructions).
+// Cloned all the same: on AVX targets std::floor becomes one rounding instruction, not a libm call.
+// Without fused multiply-adds, though: next to the image border (samples outside next) the normal
+// equations are nearly singular, and FMA rounding there moved a few flows of identical frames past
+// OpenCV's by more than 1e-4 px.
+DTC_SIMD_CLONES __attribute__((optimize("fp-contract=off"))) void update_matrices_row(const float* R0, const float* R1, const float* flow, int h, int w, int y, float* M) {
+  const int64_t hw = int64_t(h) * w;
+  float* out[5];
+  for (int c = 0; c < 5; ++c) out[c] = M + c * hw + int64_t(y) * w;
+  for (int x = 0; x < w; ++x) {
+    float v[5];
+    fb::update_matrices_at(R0, R1, flow, h, w, y, x, v);
+    for (int c = 0; c < 5; ++c) out[c][x] = v[c];
+  }
+}
+
+// fb::solve_flow on one row of windowed sums (five rows of w doubles), vectorised across the row.
+DTC_SIMD_CLONES void solve_row(const double* sums, int w, double scale, float* __restrict dx, float* __restrict dy) {
+  const double* __restrict s11 = sums;
+  const double* __restrict s12 = sums + w;
+  const double* __restrict s22 = sums + 2 * w;
+  const double* __restrict sh1 = sums + 3 * w;
+  const double* __restrict sh2 = sums + 4 * w;
+  for (int x = 0; x < w; ++x) {
+    const double g11 = s11[x] * scale, g12 = s12[x] * scale, g22 = s22[x] * scale;
+    const double h1 = sh1[x] * scale, h2 = sh2[x] * scale;
+    const double idet = 1.0 / (g11 * g22 - g12 * g12 + 1e-3);
+    dx[x] = float((g11 * h2 - g12 * h1) * idet);
+    dy[x] = float((g22 * h1 - g12 * h2) * idet);
+  }
+}
+
+// Box window, vertical running sum: column sums over rows [y - m, y + m] (edge rows replicated)
+// move from row y - 1 to row y by adding the entering row and subtracting the leaving one.
+DTC_SIMD_CLONES void add_row(const float* __restrict add, const float* __restrict sub, int w,
+                             double* __restrict sums) {
+  for (int x = 0; x < w; ++x) sums[x] += double(add[x]) - double(sub[x]);
+}
+
+DTC_SIMD_CLONES void init_row(const float* __restrict add, int w, double* __restrict sums) {
+  for (int x = 0; x < w; ++x) sums[x] += double(add[x]);
+}
+
+// Box window, horizontal running sums of the five padded rows of column sums (m replicated columns
+// on each side, rows padded_w apart) into five rows of w window sums. The five channels advance
+// together: five independent dependency chains instead of one at a time.
+void box_horizontal_rows(const double* padded, int64_t padded_w, int w, int m, double* __restrict out) {
+  double acc[5] = {0, 0, 0, 0, 0};
+  for (int c = 0; c < 5; ++c) {
+    for (int j = 0; j <= 2 * m; ++j) acc[c] += padded[c * padded_w + j];
+    out[c * w] = acc[c];
+  }
+  for (int x = 1; x < w; ++x) {
+    for (int c = 0; c < 5; ++c) {
+      const double* p = padded + c * padded_w;
+      acc[c] += p[x + 2 * m] - p[x - 1];
+      out[c * w + x] = acc[c];
+    }
+  }
+}
+
+// Gaussian window, one separable pass in float with fb::window_at's tap order: vertical over the
+// M plane rows around y, or horizontal over a row padded by the radius (edges replicated).
+DTC_SIMD_CLONES void gauss_vertical_row(const float* plane, int h, int w, int y, const float* taps, int radius,
+                                        float* __restrict out) {
+  const float* c = plane + int64_t(y) * w;
+  for (int x = 0; x < w; ++x) out[x] = taps[0] * c[x];
+  for (int r = 1; r <= radius; ++r) {
+    const float* __restrict a = plane + int64_t(fb::clamp_index(y - r, h)) * w;
+    const float* __restrict b = plane + int64_t(fb::clamp_index(y + r, h)) * w;
+    const float t = taps[r];
+    for (int x = 0; x < w; ++x) out[x] += t * (a[x] + b[x]);
+  }
+}
+
+// Solves every row of one band: windowed sums of the M planes -> flow; then, unless this is the last
+// iteration, rebuilds the band's rows of the next iteration's M planes from the new flow.
+void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R0, const float* R1, float* flow,
+                       float* next_M, int h, int w, int y_begin, int y_end) {
+  const int64_t hw = int64_t(h) * w;
+  const int m = plan.window.radius;
+  const int64_t padded_w = w + 2 * int64_t(m);
+  std::vector<double> sums(5 * int64_t(w));
+  if (!plan.gaussian_window) {
+    // Column sums per channel, padded by m on each side for the horizontal running sum.
+    std::vector<double> columns(5 * padded_w, 0.0);
+    auto column = [&](int c) { return columns.data() + c * padded_w; };
+    for (int c = 0; c < 5; ++c) {
+      const float* plane = M + c * hw;
+      for (int r = -m; r <= m; ++r) init_row(plane + int64_t(fb::clamp_index(y_begin + r, h)) * w, w, column(c) + m);
+    }
+    for (int y = y_begin; y < y_end; ++y) {
+      for (int c = 0; c < 5; ++c) {
+        double* col = column(c);
+        if (y > y_begin) {
+          const float* plane = M + c * hw;
+          add_row(plane + int64_t(fb::clamp_index(y + m, h)) * w, plane + int64_t(fb::clamp_index(y - m - 1, h)) * w,
+                  w, col + m);
+        }
+        std::fill(col, col + m, col[m]);
+        std::fill(col + m + w, col + padded_w, col[m + w - 1]);
+      }
+      box_horizontal_rows(columns.data(), padded_w, w, m, sums.data());
+      solve_row(sums.data(), w, double(plan.window_scale), flow + int64_t(y) * w, flow + hw + int64_t(y) * w);
+      if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M);
+    }
+    return;
+  }
+  const float* taps = plan.window.taps;
+  std::vector<float> vertical(padded_w), horizontal(w);
+  for (int y = y_begin; y < y_end; ++y) {
+    for (int c = 0; c < 5; ++c) {
+      gauss_vertical_row(M + c * hw, h, w, y, taps, m, vertical.data() + m);
+      std::fill(vertical.begin(), vertical.begin() + m, vertical[m]);
+      std::fill(vertical.begin() + m + w, vertical.end(), vertical[m + w - 1]);
+      horizontal_taps_row(vertical.data(), w, taps, m, horizontal.data());
+      double* s = sums.data() + c * w;
+      for (int x = 0; x < w; ++x) s[x] = double(horizontal[x]);
+    }
+    solve_row(sums.data(), w, double(plan.window_scale), flow + int64_t(y) * w, flow + hw + int64_t(y) * w);
+    if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M);
+  }
+}
+
+// ---- Median post-filter -------------------------------------------------------------------------------
 
 inline void sort_pair(float& a, float& b) {
   const bool swap = b < a;
@@ -52,6 +387,26 @@ DTC_SIMD_CLONES void median3_row(const float* up, const float* mid, const float*
   }
 }
 
+void median_filter(const float* src, int64_t planes, int H, int W, int radius, float* dst) {
+  const int64_t HW = int64_t(H) * W;
+  for_each_band(planes, H, [&](int64_t p, int y_begin, int y_end) {
+    const float* plane = src + p * HW;
+    for (int y = y_begin; y < y_end; ++y) {
+      float* out_row = dst + p * HW + int64_t(y) * W;
+      if (radius == 1 && W >= 3) {
+        median3_row(plane + int64_t(fb::clamp_index(y - 1, H)) * W, plane + int64_t(y) * W,
+                    plane + int64_t(fb::clamp_index(y + 1, H)) * W, W, out_row);
+        out_row[0] = fb::median_at(plane, H, W, y, 0, 1);
+        out_row[W - 1] = fb::median_at(plane, H, W, y, W - 1, 1);
+      } else {
+        for (int x = 0; x < W; ++x) out_row[x] = fb::median_at(plane, H, W, y, x, radius);
+      }
+    }
+  });
+}
+
+// ---- The op -------------------------------------------------------------------------------------------
+
 at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double pyr_scale, int64_t levels,
                          int64_t winsize, int64_t iterations, int64_t poly_n, double poly_sigma, bool gaussian_window,
                          int64_t median) {
@@ -65,131 +420,66 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
 
   // Channel 0 of each pair is prev, channel 1 next; uint8 keeps its 0..255 values.
   const at::Tensor images = at::cat({prev, next}, 1).to(at::kFloat).contiguous();
-  at::Tensor smooth_tmp = at::empty_like(images), smoothed = at::empty_like(images);
-  const int64_t image_planes = 2 * N;
-  const float* img = images.const_data_ptr<float>();
-  at::Tensor flow, prev_flow;
-  int prev_h = 0, prev_w = 0;
+  const int64_t HW = int64_t(H) * W;
+  // One workspace for every level (each level is at most full resolution): level images [N, 2],
+  // expansions R [N, 2, 5], M twice [N, 5] (this iteration's and the next's), flow twice [N, 2]
+  // (this level's and the coarser one it starts from).
+  at::Tensor workspace = at::empty({N * (2 + 10 + 10 + 4) * HW}, f32);
+  float* level_images = workspace.mutable_data_ptr<float>();
+  float* R = level_images + N * 2 * HW;
+  float* M = R + N * 10 * HW;
+  float* next_M = M + N * 5 * HW;
+  float* flow = next_M + N * 5 * HW;
+  float* coarse_flow = flow + N * 2 * HW;
+  int coarse_h = 0, coarse_w = 0;
 
   for (const FarnebackLevel& level : plan.levels) {
     const int h = level.height, w = level.width;
-    const int64_t HW = int64_t(H) * W, hw = int64_t(h) * w;
+    const int64_t hw = int64_t(h) * w;
+    build_level_images(images.const_data_ptr<float>(), 2 * N, H, W, level, level_images);
+    polynomial_expansion(level_images, 2 * N, h, w, plan.basis, R);
 
-    // 1. Pre-smoothing of the full-resolution images (OpenCV blurs before resizing each level).
-    {
-      float* tmp = smooth_tmp.mutable_data_ptr<float>();
-      float* dst = smoothed.mutable_data_ptr<float>();
-      const auto& k = level.smooth;
-      for_each_pixel(image_planes, H, W, [&](int64_t p, int y, int x) {
-        tmp[p * HW + int64_t(y) * W + x] = fb::smooth_at(img + p * HW, H, W, y, x, k, /*vertical=*/true);
-      });
-      for_each_pixel(image_planes, H, W, [&](int64_t p, int y, int x) {
-        dst[p * HW + int64_t(y) * W + x] = fb::smooth_at(tmp + p * HW, H, W, y, x, k, /*vertical=*/false);
-      });
-    }
-    // 2. Resize to the level.
-    at::Tensor level_images = smoothed;
-    if (h != H || w != W) {
-      level_images = at::empty({N, 2, h, w}, f32);
-      const float* src = smoothed.const_data_ptr<float>();
-      float* dst = level_images.mutable_data_ptr<float>();
-      for_each_pixel(image_planes, h, w, [&](int64_t p, int y, int x) {
-        dst[p * hw + int64_t(y) * w + x] = fb::resize_at(src + p * HW, H, W, y, x, h, w);
-      });
-    }
-    // 3. Polynomial expansion of both images: moments [N, 2, 3, h, w] -> R [N, 2, 5, h, w].
-    at::Tensor moments = at::empty({N, 2, 3, h, w}, f32);
-    at::Tensor R = at::empty({N, 2, 5, h, w}, f32);
-    {
-      const float* src = level_images.const_data_ptr<float>();
-      float* mom = moments.mutable_data_ptr<float>();
-      float* r = R.mutable_data_ptr<float>();
-      for_each_pixel(image_planes, h, w, [&](int64_t p, int y, int x) {
-        float v[3];
-        fb::poly_vertical_at(src + p * hw, h, w, y, x, plan.basis, v);
-        for (int c = 0; c < 3; ++c) mom[(p * 3 + c) * hw + int64_t(y) * w + x] = v[c];
-      });
-      for_each_pixel(image_planes, h, w, [&](int64_t p, int y, int x) {
-        float v[5];
-        fb::poly_horizontal_at(mom + p * 3 * hw, h, w, y, x, plan.basis, v);
-        for (int c = 0; c < 5; ++c) r[(p * 5 + c) * hw + int64_t(y) * w + x] = v[c];
-      });
-    }
-    // 4. Initial flow: zero at the coarsest level, else the coarser estimate upsampled.
-    flow = at::empty({N, 2, h, w}, f32);
-    {
-      float* fl = flow.mutable_data_ptr<float>();
-      if (!prev_flow.defined()) {
-        flow.zero_();
-      } else {
-        const float* src = prev_flow.const_data_ptr<float>();
-        const float up = float(1. / plan.pyr_scale);
-        const int64_t phw = int64_t(prev_h) * prev_w;
-        for_each_pixel(image_planes, h, w, [&](int64_t p, int y, int x) {
-          fl[p * hw + int64_t(y) * w + x] = fb::resize_at(src + p * phw, prev_h, prev_w, y, x, h, w) * up;
-        });
+    // Initial flow (zero at the coarsest level, else the coarser estimate upsampled) and the first M.
+    const bool coarsest = coarse_h == 0;
+    const ResizeColumns cols(w, std::max(coarse_w, 1));
+    const float up = float(1. / plan.pyr_scale);
+    for_each_band(N, h, [&](int64_t n, int y_begin, int y_end) {
+      float* fl = flow + n * 2 * hw;
+      for (int y = y_begin; y < y_end; ++y) {
+        for (int c = 0; c < 2; ++c) {
+          float* row = fl + c * hw + int64_t(y) * w;
+          if (coarsest) {
+            std::fill(row, row + w, 0.f);
+            continue;
+          }
+          int y0, y1;
+          float fy;
+          fb::resize_coordinate(y, h, coarse_h, &y0, &y1, &fy);
+          const float* src = coarse_flow + (n * 2 + c) * int64_t(coarse_h) * coarse_w;
+          resize_row(src + int64_t(y0) * coarse_w, src + int64_t(y1) * coarse_w, fy, cols, w, up, row);
+        }
+        update_matrices_row(R + n * 10 * hw, R + (n * 10 + 5) * hw, fl, h, w, y, M + n * 5 * hw);
       }
-    }
-    // 5. Iterations: windowed normal equations -> solve -> re-linearise around the new flow.
-    at::Tensor M = at::empty({N, 5, h, w}, f32);
-    at::Tensor Mv = at::empty({N, 5, h, w}, f32);
-    const float* r = R.const_data_ptr<float>();
-    float* m = M.mutable_data_ptr<float>();
-    float* mv = Mv.mutable_data_ptr<float>();
-    float* fl = flow.mutable_data_ptr<float>();
-    auto update_matrices = [&] {
-      for_each_pixel(N, h, w, [&](int64_t n, int y, int x) {
-        float v[5];
-        fb::update_matrices_at(r + n * 10 * hw, r + (n * 10 + 5) * hw, fl + n * 2 * hw, h, w, y, x, v);
-        for (int c = 0; c < 5; ++c) m[(n * 5 + c) * hw + int64_t(y) * w + x] = v[c];
-      });
-    };
-    update_matrices();
+    });
     for (int it = 0; it < plan.iterations; ++it) {
-      for_each_pixel(N, h, w, [&](int64_t n, int y, int x) {
-        float v[5];
-        fb::window_at(m + n * 5 * hw, h, w, y, x, plan.window, /*vertical=*/true, v);
-        for (int c = 0; c < 5; ++c) mv[(n * 5 + c) * hw + int64_t(y) * w + x] = v[c];
+      const bool last = it + 1 == plan.iterations;
+      for_each_band(N, h, [&](int64_t n, int y_begin, int y_end) {
+        window_solve_band(plan, M + n * 5 * hw, R + n * 10 * hw, R + (n * 10 + 5) * hw, flow + n * 2 * hw,
+                          last ? nullptr : next_M + n * 5 * hw, h, w, y_begin, y_end);
       });
-      for_each_pixel(N, h, w, [&](int64_t n, int y, int x) {
-        float v[5];
-        fb::window_at(mv + n * 5 * hw, h, w, y, x, plan.window, /*vertical=*/false, v);
-        const int64_t i = n * 2 * hw + int64_t(y) * w + x;
-        fb::solve_flow(v, plan.window_scale, &fl[i], &fl[i + hw]);
-      });
-      if (it + 1 < plan.iterations) update_matrices();
+      std::swap(M, next_M);
     }
-    prev_flow = flow;
-    prev_h = h;
-    prev_w = w;
+    std::swap(flow, coarse_flow);
+    coarse_h = h;
+    coarse_w = w;
   }
 
-  // 6. Optional median filter of each component (the authors' 3x3 post-filter).
-  const int64_t HW = int64_t(H) * W;
+  // Optional median filter of each component (the authors' 3x3 post-filter). The finest level's flow
+  // is in coarse_flow after the last swap.
   if (plan.median_radius == 0) {
-    out.copy_(flow);
+    std::copy(coarse_flow, coarse_flow + N * 2 * HW, out.mutable_data_ptr<float>());
   } else {
-    const float* src = flow.const_data_ptr<float>();
-    float* dst = out.mutable_data_ptr<float>();
-    const int radius = plan.median_radius;
-    if (radius == 1 && W >= 3) {
-      at::parallel_for(0, 2 * N * H, std::max<int64_t>(1, 8192 / W), [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t p = row / H;
-          const int y = int(row % H);
-          const float* plane = src + p * HW;
-          float* out_row = dst + p * HW + int64_t(y) * W;
-          median3_row(plane + int64_t(fb::clamp_index(y - 1, H)) * W, plane + int64_t(y) * W,
-                      plane + int64_t(fb::clamp_index(y + 1, H)) * W, W, out_row);
-          out_row[0] = fb::median_at(plane, H, W, y, 0, 1);
-          out_row[W - 1] = fb::median_at(plane, H, W, y, W - 1, 1);
-        }
-      });
-    } else {
-      for_each_pixel(2 * N, H, W, [&](int64_t p, int y, int x) {
-        dst[p * HW + int64_t(y) * W + x] = fb::median_at(src + p * HW, H, W, y, x, radius);
-      });
-    }
+    median_filter(coarse_flow, 2 * N, H, W, plan.median_radius, out.mutable_data_ptr<float>());
   }
   return out;
 }
