@@ -75,8 +75,18 @@ Result Stream::push(const cv::Mat& frame) {
   // Per calling thread with OpenMP, so set here, on the thread that runs the network.
   if (on_cpu && at::get_num_threads() != threads) at::set_num_threads(threads);
   const auto start = std::chrono::steady_clock::now();
+  const int64_t m = model_.preprocessing().multiple;
+  const int depth = frame.depth(), channels = frame.channels();
+  const bool fits = !frame.empty() && frame.rows % m == 0 && frame.cols % m == 0;
+  if (fits && depth == CV_8U && (channels == 1 || ((channels == 3 || channels == 4) && model_.preprocessing().in_channels == 3))) {
+    // The common case, a camera's or decoder's 8-bit frame: converted and normalised in one pass.
+    if (frames_ == 0 && on_cpu) warm_up_thread_counts(threads, to_input(frame));
+    at::Tensor prob = model_.probabilities_8bit(frame.data, frame.rows, frame.cols, channels,
+                                                static_cast<int64_t>(frame.step[0]), /*bgr=*/true);
+    return finish(prob, frame.rows, frame.cols, start, threads, on_cpu);
+  }
   at::Tensor x = to_input(frame);
-  const int64_t h = x.size(2), w = x.size(3), m = model_.preprocessing().multiple;
+  const int64_t h = x.size(2), w = x.size(3);
   const int64_t pad_h = (m - h % m) % m, pad_w = (m - w % m) % m;
   if (pad_h || pad_w) {
     if (!pad_) {
@@ -86,19 +96,26 @@ Result Stream::push(const cv::Mat& frame) {
     }
     x = at::replication_pad2d(x, {0, pad_w, 0, pad_h});
   }
-  if (frames_ == 0 && on_cpu) {
-    // oneDNN builds a count's kernels on its first frame (they are keyed by thread count), a spike of
-    // tens of milliseconds. Every count the governor may switch to is built now, on the first frame, which
-    // is slow anyway, instead of in the middle of a stream.
-    for (int count : governor_.counts()) {
-      if (count == threads) continue;
-      at::set_num_threads(count);
-      model_.probabilities(x);
-      governor_.warmed(count);
-    }
-    at::set_num_threads(threads);
+  if (frames_ == 0 && on_cpu) warm_up_thread_counts(threads, x);
+  return finish(model_.probabilities(x), h, w, start, threads, on_cpu);
+}
+
+void Stream::warm_up_thread_counts(int threads, const at::Tensor& x) {
+  // oneDNN builds a count's kernels on its first frame (they are keyed by thread count), a spike of
+  // tens of milliseconds. Every count the governor may switch to is built now, on the first frame, which
+  // is slow anyway, instead of in the middle of a stream.
+  for (int count : governor_.counts()) {
+    if (count == threads) continue;
+    at::set_num_threads(count);
+    model_.probabilities(x);
+    governor_.warmed(count);
   }
-  at::Tensor prob = model_.probabilities(x).select(1, 0).select(0, 0).narrow(0, 0, h).narrow(1, 0, w).to(at::kCPU).contiguous();
+  at::set_num_threads(threads);
+}
+
+Result Stream::finish(const at::Tensor& probabilities, int64_t h, int64_t w, std::chrono::steady_clock::time_point start,
+                      int threads, bool on_cpu) {
+  at::Tensor prob = probabilities.select(1, 0).select(0, 0).narrow(0, 0, h).narrow(1, 0, w).to(at::kCPU).contiguous();
   Result r;
   r.prob = cv::Mat(static_cast<int>(h), static_cast<int>(w), CV_32FC1);
   std::memcpy(r.prob.data, prob.data_ptr<float>(), sizeof(float) * h * w);

@@ -88,3 +88,25 @@ def test_export_errors_are_clear(write_checkpoint, tmp_path, capsys):
         _nets().save_runtime_model(str(tmp_path / "x.dtc"), "student", {"base": 4}, sd, 3, [0.5] * 3, [0.5] * 3,
                                    16, [], 0.5, "{}")
     assert not (tmp_path / "x.dtc").exists()
+
+
+@pytest.mark.parametrize("channels, bgr", [(1, False), (3, True), (3, False), (4, True)])
+def test_the_one_pass_8bit_path_gives_the_same_bits_as_the_tensor_path(write_checkpoint, tmp_path, channels, bgr):
+    export(write_checkpoint(), tmp_path / "exp", onnx=False)
+    model = str(tmp_path / "exp" / "model.dtc")
+    pixels = torch.randint(0, 256, (48, 64, channels), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    got = _nets().runtime_probabilities_8bit(model, pixels, bgr)
+    rgb = pixels[..., :3].flip(-1) if bgr and channels > 1 else pixels[..., :3]
+    x = (rgb.permute(2, 0, 1)[None].to(torch.float32) / 255).expand(-1, 3, -1, -1)
+    assert torch.equal(got, _nets().runtime_probabilities(model, x.contiguous(), "cpu"))
+
+
+def test_the_one_pass_8bit_path_refuses_bad_frames(write_checkpoint, tmp_path):
+    export(write_checkpoint(), tmp_path / "exp", onnx=False)
+    model = str(tmp_path / "exp" / "model.dtc")
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        _nets().runtime_probabilities_8bit(model, torch.zeros(40, 64, 1, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"channel\(s\)"):
+        _nets().runtime_probabilities_8bit(model, torch.zeros(48, 64, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8 CPU tensor"):
+        _nets().runtime_probabilities_8bit(model, torch.zeros(48, 64, 1))

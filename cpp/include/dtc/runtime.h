@@ -17,6 +17,8 @@
 
 #include <opencv2/core/mat.hpp>
 
+#include <chrono>
+
 #include "dtc/runtime_model.h"
 #include "dtc/runtime_threads.h"
 
@@ -65,6 +67,10 @@ class Stream {
   const ThreadGovernor& threads() const { return governor_; }
 
  private:
+  void warm_up_thread_counts(int threads, const at::Tensor& x);
+  Result finish(const at::Tensor& probabilities, int64_t h, int64_t w, std::chrono::steady_clock::time_point start,
+                int threads, bool on_cpu);
+
   Model model_;
   bool pad_;
   ThreadGovernor governor_;

@@ -38,6 +38,13 @@ class Model {
   // The contract of every exported dtc model: float frames in [0, 1], (N, C_in, H, W), un-normalised,
   // H and W multiples of preprocessing().multiple -> probabilities (N, 1, H, W), float32, on device().
   at::Tensor probabilities(const at::Tensor& frames) const;
+  // One 8-bit frame as a camera or decoder delivers it: `height` rows of `width` pixels, `row_bytes` apart,
+  // each pixel `channels` interleaved values (1: grey; 3 or 4: BGR(A) when `bgr`, else RGB(A); alpha is
+  // ignored). Grey feeds every input channel of a colour network. The same numbers as probabilities() of
+  // the frame / 255 as float, converted and normalised in one pass instead of six. Throws Error for a
+  // colour frame and a grey network, or a size that is not a multiple.
+  at::Tensor probabilities_8bit(const uint8_t* pixels, int64_t height, int64_t width, int64_t channels,
+                                int64_t row_bytes, bool bgr) const;
 
   const Preprocessing& preprocessing() const;
   const std::string& net() const;      // "student", "unet" or "unetpp"

@@ -88,6 +88,20 @@ void dtc_bind_nets(py::module_& m) {
       },
       py::arg("path"), py::arg("frames"), py::arg("device") = "cpu",
       "Loads a runtime model file with the C++ runtime's loader and returns its probabilities of `frames`.");
+  nets.def(
+      "runtime_probabilities_8bit",
+      [](const std::string& path, const at::Tensor& pixels, bool bgr) {
+        TORCH_CHECK_VALUE(pixels.dim() == 3 && pixels.scalar_type() == at::kByte && pixels.device().is_cpu(),
+                          "runtime_probabilities_8bit: pixels must be a uint8 CPU tensor shaped (H, W, C), got ",
+                          pixels.sizes(), " ", pixels.scalar_type());
+        const at::Tensor dense = pixels.contiguous();
+        py::gil_scoped_release no_gil;
+        return dtc::runtime::Model::load(path, "cpu")
+            .probabilities_8bit(dense.data_ptr<uint8_t>(), dense.size(0), dense.size(1), dense.size(2),
+                                dense.size(1) * dense.size(2), bgr);
+      },
+      py::arg("path"), py::arg("pixels"), py::arg("bgr") = false,
+      "The runtime's one-pass path for an 8-bit frame (H, W, C): probabilities (1, 1, H, W).");
 
   // The runtime's thread-count policy, driven by recorded latencies in tests (tests/deploy).
   using dtc::runtime::ThreadGovernor;

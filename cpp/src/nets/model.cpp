@@ -8,6 +8,7 @@
 #include "dtc/runtime_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>
 #include <torch/serialize/input-archive.h>
@@ -188,6 +189,49 @@ at::Tensor Model::probabilities(const at::Tensor& frames) const {
   const at::Tensor x =
       (frames.to(impl_->device, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) - impl_->mean) / impl_->std;
   return at::sigmoid(impl_->net.logits(x).to(at::kFloat));
+}
+
+at::Tensor Model::probabilities_8bit(const uint8_t* pixels, int64_t height, int64_t width, int64_t channels,
+                                     int64_t row_bytes, bool bgr) const {
+  const auto& p = impl_->pre;
+  if (pixels == nullptr || height <= 0 || width <= 0 || row_bytes < width * channels) {
+    throw Error("dtc runtime: an 8-bit frame needs pixels, a positive size and row_bytes >= width * channels, got " +
+                std::to_string(width) + "x" + std::to_string(height) + " (WxH), row_bytes " + std::to_string(row_bytes));
+  }
+  if (!(channels == 1 || ((channels == 3 || channels == 4) && p.in_channels == 3))) {
+    throw Error("dtc runtime: the network takes " + std::to_string(p.in_channels) + " channel(s); probabilities_8bit " +
+                "takes grey frames, or BGR(A)/RGB(A) frames for a 3-channel network, got " + std::to_string(channels) +
+                " channel(s)");
+  }
+  if (height % p.multiple || width % p.multiple) {
+    throw Error("dtc runtime: frame size " + std::to_string(width) + "x" + std::to_string(height) +
+                " (WxH) is not a multiple of " + std::to_string(p.multiple) + " (the network downsamples by " +
+                std::to_string(p.multiple) + "); pad or resize the frames");
+  }
+  const int64_t c_in = p.in_channels;
+  // Float32 constants rounded exactly as the tensor path rounds them (mean and std held as float32), and
+  // the same two IEEE operations per value, (v / 255 - mean) / std: the same bits as probabilities().
+  std::vector<float> mean(c_in), stdev(c_in);
+  for (int64_t c = 0; c < c_in; ++c) mean[c] = static_cast<float>(p.mean[c]), stdev[c] = static_cast<float>(p.std[c]);
+  // Which source byte feeds input channel c (RGB order in the network).
+  std::vector<int64_t> source(c_in);
+  for (int64_t c = 0; c < c_in; ++c) source[c] = channels == 1 ? 0 : (bgr ? 2 - c : c);
+  at::Tensor x = at::empty({1, c_in, height, width}, at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  float* out = x.data_ptr<float>();
+  at::parallel_for(0, height, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t y = begin; y < end; ++y) {
+      const uint8_t* row = pixels + y * row_bytes;
+      float* o = out + y * width * c_in;
+      for (int64_t x_ = 0; x_ < width; ++x_) {
+        for (int64_t c = 0; c < c_in; ++c) {
+          const float v = static_cast<float>(row[x_ * channels + source[c]]) / 255.0f;
+          o[x_ * c_in + c] = (v - mean[c]) / stdev[c];
+        }
+      }
+    }
+  });
+  torch::NoGradGuard no_grad;
+  return at::sigmoid(impl_->net.logits(x.to(impl_->device)).to(at::kFloat));
 }
 
 const Preprocessing& Model::preprocessing() const { return impl_->pre; }
