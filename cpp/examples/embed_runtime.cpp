@@ -18,7 +18,10 @@ int main(int argc, char** argv) {
     dtc::runtime::keep_freed_memory();
     // Load once at start-up, on the thread that will push the frames; "cuda" when the application has a GPU.
     const auto model = dtc::runtime::Model::load(argv[1], "cpu");
-    dtc::runtime::Stream stream(model, /*pad=*/true);
+    dtc::runtime::StreamOptions options;
+    options.pad = true;   // frames of any size: padded to the network's multiple, the result cropped back
+    options.threads = 2;  // at most; fewer while other work keeps the cores busy (adaptive_threads)
+    dtc::runtime::Stream stream(model, options);
     // In an application this is the frame grabber's callback; here one image from disk.
     const cv::Mat frame = cv::imread(argv[2], cv::IMREAD_UNCHANGED);
     if (frame.empty()) {
