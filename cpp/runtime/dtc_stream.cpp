@@ -35,8 +35,8 @@ using dtc::runtime::Error;
 namespace {
 
 constexpr const char* kUsage = R"(usage: dtc-stream MODEL INPUT [--out DIR] [--threads N] [--fixed-threads] [--device cpu|cuda] [--masks]
-                  [--probs] [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--realtime] [--max-frames N]
-                  [--queue N] [--quiet]
+                  [--probs] [--no-overlay] [--pad] [--raw WxHxC] [--fps F] [--realtime] [--drop-late]
+                  [--max-frames N] [--queue N] [--quiet]
 
 Segment live ultrasound with a model exported by `dtc export` (the .dtc file), without Python.
 
@@ -60,14 +60,18 @@ options:
   --fps F          frame rate of the overlay video (default: the input's, else 30)
   --realtime       deliver a file's or folder's frames at that rate, as a scanner would, instead of as
                    fast as they decode: the latency then reads as a live feed's (no backlog of frames)
+  --drop-late      when the network falls behind a live source, segment the newest frame and skip the ones
+                   that waited (a display wants the present, not a backlog): the frame waiting for the
+                   network is replaced by each newer one, and the report counts the skipped frames
   --max-frames N   stop after N frames (a camera runs until then, or until interrupted)
   --queue N        capacity of each queue between the stages (default 4)
   --quiet          print only the final report
   -h, --help       show this help
 
 Writes report.json (frames, wall time, FPS, inference and end-to-end latency p50/p95/p99 in ms, the frames
-run at each thread count) into the output folder and prints it. Exit status: 0 on success, 2 for a bad command line, 1 for any other error
-(unreadable input or model, a frame the model cannot take, a camera that does not open).
+run at each thread count, frames skipped by --drop-late) into the output folder and prints it. Exit
+status: 0 on success, 2 for a bad command line, 1 for any other error (unreadable input or model, a frame
+the model cannot take, a camera that does not open).
 )";
 
 struct Options {
@@ -75,7 +79,7 @@ struct Options {
   int threads = 0, max_frames = -1, queue = 4;
   double fps = 0;
   bool masks = false, probs = false, overlay = true, pad = false, quiet = false, realtime = false;
-  bool fixed_threads = false;
+  bool fixed_threads = false, drop_late = false;
 };
 
 struct UsageError : std::runtime_error {
@@ -122,6 +126,8 @@ Options parse(int argc, char** argv) {
       o.pad = true;
     } else if (a == "--realtime") {
       o.realtime = true;
+    } else if (a == "--drop-late") {
+      o.drop_late = true;
     } else if (a == "--quiet") {
       o.quiet = true;
     } else if (a == "--raw") {
@@ -165,6 +171,19 @@ class BoundedQueue {
     items_.push_back(std::move(item));
     not_empty_.notify_one();
     return true;
+  }
+  // Never waits: when full, the oldest item gives way. Returns how many were dropped (0 or 1), or -1 when closed.
+  int push_replacing_oldest(T item) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return -1;
+    int dropped = 0;
+    if (items_.size() >= capacity_) {
+      items_.pop_front();
+      dropped = 1;
+    }
+    items_.push_back(std::move(item));
+    not_empty_.notify_one();
+    return dropped;
   }
   std::optional<T> pop() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -383,7 +402,9 @@ int run(const Options& o) {
   if (o.probs) fs::create_directories(out / "probs");
   const double fps = o.fps > 0 ? o.fps : (source->fps() > 0 && source->fps() < 1000 ? source->fps() : 30.0);
 
-  BoundedQueue<Item> decoded(o.queue), inferred(o.queue);
+  // With --drop-late only the newest decoded frame waits for the network.
+  BoundedQueue<Item> decoded(o.drop_late ? 1 : o.queue), inferred(o.queue);
+  std::atomic<int64_t> skipped{0};
   std::mutex error_mu;
   std::string error;
   auto fail = [&](const std::string& message) {
@@ -405,7 +426,13 @@ int run(const Options& o) {
         if (!source->read(item.frame)) break;
         item.index = i;
         item.decoded = Clock::now();
-        if (!decoded.push(std::move(item))) return;
+        if (o.drop_late) {
+          const int dropped = decoded.push_replacing_oldest(std::move(item));
+          if (dropped < 0) return;
+          skipped += dropped;
+        } else if (!decoded.push(std::move(item))) {
+          return;
+        }
       }
     } catch (const std::exception& e) {
       fail(error_text(e));
@@ -471,7 +498,7 @@ int run(const Options& o) {
     << ",\n  \"device\": \"" << model.device().str() << "\",\n  \"threads\": " << stream.threads().options().max_threads
     << ",\n  \"adaptive_threads\": " << (stream.threads().options().adaptive ? "true" : "false")
     << ",\n  \"frames_per_thread_count\": {" << counts_json(stream.threads().frames_per_count())
-    << "},\n  \"thread_switches\": " << stream.threads().switches()
+    << "},\n  \"thread_switches\": " << stream.threads().switches() << ",\n  \"skipped_frames\": " << skipped.load()
     << ",\n  \"inference_ms\": {\"p50\": " << percentile(inference_ms, 0.5) << ", \"p95\": " << percentile(inference_ms, 0.95)
     << ", \"p99\": " << percentile(inference_ms, 0.99) << ", \"mean\": " << inference_total / n << "},\n"
     << "  \"latency_ms\": {\"p50\": " << percentile(latency_ms, 0.5) << ", \"p95\": " << percentile(latency_ms, 0.95)

@@ -88,6 +88,22 @@ def test_realtime_feed_paces_the_frames_and_keeps_the_results(exported, simulate
     assert set(report["frames_per_thread_count"]) <= {"1", "2"} and sum(report["frames_per_thread_count"].values()) == 8
 
 
+def test_drop_late_segments_the_newest_frame_when_the_network_falls_behind(exported, simulated_video, tmp_path):
+    ckpt, model = exported
+    expected = Segmenter.from_checkpoint(ckpt, device="cpu")(simulated_video)
+    folder = write_folder(tmp_path / "frames", simulated_video)
+    # 10000 frames per second: all eight arrive while the first is still being segmented.
+    r = run(model, folder, "--out", tmp_path / "out", "--probs", "--realtime", "--fps", 10000, "--drop-late",
+            "--no-overlay", "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["skipped_frames"] >= 1 and report["frames"] + report["skipped_frames"] == 8
+    written = sorted(int(p.stem) for p in (tmp_path / "out" / "probs").glob("*.npy"))
+    assert len(written) == report["frames"] and written[-1] == 7  # the newest frame is never skipped
+    for i in written:
+        assert np.abs(np.load(tmp_path / "out" / "probs" / f"{i:06d}.npy") - expected.prob[i]).max() <= 1e-5
+
+
 def test_fixed_threads_run_every_frame_with_the_count_given(exported, simulated_video, tmp_path):
     ckpt, model = exported
     folder = write_folder(tmp_path / "frames", simulated_video)
