@@ -18,7 +18,8 @@ def test_bench_stream_prints_a_row_per_contender(capsys):
         names.append("ONNX Runtime (Python loop)")
     try:
         find_dtc_stream()
-        names += ["C++ runtime (dtc-stream)", "C++ runtime, live 30 FPS feed", "C++ runtime, live 30 FPS feed, fixed threads"]
+        names += ["C++ runtime (dtc-stream)", "C++ runtime, live 30 FPS feed", "C++ runtime, live 30 FPS feed, fixed threads",
+                  "C++ runtime, live 30 FPS feed, --drop-late"]
     except FileNotFoundError:
         pass
     for name in names:

@@ -8,9 +8,11 @@ its overlay written) at p50/p95/p99 for the streaming ones (`dtc infer` batches,
 latency), the mean inference time and the fraction of the frame time it takes. Contenders run in
 rotating order each round; the host load is printed before and after, since this machine is shared.
 
-dtc-stream runs twice: flat out (its FPS) and fed at the clip's frame rate as a scanner would feed it
-(`--realtime`: its latency). `--load N` keeps N CPU-bound processes running throughout, for the latency
-distribution of a machine that is busy with something else.
+dtc-stream runs flat out (its FPS) and fed at the clip's frame rate as a scanner would feed it
+(`--realtime`: its latency), the latter three ways: adapting its thread count (the default), with fixed
+threads, and skipping frames that waited (`--drop-late`). `--load N` keeps N CPU-bound processes running
+throughout, for the latency distribution of a machine that is busy with something else; `--only` picks
+contenders.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ def _python_stream(clip: Path, out: Path, infer_fn):
 
 # `--only` names -> the contenders' row names.
 CONTENDERS = {"runtime": "C++ runtime (dtc-stream)", "live": f"C++ runtime, live {CLIP_FPS} FPS feed",
-              "live-fixed": f"C++ runtime, live {CLIP_FPS} FPS feed, fixed threads", "pt2": "exported .pt2 (Python loop)",
+              "live-fixed": f"C++ runtime, live {CLIP_FPS} FPS feed, fixed threads",
+              "live-drop": f"C++ runtime, live {CLIP_FPS} FPS feed, --drop-late", "pt2": "exported .pt2 (Python loop)",
               "segmenter": "Segmenter.push (Python loop)", "infer": "dtc infer (Python, batched)",
               "onnx": "ONNX Runtime (Python loop)"}
 
@@ -133,6 +136,8 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log, on
             rep = json.loads((out / "report.json").read_text())
             lat = rep["latency_ms"]
             used = " ".join(f"{t}:{n}" for t, n in sorted(rep["frames_per_thread_count"].items(), reverse=True))
+            if rep["skipped_frames"]:
+                used += f", {rep['skipped_frames']} skipped"
             return {"frames": rep["frames"], "fps": rep["fps"], "latency": (lat["p50"], lat["p95"], lat["p99"]),
                     "inference_ms": rep["inference_ms"]["p50"], "inference_fraction": rep["inference_fraction"],
                     "process_fps": rep["frames"] / wall, "threads_used": used}
@@ -170,9 +175,11 @@ def run_case(size, *, frames: int, threads: int, rounds: int, base: int, log, on
         # Flat out, dtc-stream decodes ahead of the network, so its latency includes the frames waiting in
         # its queues; fed at the clip's 30 FPS (--realtime), as a scanner feeds it, the latency is a live
         # feed's. The Python loops do one frame at a time, so theirs never include a backlog. The runtime
-        # adapts its thread count to the machine's load; the fixed-threads row shows what that saves.
+        # adapts its thread count to the machine's load; the fixed-threads row shows what that saves, and
+        # the --drop-late row what skipping frames that waited saves when the network cannot keep up.
         contenders = {CONTENDERS["runtime"]: runtime, CONTENDERS["live"]: lambda: runtime("--realtime"),
                       CONTENDERS["live-fixed"]: lambda: runtime("--realtime", "--fixed-threads"),
+                      CONTENDERS["live-drop"]: lambda: runtime("--realtime", "--drop-late"),
                       CONTENDERS["pt2"]: pt2, CONTENDERS["segmenter"]: segmenter, CONTENDERS["infer"]: dtc_infer}
         if exe is None:
             contenders = {k: v for k, v in contenders.items() if not k.startswith("C++")}
