@@ -19,6 +19,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "ops/common/farneback_math.h"
@@ -236,21 +238,119 @@ void polynomial_expansion(const float* level_images, int64_t planes, int h, int 
 
 // ---- Normal equations and window sums ----------------------------------------------------------------
 
-// Row y of the five M planes for the current flow (fb::update_matrices_at, pixel by pixel: its
-// bilinear gathers from next's expansion at p + d(p) do not vectorise without gather instructions).
-// Cloned all the same: on AVX targets std::floor becomes one rounding instruction, not a libm call.
-// Without fused multiply-adds, though: next to the image border (samples outside next) the normal
-// equations are nearly singular, and FMA rounding there moved a few flows of identical frames past
-// OpenCV's by more than 1e-4 px.
-DTC_SIMD_CLONES __attribute__((optimize("fp-contract=off"))) void update_matrices_row(const float* R0, const float* R1, const float* flow, int h, int w, int y, float* M) {
-  const int64_t hw = int64_t(h) * w;
-  float* out[5];
-  for (int c = 0; c < 5; ++c) out[c] = M + c * hw + int64_t(y) * w;
-  for (int x = 0; x < w; ++x) {
-    float v[5];
-    fb::update_matrices_at(R0, R1, flow, h, w, y, x, v);
-    for (int c = 0; c < 5; ++c) out[c][x] = v[c];
+// Row y of the five M planes for the current flow: fb::update_matrices_at split into three passes over
+// the row, so that the arithmetic vectorises and only the bilinear gathers from next's expansion at
+// p + d(p) stay scalar (no gather instructions in GCC's generic tuning). The formulas and their order
+// are update_matrices_at's, the branches become selects (both sides are computed; the unused one is
+// discarded), and the passes are compiled without fused multiply-adds: next to the image border
+// (samples outside next) the normal equations are nearly singular, and FMA rounding there moved a few
+// flows of identical frames past OpenCV's by more than 1e-4 px.
+struct UpdateScratch {
+  int w;
+  std::vector<int32_t> offset;  // floor(y + dy)·w + floor(x + dx) into next's planes; 0 outside next
+  std::vector<uint32_t> inside;  // all ones where the bilinear footprint lies inside next
+  std::vector<float> weights;    // four rows: a00, a01, a10, a11
+  std::vector<float> samples;    // five rows: next's coefficients at p + d(p)
+  std::vector<float> column_scale;  // the border down-weighting of each column
+  explicit UpdateScratch(int w)
+      : w(w), offset(w), inside(w), weights(4 * int64_t(w)), samples(5 * int64_t(w)), column_scale(w) {
+    for (int x = 0; x < w; ++x) {
+      float scale = 1.f;
+      if (x < 5) scale *= fb::border_weight(x);
+      if (x >= w - 5) scale *= fb::border_weight(w - x - 1);
+      column_scale[x] = scale;
+    }
   }
+};
+
+#define DTC_FB_NO_FMA __attribute__((optimize("fp-contract=off")))
+
+DTC_SIMD_CLONES DTC_FB_NO_FMA void sample_positions_row(const float* __restrict dx, const float* __restrict dy, int h,
+                                                        int w, int y, int32_t* __restrict offset,
+                                                        uint32_t* __restrict inside, float* __restrict weights) {
+  float* __restrict a00 = weights;
+  float* __restrict a01 = weights + w;
+  float* __restrict a10 = weights + 2 * w;
+  float* __restrict a11 = weights + 3 * w;
+  for (int x = 0; x < w; ++x) {
+    const float fx = float(x) + dx[x], fy = float(y) + dy[x];
+    // Non-finite flows compare false below: outside.
+    const float flx = simd::floor(fx), fly = simd::floor(fy);
+    const bool in = (flx >= 0.f) & (fly >= 0.f) & (flx < float(w - 1)) & (fly < float(h - 1));
+    const float wx = fx - flx, wy = fy - fly;
+    a00[x] = (1.f - wx) * (1.f - wy);
+    a01[x] = wx * (1.f - wy);
+    a10[x] = (1.f - wx) * wy;
+    a11[x] = wx * wy;
+    offset[x] = int32_t(simd::select(in, fly, 0.f)) * w + int32_t(simd::select(in, flx, 0.f));
+    inside[x] = in ? ~0u : 0u;
+  }
+}
+
+DTC_FB_NO_FMA void bilinear_samples_row(const float* R1, int64_t hw, int w, const int32_t* __restrict offset,
+                                        const float* weights, float* samples) {
+  const float *a00 = weights, *a01 = weights + w, *a10 = weights + 2 * w, *a11 = weights + 3 * w;
+  for (int c = 0; c < 5; ++c) {
+    const float* plane = R1 + c * hw;
+    float* __restrict out = samples + c * int64_t(w);
+    for (int x = 0; x < w; ++x) {
+      const float* p = plane + offset[x];
+      out[x] = a00[x] * p[0] + a01[x] * p[1] + a10[x] * p[w] + a11[x] * p[w + 1];
+    }
+  }
+}
+
+// prev_row: row y of prev's first coefficient plane, out: row y of the first M plane, planes hw apart.
+// (Row pointers are derived here rather than passed in arrays: GCC did not vectorise stores through
+// restrict pointers loaded from an array.)
+DTC_SIMD_CLONES DTC_FB_NO_FMA void normal_equations_row(const float* prev_row, int64_t hw, const float* samples,
+                                                        const uint32_t* __restrict inside, const float* __restrict dx,
+                                                        const float* __restrict dy,
+                                                        const float* __restrict column_scale, float top, float bottom,
+                                                        int w, float* out) {
+  const float *__restrict q0 = prev_row, *__restrict q1 = prev_row + hw, *__restrict q2 = prev_row + 2 * hw;
+  const float *__restrict q3 = prev_row + 3 * hw, *__restrict q4 = prev_row + 4 * hw;
+  const float *__restrict s0 = samples, *__restrict s1 = samples + w, *__restrict s2 = samples + 2 * w;
+  const float *__restrict s3 = samples + 3 * w, *__restrict s4 = samples + 4 * w;
+  float *__restrict g11 = out, *__restrict g12 = out + hw, *__restrict g22 = out + 2 * hw;
+  float *__restrict h1 = out + 3 * hw, *__restrict h2 = out + 4 * hw;
+  for (int x = 0; x < w; ++x) {
+    const bool in = inside[x] != 0;
+    // Outside next there is no linear term to compare with and prev's quadratic term is kept.
+    const float r0 = simd::select(in, s0[x], 0.f), r1 = simd::select(in, s1[x], 0.f);
+    float a_yy = simd::select(in, (q2[x] + s2[x]) * 0.5f, q2[x]);
+    float a_xx = simd::select(in, (q3[x] + s3[x]) * 0.5f, q3[x]);
+    float a_xy = simd::select(in, (q4[x] + s4[x]) * 0.25f, q4[x] * 0.5f);
+    float db_y = (q0[x] - r0) * 0.5f + a_yy * dy[x] + a_xy * dx[x];
+    float db_x = (q1[x] - r1) * 0.5f + a_xy * dy[x] + a_xx * dx[x];
+    // update_matrices_at's product in its order (factors of 1 are exact, so scaling the interior
+    // by 1 changes nothing).
+    const float scale = (column_scale[x] * top) * bottom;
+    db_y *= scale;
+    db_x *= scale;
+    a_yy *= scale;
+    a_xx *= scale;
+    a_xy *= scale;
+    g11[x] = a_yy * a_yy + a_xy * a_xy;
+    g12[x] = (a_yy + a_xx) * a_xy;
+    g22[x] = a_xx * a_xx + a_xy * a_xy;
+    h1[x] = a_yy * db_y + a_xy * db_x;
+    h2[x] = a_xy * db_y + a_xx * db_x;
+  }
+}
+
+void update_matrices_row(const float* R0, const float* R1, const float* flow, int h, int w, int y, float* M,
+                         UpdateScratch& scratch) {
+  const int64_t hw = int64_t(h) * w;
+  const int64_t row = int64_t(y) * w;
+  const float* dx = flow + row;
+  const float* dy = flow + hw + row;
+  sample_positions_row(dx, dy, h, w, y, scratch.offset.data(), scratch.inside.data(), scratch.weights.data());
+  bilinear_samples_row(R1, hw, w, scratch.offset.data(), scratch.weights.data(), scratch.samples.data());
+  const float top = y < 5 ? fb::border_weight(y) : 1.f;
+  const float bottom = y >= h - 5 ? fb::border_weight(h - y - 1) : 1.f;
+  normal_equations_row(R0 + row, hw, scratch.samples.data(), scratch.inside.data(), dx, dy,
+                       scratch.column_scale.data(), top, bottom, w, M + row);
 }
 
 // fb::solve_flow on one row of windowed sums (five rows of w doubles), vectorised across the row.
@@ -320,6 +420,7 @@ void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R
   const int m = plan.window.radius;
   const int64_t padded_w = w + 2 * int64_t(m);
   std::vector<double> sums(5 * int64_t(w));
+  UpdateScratch scratch(w);
   if (!plan.gaussian_window) {
     // Column sums per channel, padded by m on each side for the horizontal running sum.
     std::vector<double> columns(5 * padded_w, 0.0);
@@ -341,7 +442,7 @@ void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R
       }
       box_horizontal_rows(columns.data(), padded_w, w, m, sums.data());
       solve_row(sums.data(), w, double(plan.window_scale), flow + int64_t(y) * w, flow + hw + int64_t(y) * w);
-      if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M);
+      if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M, scratch);
     }
     return;
   }
@@ -357,7 +458,7 @@ void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R
       for (int x = 0; x < w; ++x) s[x] = double(horizontal[x]);
     }
     solve_row(sums.data(), w, double(plan.window_scale), flow + int64_t(y) * w, flow + hw + int64_t(y) * w);
-    if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M);
+    if (next_M) update_matrices_row(R0, R1, flow, h, w, y, next_M, scratch);
   }
 }
 
@@ -445,6 +546,7 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
     const float up = float(1. / plan.pyr_scale);
     for_each_band(N, h, [&](int64_t n, int y_begin, int y_end) {
       float* fl = flow + n * 2 * hw;
+      UpdateScratch scratch(w);
       for (int y = y_begin; y < y_end; ++y) {
         for (int c = 0; c < 2; ++c) {
           float* row = fl + c * hw + int64_t(y) * w;
@@ -458,7 +560,7 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
           const float* src = coarse_flow + (n * 2 + c) * int64_t(coarse_h) * coarse_w;
           resize_row(src + int64_t(y0) * coarse_w, src + int64_t(y1) * coarse_w, fy, cols, w, up, row);
         }
-        update_matrices_row(R + n * 10 * hw, R + (n * 10 + 5) * hw, fl, h, w, y, M + n * 5 * hw);
+        update_matrices_row(R + n * 10 * hw, R + (n * 10 + 5) * hw, fl, h, w, y, M + n * 5 * hw, scratch);
       }
     });
     for (int it = 0; it < plan.iterations; ++it) {
