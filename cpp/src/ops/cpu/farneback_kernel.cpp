@@ -300,20 +300,19 @@ DTC_FB_NO_FMA void bilinear_samples_row(const float* R1, int64_t hw, int w, cons
   }
 }
 
-// prev_row: row y of prev's first coefficient plane, out: row y of the first M plane, planes hw apart.
-// (Row pointers are derived here rather than passed in arrays: GCC did not vectorise stores through
-// restrict pointers loaded from an array.)
+// prev_row: row y of prev's first coefficient plane (planes hw apart); g11..h2: row y of the M planes.
+// (GCC vectorises the stores only through restrict parameters, not through restrict locals.)
 DTC_SIMD_CLONES DTC_FB_NO_FMA void normal_equations_row(const float* prev_row, int64_t hw, const float* samples,
                                                         const uint32_t* __restrict inside, const float* __restrict dx,
                                                         const float* __restrict dy,
                                                         const float* __restrict column_scale, float top, float bottom,
-                                                        int w, float* out) {
+                                                        int w, float* __restrict g11, float* __restrict g12,
+                                                        float* __restrict g22, float* __restrict h1,
+                                                        float* __restrict h2) {
   const float *__restrict q0 = prev_row, *__restrict q1 = prev_row + hw, *__restrict q2 = prev_row + 2 * hw;
   const float *__restrict q3 = prev_row + 3 * hw, *__restrict q4 = prev_row + 4 * hw;
   const float *__restrict s0 = samples, *__restrict s1 = samples + w, *__restrict s2 = samples + 2 * w;
   const float *__restrict s3 = samples + 3 * w, *__restrict s4 = samples + 4 * w;
-  float *__restrict g11 = out, *__restrict g12 = out + hw, *__restrict g22 = out + 2 * hw;
-  float *__restrict h1 = out + 3 * hw, *__restrict h2 = out + 4 * hw;
   for (int x = 0; x < w; ++x) {
     const bool in = inside[x] != 0;
     // Outside next there is no linear term to compare with and prev's quadratic term is kept.
@@ -350,7 +349,8 @@ void update_matrices_row(const float* R0, const float* R1, const float* flow, in
   const float top = y < 5 ? fb::border_weight(y) : 1.f;
   const float bottom = y >= h - 5 ? fb::border_weight(h - y - 1) : 1.f;
   normal_equations_row(R0 + row, hw, scratch.samples.data(), scratch.inside.data(), dx, dy,
-                       scratch.column_scale.data(), top, bottom, w, M + row);
+                       scratch.column_scale.data(), top, bottom, w, M + row, M + hw + row, M + 2 * hw + row,
+                       M + 3 * hw + row, M + 4 * hw + row);
 }
 
 // fb::solve_flow on one row of windowed sums (five rows of w doubles), vectorised across the row.
