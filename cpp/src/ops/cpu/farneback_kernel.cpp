@@ -1,4 +1,5 @@
-// CPU kernel of dtc::farneback, written as row passes rather than per-pixel calls:
+// CPU kernel of dtc::farneback, written as row passes rather than per-pixel calls (docs/design.md,
+// "Farnebäck on the CPU"):
 //  - every stage walks whole rows with the taps in the outer loop and the pixels in the inner one, so
 //    the compiler vectorises it (DTC_SIMD_CLONES builds AVX-512, AVX2 and baseline copies);
 //  - the box window sums are running sums in double (add the row entering the window, subtract the
