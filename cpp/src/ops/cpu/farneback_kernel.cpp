@@ -124,7 +124,11 @@ void build_level_images(const float* images, int64_t planes, int H, int W, const
     std::vector<float> vertical(W), padded(W + 2 * radius), rows(2 * int64_t(W));
     auto smooth_row = [&](int y, float* out) {
       smooth_vertical_row(src, H, W, y, taps, radius, vertical.data());
-      for (int j = -radius; j < W + radius; ++j) padded[j + radius] = vertical[fb::reflect101_index(j, W)];
+      std::copy(vertical.begin(), vertical.end(), padded.begin() + radius);
+      for (int j = 1; j <= radius; ++j) {
+        padded[radius - j] = vertical[fb::reflect101_index(-j, W)];
+        padded[radius + W - 1 + j] = vertical[fb::reflect101_index(W - 1 + j, W)];
+      }
       horizontal_taps_row(padded.data(), W, taps, radius, out);
     };
     for (int y = y_begin; y < y_end; ++y) {
