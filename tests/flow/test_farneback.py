@@ -302,6 +302,19 @@ def test_nan_and_inf_are_rejected():
         farneback(good, bad)
 
 
+def test_values_far_off_the_grey_scale_are_rejected():
+    """Finite values large enough to overflow the float32 normal equations gave NaN flow everywhere."""
+    good = torch.rand(1, 1, 40, 40) * 255
+    huge = good * 1e28
+    with pytest.raises(ValueError, match=r"prev has values up to .*0-255 scale"):
+        torch.ops.dtc.farneback(huge, good, 0.5, 1, 9, 2, 5, 1.1, False, 0)
+    with pytest.raises(ValueError, match=r"next has values up to"):
+        torch.ops.dtc.farneback(good, -huge, 0.5, 1, 9, 2, 5, 1.1, False, 0)
+    # 16-bit grey levels are still accepted, and give finite flow.
+    wide = torch.ops.dtc.farneback(good * 257, good.roll(1, 3) * 257, 0.5, 1, 9, 2, 5, 1.1, False, 0)
+    assert wide.isfinite().all()
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(pyr_scale=1.0), "pyr_scale must be in"), (dict(pyr_scale=0.0), "pyr_scale must be in"),
     (dict(levels=-1), "levels must be in"), (dict(winsize=0), "winsize must be in"),

@@ -7,6 +7,7 @@
 #include <Eigen/Dense>
 #include <cfloat>
 #include <cmath>
+#include <utility>
 
 #include "dtc/ops.h"
 
@@ -15,6 +16,10 @@ namespace ops {
 namespace {
 
 namespace fb = math::farneback;
+
+// Largest accepted |pixel value|: far above any grey-level scale (16-bit images included), far below
+// where the float32 products of the normal equations overflow.
+constexpr double kMaxAbsPixel = 1e6;
 
 // OpenCV's rounding of level sizes and kernel sizes (cvRound: to nearest, ties to even).
 int cv_round(double v) { return static_cast<int>(std::nearbyint(v)); }
@@ -141,9 +146,16 @@ FarnebackPlan check_and_plan_farneback(const at::Tensor& prev, const at::Tensor&
   TORCH_CHECK_VALUE(H * W < (int64_t(1) << 31), "farneback: images must have fewer than 2^31 pixels, got H=", H,
                     ", W=", W);
   if (prev.numel() > 0 && at::isFloatingType(prev.scalar_type())) {
-    // A NaN would silently spread through every window it touches; reject it up front.
-    TORCH_CHECK_VALUE(at::isfinite(prev).all().item<bool>(), "farneback: prev contains NaN or Inf values");
-    TORCH_CHECK_VALUE(at::isfinite(next).all().item<bool>(), "farneback: next contains NaN or Inf values");
+    // A NaN would silently spread through every window it touches; reject it up front. So would the
+    // overflow of finite values far off the 0-255 scale: the normal equations take products of three
+    // coefficients in float32, which overflow (to NaN flow everywhere) near 1e12.
+    for (const auto& [image, name] : {std::pair<const at::Tensor&, const char*>{prev, "prev"}, {next, "next"}}) {
+      const double peak = image.abs().max().item<double>();  // NaN propagates through max
+      TORCH_CHECK_VALUE(std::isfinite(peak), "farneback: ", name, " contains NaN or Inf values");
+      TORCH_CHECK_VALUE(peak <= kMaxAbsPixel, "farneback: ", name, " has values up to ", peak,
+                        "; expected grey levels on the 0-255 scale (|value| <= ", kMaxAbsPixel,
+                        "); larger values overflow the float32 normal equations");
+    }
   }
 
   FarnebackPlan plan;
