@@ -13,10 +13,11 @@ nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient 
 pytest.importorskip("ipykernel", reason="notebook tests need ipykernel (requirements.txt)")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01-quickstart.ipynb", "02-ablation.ipynb", "03-temporal-consistency.ipynb", "04-clip-teacher.ipynb"]
+NAMES = ["01-quickstart.ipynb", "02-ablation.ipynb", "03-temporal-consistency.ipynb", "04-clip-teacher.ipynb",
+         "05-deploy.ipynb"]
 # Figures each notebook must show (display_data with image/png), at least.
 MIN_FIGURES = {"01-quickstart.ipynb": 3, "02-ablation.ipynb": 2, "03-temporal-consistency.ipynb": 3,
-               "04-clip-teacher.ipynb": 3}
+               "04-clip-teacher.ipynb": 3, "05-deploy.ipynb": 2}
 
 
 @pytest.mark.parametrize("name", NAMES)
