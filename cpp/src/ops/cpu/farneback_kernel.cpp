@@ -559,25 +559,12 @@ void median_filter(const float* src, int64_t planes, int H, int W, int radius, f
 
 // ---- The op -------------------------------------------------------------------------------------------
 
-at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double pyr_scale, int64_t levels,
-                         int64_t winsize, int64_t iterations, int64_t poly_n, double poly_sigma, bool gaussian_window,
-                         int64_t median) {
-  const FarnebackPlan plan = check_and_plan_farneback(prev, next, pyr_scale, levels, winsize, iterations, poly_n,
-                                                      poly_sigma, gaussian_window, median);
-  const int64_t N = prev.size(0);
-  const int H = int(prev.size(2)), W = int(prev.size(3));
-  const auto f32 = prev.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor out = at::empty({N, 2, H, W}, f32);
-  if (N == 0) return out;
-
-  // Channel 0 of each pair is prev, channel 1 next; uint8 keeps its 0..255 values.
-  const at::Tensor images = at::cat({prev, next}, 1).to(at::kFloat).contiguous();
+// The whole algorithm for N pairs: images [N, 2, H, W] (prev, next) in float, workspace of
+// N·26·H·W floats, flow written to out [N, 2, H, W].
+void farneback_chunk(const FarnebackPlan& plan, const float* images, int64_t N, int H, int W, float* workspace,
+                     float* out) {
   const int64_t HW = int64_t(H) * W;
-  // One workspace for every level (each level is at most full resolution): level images [N, 2],
-  // expansions R [N, 2, 5], M twice [N, 5] (this iteration's and the next's), flow twice [N, 2]
-  // (this level's and the coarser one it starts from).
-  at::Tensor workspace = at::empty({N * (2 + 10 + 10 + 4) * HW}, f32);
-  float* level_images = workspace.mutable_data_ptr<float>();
+  float* level_images = workspace;
   float* R = level_images + N * 2 * HW;
   float* M = R + N * 10 * HW;
   float* next_M = M + N * 5 * HW;
@@ -588,7 +575,7 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
   for (const FarnebackLevel& level : plan.levels) {
     const int h = level.height, w = level.width;
     const int64_t hw = int64_t(h) * w;
-    build_level_images(images.const_data_ptr<float>(), 2 * N, H, W, level, level_images);
+    build_level_images(images, 2 * N, H, W, level, level_images);
     polynomial_expansion(level_images, 2 * N, h, w, plan.basis, R);
 
     // Initial flow (zero at the coarsest level, else the coarser estimate upsampled) and the first M.
@@ -630,9 +617,40 @@ at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double 
   // Optional median filter of each component (the authors' 3x3 post-filter). The finest level's flow
   // is in coarse_flow after the last swap.
   if (plan.median_radius == 0) {
-    std::copy(coarse_flow, coarse_flow + N * 2 * HW, out.mutable_data_ptr<float>());
+    std::copy(coarse_flow, coarse_flow + N * 2 * HW, out);
   } else {
-    median_filter(coarse_flow, 2 * N, H, W, plan.median_radius, out.mutable_data_ptr<float>());
+    median_filter(coarse_flow, 2 * N, H, W, plan.median_radius, out);
+  }
+}
+
+at::Tensor farneback_cpu(const at::Tensor& prev, const at::Tensor& next, double pyr_scale, int64_t levels,
+                         int64_t winsize, int64_t iterations, int64_t poly_n, double poly_sigma, bool gaussian_window,
+                         int64_t median) {
+  const FarnebackPlan plan = check_and_plan_farneback(prev, next, pyr_scale, levels, winsize, iterations, poly_n,
+                                                      poly_sigma, gaussian_window, median);
+  const int64_t N = prev.size(0);
+  const int H = int(prev.size(2)), W = int(prev.size(3));
+  const auto f32 = prev.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty({N, 2, H, W}, f32);
+  if (N == 0) return out;
+
+  const int64_t HW = int64_t(H) * W;
+  // Pairs go through in chunks of as many pairs as threads (enough parallel bands even on the coarse
+  // levels), all levels of a chunk before the next: a batch's working set would outgrow the caches,
+  // and one workspace reused by every chunk spares the page faults of a fresh batch-sized one. Each
+  // pair's flow depends on that pair alone, so the chunking does not change any result.
+  const int64_t chunk = std::min<int64_t>(N, std::max(1, at::get_num_threads()));
+  // One workspace for every level (each level is at most full resolution): level images [n, 2],
+  // expansions R [n, 2, 5], M twice [n, 5] (this iteration's and the next's), flow twice [n, 2]
+  // (this level's and the coarser one it starts from).
+  at::Tensor workspace = at::empty({chunk * (2 + 10 + 10 + 4) * HW}, f32);
+  for (int64_t first = 0; first < N; first += chunk) {
+    const int64_t n_pairs = std::min(chunk, N - first);
+    // Channel 0 of each pair is prev, channel 1 next; uint8 keeps its 0..255 values.
+    const at::Tensor images =
+        at::cat({prev.narrow(0, first, n_pairs), next.narrow(0, first, n_pairs)}, 1).to(at::kFloat).contiguous();
+    farneback_chunk(plan, images.const_data_ptr<float>(), n_pairs, H, W, workspace.mutable_data_ptr<float>(),
+                    out.mutable_data_ptr<float>() + first * 2 * HW);
   }
   return out;
 }
