@@ -387,3 +387,49 @@ def test_planes_of_2_to_the_31_pixels_are_refused_on_the_cpu():
     flow = torch.zeros(1, 1, 1, 1).expand(1, 2, 65536, 32768)
     with pytest.raises(ValueError, match="2\\^31 pixels"):
         torch.ops.dtc.warp(x, flow, "border")
+
+
+# Where each row of taps of an 8-pixel block lies wholly inside or wholly outside the image, the AVX2
+# forward reads a pixel's left and right taps as one 64-bit pair. Sub-pixel flows keep most blocks
+# paired; whole rows and blocks shifted past the borders pair with masked-out rows of taps; a few
+# columns sent half a pixel past the left and right borders straddle them (the per-tap path).
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_paired_tap_forward_matches_float64_oracle_at_the_borders(padding, dtype):
+    g = torch.Generator().manual_seed(3)
+    N, C, H, W = 2, 5, 11, 43
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    flow = 0.7 * torch.randn(N, 2, H, W, generator=g, dtype=torch.float64)
+    flow[:, 1, 0] = 0.5  # top row samples half a row above the image
+    flow[:, 1, H - 1] = -0.25  # bottom row samples a quarter row below it
+    flow[:, 1, 4] = 30.0  # a whole row far above
+    flow[0, 0, 6, 8:16] = 60.0  # a whole block far to the left
+    flow[1, 0, 7, 16:24] = -60.0  # and one far to the right
+    flow[:, 0, :, 0] = 0.5  # left column half a pixel past the left border
+    flow[:, 0, :, W - 1] = -0.5  # right column half a pixel past the right border
+    flow[0, :, 9, 19] = float("nan")
+    flow[1, 0, 2, 35] = float("inf")
+    flow = torch.round(flow * 256) / 256  # exact sample points in float32 (see random_pair)
+    x, flow = x.to(dtype), flow.to(dtype)
+    out = ops.warp(x, flow, padding=padding)
+    bad = ~torch.isfinite(flow).all(dim=1, keepdim=True).expand_as(out)
+    assert torch.isnan(out[bad]).all()
+    expected = reference.warp(x.double(), flow.double(), padding=padding).to(dtype)
+    torch.testing.assert_close(out[~bad], expected[~bad], rtol=0, atol=TOL[dtype])
+
+
+def test_paired_taps_outside_the_rows_read_zero_next_to_infinite_pixels():
+    # Whole rows of taps above or below the image are masked pairs: infinite pixels in the rows next
+    # to the border (which an unmasked pair read one row off would reach) must not leak.
+    H, W = 6, 24
+    x = torch.randn(1, 2, H, W)
+    x[..., 0, :] = float("inf")
+    x[..., H - 1, :] = -float("inf")
+    flow = torch.zeros(1, 2, H, W)
+    flow[:, 1] = 1e6
+    torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)
+    flow[:, 1] = -1e6
+    torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)
+    # Two rows off (y0 = -2 / y0 = H + 1 after clamping): both rows of taps masked.
+    flow[:, 1] = float(H + 1)
+    torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)

@@ -60,7 +60,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--size", action="append", help="B,C,H,W (repeatable); default: the standard set")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 gives CPU-time "
+                        "figures that a busy machine does not inflate; default torch's")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES[device.type]
     dtype = getattr(torch, args.dtype)

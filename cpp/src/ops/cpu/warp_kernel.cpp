@@ -47,29 +47,41 @@ inline void accumulate_coord_grad(const BilinearTaps<T>& t, int64_t W, Load load
 // NaN weights, which make the output NaN whatever the taps read.
 template <typename T>
 struct RowTaps {
-  explicit RowTaps(int64_t w) : index(4 * w), mask(4 * w), wx1(w), wy1(w), width(w) {}
+  explicit RowTaps(int64_t w)
+      : index(4 * w), mask(4 * w), wx1(w), wy1(w), pair_index(w), pair_mask(2 * w), paired((w + 7) / 8), width(w) {}
   std::vector<int32_t> index;  // [tap][x], taps in the order 00, 01, 10, 11
   std::vector<int32_t> mask;   // all ones where the tap lies inside the image, else 0
   std::vector<T> wx1, wy1;
+  // The AVX2 path's second form of the same taps. Where, in a block of 8 pixels, each row of taps is
+  // either wholly inside the image or wholly outside it, a pixel's left and right taps are one 64-bit
+  // read: half the gathered elements. pair_index holds the top-left tap of each pixel in the order
+  // 0,1,4,5,2,3,6,7 (two gathers of four pairs whose even/odd halves shuffle back into pixel order),
+  // pair_mask the 64-bit masks of the top pairs then the bottom pairs, in that order; paired[block]
+  // says whether the block qualifies (blocks at the image border that straddle it do not).
+  std::vector<int32_t> pair_index;
+  std::vector<int64_t> pair_mask;  // [block][top 8, bottom 8]
+  std::vector<uint8_t> paired;
   int64_t width;
 
   const int32_t* tap_index(int k) const { return index.data() + k * width; }
   const int32_t* tap_mask(int k) const { return mask.data() + k * width; }
 
-  void fill(const T* flow_x, const T* flow_y, int64_t y, int64_t H, math::Padding padding) {
+  void fill_pixel(const T* flow_x, const T* flow_y, int64_t y, int64_t H, math::Padding padding, int64_t x) {
     const int64_t W = width;
-    for (int64_t x = 0; x < W; ++x) {
-      const auto t = math::bilinear_taps<T>(T(x) - flow_x[x], T(y) - flow_y[x], W, H, padding);
-      const bool inside[4] = {t.in_y0 && t.in_x0, t.in_y0 && t.in_x1, t.in_y1 && t.in_x0, t.in_y1 && t.in_x1};
-      const int64_t i00 = t.y0 * W + t.x0;
-      const int64_t offsets[4] = {0, 1, W, W + 1};
-      for (int k = 0; k < 4; ++k) {
-        index[k * W + x] = inside[k] ? int32_t(i00 + offsets[k]) : 0;
-        mask[k * W + x] = inside[k] ? -1 : 0;
-      }
-      wx1[x] = t.finite ? t.wx1 : std::numeric_limits<T>::quiet_NaN();
-      wy1[x] = t.finite ? t.wy1 : std::numeric_limits<T>::quiet_NaN();
+    const auto t = math::bilinear_taps<T>(T(x) - flow_x[x], T(y) - flow_y[x], W, H, padding);
+    const bool inside[4] = {t.in_y0 && t.in_x0, t.in_y0 && t.in_x1, t.in_y1 && t.in_x0, t.in_y1 && t.in_x1};
+    const int64_t i00 = t.y0 * W + t.x0;
+    const int64_t offsets[4] = {0, 1, W, W + 1};
+    for (int k = 0; k < 4; ++k) {
+      index[k * W + x] = inside[k] ? int32_t(i00 + offsets[k]) : 0;
+      mask[k * W + x] = inside[k] ? -1 : 0;
     }
+    wx1[x] = t.finite ? t.wx1 : std::numeric_limits<T>::quiet_NaN();
+    wy1[x] = t.finite ? t.wy1 : std::numeric_limits<T>::quiet_NaN();
+  }
+
+  void fill(const T* flow_x, const T* flow_y, int64_t y, int64_t H, math::Padding padding) {
+    for (int64_t x = 0; x < width; ++x) fill_pixel(flow_x, flow_y, y, H, padding, x);
   }
 };
 
@@ -87,10 +99,79 @@ void interpolate_row_portable(const T* plane, const RowTaps<T>& taps, int64_t be
 }
 
 #if DTC_X86_GATHER
-// ATen's grid_sampler gathers with AVX2; the portable build has no -march, so this loop is compiled
+// ATen's grid_sampler gathers with AVX2; the portable build has no -march, so these loops are compiled
 // for AVX2+FMA alone and chosen at run time (GCC's generic tuning never emits gather instructions from
 // the plain loop, so they are written out). Masked lanes are not read at all.
-// (A lambda would not inherit the target attribute.)
+
+// All ones in the lanes where lo <= v < hi. (A lambda would not inherit the target attribute.)
+__attribute__((target("avx2,fma"))) inline __m256i within_avx2(__m256i v, int64_t lo, int64_t hi) {
+  return _mm256_and_si256(_mm256_cmpgt_epi32(v, _mm256_set1_epi32(int32_t(lo - 1))),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(hi)), v));
+}
+
+// The taps of eight pixels x..x+7 of row y, vectorised: the same clamps, floor, weights and inside
+// tests as math::bilinear_taps (min/max return their second operand on NaN or equal zeros, so
+// each clamp gives bilinear_taps' value for every finite input; non-finite lanes are masked out).
+__attribute__((target("avx2,fma"))) void fill_block_avx2(RowTaps<float>& taps, const float* flow_x,
+                                                         const float* flow_y, int64_t y, int64_t H,
+                                                         math::Padding padding, int64_t x) {
+  const int64_t W = taps.width;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lanes = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 sx = _mm256_sub_ps(_mm256_add_ps(_mm256_set1_ps(float(x)), lanes), _mm256_loadu_ps(flow_x + x));
+  __m256 sy = _mm256_sub_ps(_mm256_set1_ps(float(y)), _mm256_loadu_ps(flow_y + x));
+  // v - v is 0 exactly for finite v and NaN for NaN / Inf.
+  const __m256 finite = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(sx, sx), zero, _CMP_EQ_OQ),
+                                      _mm256_cmp_ps(_mm256_sub_ps(sy, sy), zero, _CMP_EQ_OQ));
+  if (padding == math::Padding::Border) {
+    sx = _mm256_min_ps(_mm256_max_ps(sx, zero), _mm256_set1_ps(float(W - 1)));
+    sy = _mm256_min_ps(_mm256_max_ps(sy, zero), _mm256_set1_ps(float(H - 1)));
+  } else {
+    sx = _mm256_max_ps(_mm256_min_ps(sx, _mm256_set1_ps(float(W + 1))), _mm256_set1_ps(-2.0f));
+    sy = _mm256_max_ps(_mm256_min_ps(sy, _mm256_set1_ps(float(H + 1))), _mm256_set1_ps(-2.0f));
+  }
+  const __m256 fx0 = _mm256_floor_ps(sx), fy0 = _mm256_floor_ps(sy);
+  const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  _mm256_storeu_ps(taps.wx1.data() + x, _mm256_blendv_ps(nan, _mm256_sub_ps(sx, fx0), finite));
+  _mm256_storeu_ps(taps.wy1.data() + x, _mm256_blendv_ps(nan, _mm256_sub_ps(sy, fy0), finite));
+  const __m256i ok = _mm256_castps_si256(finite);
+  const __m256i x0 = _mm256_and_si256(_mm256_cvttps_epi32(fx0), ok);
+  const __m256i y0 = _mm256_and_si256(_mm256_cvttps_epi32(fy0), ok);
+  const __m256i in_x0 = _mm256_and_si256(within_avx2(x0, 0, W), ok), in_x1 = _mm256_and_si256(within_avx2(x0, -1, W - 1), ok);
+  const __m256i in_y0 = within_avx2(y0, 0, H), in_y1 = within_avx2(y0, -1, H - 1);
+  // Wraps harmlessly for masked lanes (their index is replaced by 0).
+  const __m256i i00 = _mm256_add_epi32(_mm256_mullo_epi32(y0, _mm256_set1_epi32(int32_t(W))), x0);
+  const __m256i masks[4] = {_mm256_and_si256(in_y0, in_x0), _mm256_and_si256(in_y0, in_x1),
+                            _mm256_and_si256(in_y1, in_x0), _mm256_and_si256(in_y1, in_x1)};
+  const int32_t offsets[4] = {0, 1, int32_t(W), int32_t(W + 1)};
+  for (int k = 0; k < 4; ++k) {
+    const __m256i index = _mm256_and_si256(_mm256_add_epi32(i00, _mm256_set1_epi32(offsets[k])), masks[k]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(taps.index.data() + k * W + x), index);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(taps.mask.data() + k * W + x), masks[k]);
+  }
+  const int64_t block = x / 8;
+  taps.paired[block] = _mm256_testz_si256(_mm256_xor_si256(in_x0, in_x1), _mm256_set1_epi32(-1));
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(taps.pair_index.data() + x),
+                      _mm256_permutevar8x32_epi32(_mm256_and_si256(i00, in_x0), order));
+  int64_t* pair_mask = taps.pair_mask.data() + 2 * x;
+  for (int row = 0; row < 2; ++row) {
+    const __m256i m = _mm256_permutevar8x32_epi32(masks[2 * row], order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pair_mask + 8 * row),
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pair_mask + 8 * row + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void fill_row_avx2(RowTaps<float>& taps, const float* flow_x, const float* flow_y,
+                                                       int64_t y, int64_t H, math::Padding padding) {
+  const int64_t W = taps.width;
+  int64_t x = 0;
+  for (; x + 8 <= W; x += 8) fill_block_avx2(taps, flow_x, flow_y, y, H, padding, x);
+  for (; x < W; ++x) taps.fill_pixel(flow_x, flow_y, y, H, padding, x);
+}
+
 __attribute__((target("avx2,fma"))) inline __m256 gather_tap_avx2(const float* plane, const RowTaps<float>& taps,
                                                                   int k, int64_t x) {
   const __m256i index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps.tap_index(k) + x));
@@ -98,17 +179,43 @@ __attribute__((target("avx2,fma"))) inline __m256 gather_tap_avx2(const float* p
   return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), plane, index, mask, 4);
 }
 
+// Four (left, right) tap pairs as 64-bit lanes.
+__attribute__((target("avx2,fma"))) inline __m256 gather_pairs_avx2(const float* plane, __m128i index,
+                                                                    const int64_t* mask) {
+  return _mm256_castsi256_ps(_mm256_mask_i32gather_epi64(
+      _mm256_setzero_si256(), reinterpret_cast<const long long*>(plane), index,
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask)), 4));
+}
+
 __attribute__((target("avx2,fma"))) void interpolate_row_avx2(const float* plane, const RowTaps<float>& taps,
                                                               float* out) {
   const int64_t W = taps.width;
   const __m256 one = _mm256_set1_ps(1.0f);
-  auto tap = [&](int k, int64_t x) { return gather_tap_avx2(plane, taps, k, x); };
+  const __m128i below = _mm_set1_epi32(int32_t(W));
   int64_t x = 0;
   for (; x + 8 <= W; x += 8) {
+    __m256 v00, v01, v10, v11;
+    if (taps.paired[x / 8]) {
+      const __m128i index_a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x));
+      const __m128i index_b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x + 4));
+      const int64_t* mask = taps.pair_mask.data() + 2 * x;
+      const __m256 top_a = gather_pairs_avx2(plane, index_a, mask), top_b = gather_pairs_avx2(plane, index_b, mask + 4);
+      const __m256 bottom_a = gather_pairs_avx2(plane, _mm_add_epi32(index_a, below), mask + 8);
+      const __m256 bottom_b = gather_pairs_avx2(plane, _mm_add_epi32(index_b, below), mask + 12);
+      v00 = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(2, 0, 2, 0));
+      v01 = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(3, 1, 3, 1));
+      v10 = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(2, 0, 2, 0));
+      v11 = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(3, 1, 3, 1));
+    } else {
+      v00 = gather_tap_avx2(plane, taps, 0, x);
+      v01 = gather_tap_avx2(plane, taps, 1, x);
+      v10 = gather_tap_avx2(plane, taps, 2, x);
+      v11 = gather_tap_avx2(plane, taps, 3, x);
+    }
     const __m256 wx1 = _mm256_loadu_ps(taps.wx1.data() + x), wy1 = _mm256_loadu_ps(taps.wy1.data() + x);
     const __m256 wx0 = _mm256_sub_ps(one, wx1), wy0 = _mm256_sub_ps(one, wy1);
-    const __m256 top = _mm256_fmadd_ps(wx1, tap(1, x), _mm256_mul_ps(wx0, tap(0, x)));
-    const __m256 bottom = _mm256_fmadd_ps(wx1, tap(3, x), _mm256_mul_ps(wx0, tap(2, x)));
+    const __m256 top = _mm256_fmadd_ps(wx1, v01, _mm256_mul_ps(wx0, v00));
+    const __m256 bottom = _mm256_fmadd_ps(wx1, v11, _mm256_mul_ps(wx0, v10));
     _mm256_storeu_ps(out + x, _mm256_fmadd_ps(wy1, bottom, _mm256_mul_ps(wy0, top)));
   }
   interpolate_row_portable(plane, taps, x, W, out);
@@ -119,6 +226,20 @@ bool cpu_has_avx2_fma() {
   return has;
 }
 #endif
+
+template <typename T>
+void fill_row(RowTaps<T>& taps, const T* flow_x, const T* flow_y, int64_t y, int64_t H, math::Padding padding) {
+  taps.fill(flow_x, flow_y, y, H, padding);
+}
+
+template <>
+void fill_row<float>(RowTaps<float>& taps, const float* flow_x, const float* flow_y, int64_t y, int64_t H,
+                     math::Padding padding) {
+#if DTC_X86_GATHER
+  if (cpu_has_avx2_fma()) return fill_row_avx2(taps, flow_x, flow_y, y, H, padding);
+#endif
+  taps.fill(flow_x, flow_y, y, H, padding);
+}
 
 template <typename T>
 void interpolate_row(const T* plane, const RowTaps<T>& taps, T* out) {
@@ -145,7 +266,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& flow, at::Tensor& out, 
                      for (int64_t row = begin; row < end; ++row) {
                        const int64_t n = row / H, y = row % H;
                        const T* fx = fp + (n * 2) * HW + y * W;
-                       taps.fill(fx, fx + HW, y, H, padding);
+                       fill_row(taps, fx, fx + HW, y, H, padding);
                        for (int64_t c = 0; c < C; ++c) {
                          interpolate_row(xp + (n * C + c) * HW, taps, op + (n * C + c) * HW + y * W);
                        }
