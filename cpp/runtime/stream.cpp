@@ -69,21 +69,14 @@ at::Tensor Stream::to_input(const cv::Mat& frame) const {
   return t.contiguous();
 }
 
-Result Stream::push(const cv::Mat& frame) {
-  const bool on_cpu = model_.device().is_cpu();
-  const int threads = governor_.threads();
-  // Per calling thread with OpenMP, so set here, on the thread that runs the network.
-  if (on_cpu && at::get_num_threads() != threads) at::set_num_threads(threads);
-  const auto start = std::chrono::steady_clock::now();
+at::Tensor Stream::probabilities_of(const cv::Mat& frame) {
   const int64_t m = model_.preprocessing().multiple;
   const int depth = frame.depth(), channels = frame.channels();
   const bool fits = !frame.empty() && frame.rows % m == 0 && frame.cols % m == 0;
   if (fits && depth == CV_8U && (channels == 1 || ((channels == 3 || channels == 4) && model_.preprocessing().in_channels == 3))) {
     // The common case, a camera's or decoder's 8-bit frame: converted and normalised in one pass.
-    if (frames_ == 0 && on_cpu) warm_up_thread_counts(threads, to_input(frame));
-    at::Tensor prob = model_.probabilities_8bit(frame.data, frame.rows, frame.cols, channels,
-                                                static_cast<int64_t>(frame.step[0]), /*bgr=*/true);
-    return finish(prob, frame.rows, frame.cols, start, threads, on_cpu);
+    return model_.probabilities_8bit(frame.data, frame.rows, frame.cols, channels, static_cast<int64_t>(frame.step[0]),
+                                     /*bgr=*/true);
   }
   at::Tensor x = to_input(frame);
   const int64_t h = x.size(2), w = x.size(3);
@@ -96,21 +89,34 @@ Result Stream::push(const cv::Mat& frame) {
     }
     x = at::replication_pad2d(x, {0, pad_w, 0, pad_h});
   }
-  if (frames_ == 0 && on_cpu) warm_up_thread_counts(threads, x);
-  return finish(model_.probabilities(x), h, w, start, threads, on_cpu);
+  return model_.probabilities(x);
 }
 
-void Stream::warm_up_thread_counts(int threads, const at::Tensor& x) {
-  // oneDNN builds a count's kernels on its first frame (they are keyed by thread count), a spike of
-  // tens of milliseconds. Every count the governor may switch to is built now, on the first frame, which
-  // is slow anyway, instead of in the middle of a stream.
-  for (int count : governor_.counts()) {
-    if (count == threads) continue;
-    at::set_num_threads(count);
-    model_.probabilities(x);
-    governor_.warmed(count);
+void Stream::warm_up(const cv::Mat& frame) {
+  if (!model_.device().is_cpu()) {
+    probabilities_of(frame);
+  } else {
+    // oneDNN builds a thread count's kernels the first time it runs them (tens of milliseconds): every
+    // count the governor may switch to is built here, so no switch stalls the stream later.
+    for (int count : governor_.counts()) {
+      at::set_num_threads(count);
+      probabilities_of(frame);
+      governor_.warmed(count);
+    }
+    at::set_num_threads(governor_.threads());
   }
-  at::set_num_threads(threads);
+  warmed_ = true;
+}
+
+Result Stream::push(const cv::Mat& frame) {
+  const bool on_cpu = model_.device().is_cpu();
+  const auto start = std::chrono::steady_clock::now();
+  if (!warmed_) warm_up(frame);
+  const int threads = governor_.threads();
+  // Per calling thread with OpenMP, so set here, on the thread that runs the network.
+  if (on_cpu && at::get_num_threads() != threads) at::set_num_threads(threads);
+  const at::Tensor prob = probabilities_of(frame);
+  return finish(prob, frame.rows, frame.cols, start, threads, on_cpu);
 }
 
 Result Stream::finish(const at::Tensor& probabilities, int64_t h, int64_t w, std::chrono::steady_clock::time_point start,

@@ -59,6 +59,10 @@ class Stream {
   Stream(Model model, bool pad) : Stream(std::move(model), StreamOptions{pad}) {}
   // frame: CV_8UC1 (grey), CV_8UC3 (BGR, as OpenCV decodes) or CV_8UC4 (BGRA), or CV_32FC1/CV_32FC3 in [0, 1].
   Result push(const cv::Mat& frame);
+  // Builds the network's kernels for frames like this one (its size and type) at every thread count the
+  // stream may use. The first push does it otherwise, and takes that much longer (tens of milliseconds per
+  // count): an application calls it at start-up, before the scanner's frames arrive. Throws what push would.
+  void warm_up(const cv::Mat& frame);
   // The frame as the network's input tensor (1, C_in, H, W) float32 in [0, 1] (RGB order).
   at::Tensor to_input(const cv::Mat& frame) const;
   const Model& model() const { return model_; }
@@ -67,13 +71,14 @@ class Stream {
   const ThreadGovernor& threads() const { return governor_; }
 
  private:
-  void warm_up_thread_counts(int threads, const at::Tensor& x);
+  at::Tensor probabilities_of(const cv::Mat& frame);  // (1, 1, H', W'), H' and W' padded to the multiple
   Result finish(const at::Tensor& probabilities, int64_t h, int64_t w, std::chrono::steady_clock::time_point start,
                 int threads, bool on_cpu);
 
   Model model_;
   bool pad_;
   ThreadGovernor governor_;
+  bool warmed_ = false;
   int64_t frames_ = 0;
 };
 
