@@ -39,7 +39,8 @@ struct StreamOptions {
   // The most intra-op threads a frame uses on the CPU; 0: LibTorch's count when the Stream is made.
   int threads = 0;
   // Run fewer threads while the machine is busy, and more again once it is quiet (runtime_threads.h).
-  // false: always `threads`.
+  // false: always `threads`. Either way push() sets LibTorch's intra-op thread count (at::set_num_threads)
+  // on the calling thread before each frame; other LibTorch work on that thread sees the count it left.
   bool adaptive_threads = true;
 };
 
