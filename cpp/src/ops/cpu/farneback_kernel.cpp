@@ -11,7 +11,10 @@
 //    while its rows are still in cache.
 // Per-pixel formulas are those of ops/common/farneback_math.h (the CUDA twin calls them pixel by
 // pixel), evaluated in the same order, except the box window: its double running sums round
-// differently from the CUDA kernel's float tap sums. Agreement between the two is held to the
+// differently from the CUDA kernel's float tap sums. The file is compiled with -ffp-contract=off
+// (CMakeLists.txt): every instruction-set copy rounds alike, and no fused multiply-add perturbs the
+// nearly singular normal equations next to the border (FMA rounding there moved a few flows of
+// identical frames past OpenCV's by more than 1e-4 px). Agreement between the two is held to the
 // tolerance docs/design.md states (tests/flow/test_farneback.py). Each output element has one
 // writer and band boundaries do not depend on the thread count, so results are deterministic and
 // independent of it.
@@ -252,11 +255,8 @@ void polynomial_expansion(const float* level_images, int64_t planes, int h, int 
 
 // Row y of the five M planes for the current flow: fb::update_matrices_at split into three passes over
 // the row, so that the arithmetic vectorises and only the bilinear gathers from next's expansion at
-// p + d(p) stay scalar (no gather instructions in GCC's generic tuning). The formulas and their order
-// are update_matrices_at's, the branches become selects (both sides are computed; the unused one is
-// discarded), and the passes are compiled without fused multiply-adds: next to the image border
-// (samples outside next) the normal equations are nearly singular, and FMA rounding there moved a few
-// flows of identical frames past OpenCV's by more than 1e-4 px.
+// p + d(p) stay scalar or use AVX2 gathers. The formulas and their order are update_matrices_at's, and
+// the branches become selects (both sides are computed; the unused one is discarded).
 struct UpdateScratch {
   int w;
   std::vector<int32_t> offset;  // floor(y + dy)·w + floor(x + dx) into next's planes; 0 outside next
@@ -275,9 +275,7 @@ struct UpdateScratch {
   }
 };
 
-#define DTC_FB_NO_FMA __attribute__((optimize("fp-contract=off")))
-
-DTC_SIMD_CLONES DTC_FB_NO_FMA void sample_positions_row(const float* __restrict dx, const float* __restrict dy, int h,
+DTC_SIMD_CLONES void sample_positions_row(const float* __restrict dx, const float* __restrict dy, int h,
                                                         int w, int y, int32_t* __restrict offset,
                                                         uint32_t* __restrict inside, float* __restrict weights) {
   float* __restrict a00 = weights;
@@ -301,7 +299,7 @@ DTC_SIMD_CLONES DTC_FB_NO_FMA void sample_positions_row(const float* __restrict 
 
 // Next's five coefficient planes at p + d(p) for pixels [begin, w) of the row: the bilinear sum of
 // update_matrices_at, in its order.
-DTC_FB_NO_FMA void bilinear_samples_portable(const float* R1, int64_t hw, int w, const int32_t* __restrict offset,
+void bilinear_samples_portable(const float* R1, int64_t hw, int w, const int32_t* __restrict offset,
                                              const float* weights, int begin, float* samples) {
   const float *a00 = weights, *a01 = weights + w, *a10 = weights + 2 * w, *a11 = weights + 3 * w;
   for (int c = 0; c < 5; ++c) {
@@ -353,7 +351,7 @@ void bilinear_samples_row(const float* R1, int64_t hw, int w, const int32_t* off
 
 // prev_row: row y of prev's first coefficient plane (planes hw apart); g11..h2: row y of the M planes.
 // (GCC vectorises the stores only through restrict parameters, not through restrict locals.)
-DTC_SIMD_CLONES DTC_FB_NO_FMA void normal_equations_row(const float* prev_row, int64_t hw, const float* samples,
+DTC_SIMD_CLONES void normal_equations_row(const float* prev_row, int64_t hw, const float* samples,
                                                         const uint32_t* __restrict inside, const float* __restrict dx,
                                                         const float* __restrict dy,
                                                         const float* __restrict column_scale, float top, float bottom,
