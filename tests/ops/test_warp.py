@@ -433,3 +433,53 @@ def test_paired_taps_outside_the_rows_read_zero_next_to_infinite_pixels():
     # Two rows off (y0 = -2 / y0 = H + 1 after clamping): both rows of taps masked.
     flow[:, 1] = float(H + 1)
     torch.testing.assert_close(ops.warp(x, flow, padding="zeros"), torch.zeros_like(x), rtol=0, atol=0)
+
+
+# The float32 CPU backward gathers the taps eight pixels at a time (AVX2 where the CPU has it, from
+# the same row tables as the forward) and scatters into grad_x pixel by pixel; the row's tail beyond
+# the last multiple of 8 runs the portable loop. Held to the float64 oracle at the borders, with
+# flows past them and with non-finite flow (whose pixels must contribute nothing).
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("flow_scale", [0.7, 12.0])
+def test_float32_backward_matches_float64_oracle(padding, flow_scale):
+    g = torch.Generator().manual_seed(5)
+    N, C, H, W = 2, 3, 9, 37
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    flow = flow_scale * torch.randn(N, 2, H, W, generator=g, dtype=torch.float64)
+    flow[:, 1, 0] = 0.5
+    flow[:, 0, :, W - 1] = -0.5
+    flow[0, 0, 6, 8:16] = 60.0
+    # Exact in float32 and never an integer sample point: there bilinear interpolation has a kink, and
+    # the oracle's normalised coordinates may round to its other side.
+    flow = torch.round(flow * 256) / 256 + 3 / 1024
+    flow[0, :, 4, 3] = float("nan")
+    flow[1, 1, 8, 36] = float("inf")  # in the row's tail
+    flow[1, 0, 2, 17] = -float("inf")
+    grad_out = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    bad = ~torch.isfinite(flow).all(dim=1, keepdim=True)
+    # The oracle: bad pixels' flow set to 0 and their incoming gradient to 0 (they contribute nothing).
+    xr, fr = x.clone().requires_grad_(), torch.where(bad, 0.0, flow).requires_grad_()
+    ref_x, ref_flow = torch.autograd.grad(reference.warp(xr, fr, padding=padding), (xr, fr),
+                                          torch.where(bad, 0.0, grad_out))
+    grad_x, grad_flow = torch.ops.dtc.warp_backward(grad_out.float(), x.float(), flow.float(), padding, [True, True])
+    torch.testing.assert_close(grad_x, ref_x.float(), rtol=1e-5, atol=1e-5)
+    good = ~bad.expand_as(grad_flow)
+    torch.testing.assert_close(grad_flow[good], ref_flow.float()[good], rtol=1e-5, atol=1e-5)
+    assert (grad_flow[~good] == 0).all()
+    # Flow gradient alone and grad_x alone (the split passes) agree with the fused pass exactly.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        split = torch.ops.dtc.warp_backward(grad_out.float(), x.float(), flow.float(), padding, [True, True])
+    finally:
+        torch.set_num_threads(threads)
+    if threads < N:
+        fused = (grad_x, grad_flow)
+    else:
+        torch.set_num_threads(1)
+        try:
+            fused = torch.ops.dtc.warp_backward(grad_out.float(), x.float(), flow.float(), padding, [True, True])
+        finally:
+            torch.set_num_threads(threads)
+    for a, b in zip(fused, split):
+        assert torch.equal(a, b)

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
@@ -48,10 +49,11 @@ inline void accumulate_coord_grad(const BilinearTaps<T>& t, int64_t W, Load load
 template <typename T>
 struct RowTaps {
   explicit RowTaps(int64_t w)
-      : index(4 * w), mask(4 * w), wx1(w), wy1(w), pair_index(w), pair_mask(2 * w), paired((w + 7) / 8), width(w) {}
+      : index(4 * w), mask(4 * w), wx1(w), wy1(w), dx_dsx(w), dy_dsy(w), pair_index(w), pair_mask(2 * w), paired((w + 7) / 8), width(w) {}
   std::vector<int32_t> index;  // [tap][x], taps in the order 00, 01, 10, 11
   std::vector<int32_t> mask;   // all ones where the tap lies inside the image, else 0
   std::vector<T> wx1, wy1;
+  std::vector<T> dx_dsx, dy_dsy;  // as in BilinearTaps (the backward's coordinate gradient); 0 where not finite
   // The AVX2 path's second form of the same taps. Where, in a block of 8 pixels, each row of taps is
   // either wholly inside the image or wholly outside it, a pixel's left and right taps are one 64-bit
   // read: half the gathered elements. pair_index holds the top-left tap of each pixel in the order
@@ -78,6 +80,8 @@ struct RowTaps {
     }
     wx1[x] = t.finite ? t.wx1 : std::numeric_limits<T>::quiet_NaN();
     wy1[x] = t.finite ? t.wy1 : std::numeric_limits<T>::quiet_NaN();
+    dx_dsx[x] = t.dx_dsx;
+    dy_dsy[x] = t.dy_dsy;
   }
 
   void fill(const T* flow_x, const T* flow_y, int64_t y, int64_t H, math::Padding padding) {
@@ -123,10 +127,22 @@ __attribute__((target("avx2,fma"))) void fill_block_avx2(RowTaps<float>& taps, c
   // v - v is 0 exactly for finite v and NaN for NaN / Inf.
   const __m256 finite = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(sx, sx), zero, _CMP_EQ_OQ),
                                       _mm256_cmp_ps(_mm256_sub_ps(sy, sy), zero, _CMP_EQ_OQ));
+  const __m256 one = _mm256_set1_ps(1.0f);
   if (padding == math::Padding::Border) {
+    // clamp_with_grad: the gradient is 0 at and beyond the clip limits.
+    const __m256 dx_dsx = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(sx, zero, _CMP_GT_OQ),
+                                                      _mm256_cmp_ps(sx, _mm256_set1_ps(float(W - 1)), _CMP_LT_OQ)),
+                                        _mm256_and_ps(finite, one));
+    const __m256 dy_dsy = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(sy, zero, _CMP_GT_OQ),
+                                                      _mm256_cmp_ps(sy, _mm256_set1_ps(float(H - 1)), _CMP_LT_OQ)),
+                                        _mm256_and_ps(finite, one));
+    _mm256_storeu_ps(taps.dx_dsx.data() + x, dx_dsx);
+    _mm256_storeu_ps(taps.dy_dsy.data() + x, dy_dsy);
     sx = _mm256_min_ps(_mm256_max_ps(sx, zero), _mm256_set1_ps(float(W - 1)));
     sy = _mm256_min_ps(_mm256_max_ps(sy, zero), _mm256_set1_ps(float(H - 1)));
   } else {
+    _mm256_storeu_ps(taps.dx_dsx.data() + x, _mm256_and_ps(finite, one));
+    _mm256_storeu_ps(taps.dy_dsy.data() + x, _mm256_and_ps(finite, one));
     sx = _mm256_max_ps(_mm256_min_ps(sx, _mm256_set1_ps(float(W + 1))), _mm256_set1_ps(-2.0f));
     sy = _mm256_max_ps(_mm256_min_ps(sy, _mm256_set1_ps(float(H + 1))), _mm256_set1_ps(-2.0f));
   }
@@ -187,38 +203,115 @@ __attribute__((target("avx2,fma"))) inline __m256 gather_pairs_avx2(const float*
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask)), 4));
 }
 
+// The four taps v[0..3] (00, 01, 10, 11) of the eight pixels x..x+7 of one plane.
+__attribute__((target("avx2,fma"))) inline void gather_block_avx2(const float* plane, const RowTaps<float>& taps,
+                                                                  int64_t x, __m256* v) {
+  if (taps.paired[x / 8]) {
+    const __m128i below = _mm_set1_epi32(int32_t(taps.width));
+    const __m128i index_a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x));
+    const __m128i index_b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x + 4));
+    const int64_t* mask = taps.pair_mask.data() + 2 * x;
+    const __m256 top_a = gather_pairs_avx2(plane, index_a, mask), top_b = gather_pairs_avx2(plane, index_b, mask + 4);
+    const __m256 bottom_a = gather_pairs_avx2(plane, _mm_add_epi32(index_a, below), mask + 8);
+    const __m256 bottom_b = gather_pairs_avx2(plane, _mm_add_epi32(index_b, below), mask + 12);
+    v[0] = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(3, 1, 3, 1));
+    v[2] = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(2, 0, 2, 0));
+    v[3] = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(3, 1, 3, 1));
+  } else {
+    for (int k = 0; k < 4; ++k) v[k] = gather_tap_avx2(plane, taps, k, x);
+  }
+}
+
 __attribute__((target("avx2,fma"))) void interpolate_row_avx2(const float* plane, const RowTaps<float>& taps,
                                                               float* out) {
   const int64_t W = taps.width;
   const __m256 one = _mm256_set1_ps(1.0f);
-  const __m128i below = _mm_set1_epi32(int32_t(W));
   int64_t x = 0;
   for (; x + 8 <= W; x += 8) {
-    __m256 v00, v01, v10, v11;
-    if (taps.paired[x / 8]) {
-      const __m128i index_a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x));
-      const __m128i index_b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps.pair_index.data() + x + 4));
-      const int64_t* mask = taps.pair_mask.data() + 2 * x;
-      const __m256 top_a = gather_pairs_avx2(plane, index_a, mask), top_b = gather_pairs_avx2(plane, index_b, mask + 4);
-      const __m256 bottom_a = gather_pairs_avx2(plane, _mm_add_epi32(index_a, below), mask + 8);
-      const __m256 bottom_b = gather_pairs_avx2(plane, _mm_add_epi32(index_b, below), mask + 12);
-      v00 = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(2, 0, 2, 0));
-      v01 = _mm256_shuffle_ps(top_a, top_b, _MM_SHUFFLE(3, 1, 3, 1));
-      v10 = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(2, 0, 2, 0));
-      v11 = _mm256_shuffle_ps(bottom_a, bottom_b, _MM_SHUFFLE(3, 1, 3, 1));
-    } else {
-      v00 = gather_tap_avx2(plane, taps, 0, x);
-      v01 = gather_tap_avx2(plane, taps, 1, x);
-      v10 = gather_tap_avx2(plane, taps, 2, x);
-      v11 = gather_tap_avx2(plane, taps, 3, x);
-    }
+    __m256 v[4];
+    gather_block_avx2(plane, taps, x, v);
     const __m256 wx1 = _mm256_loadu_ps(taps.wx1.data() + x), wy1 = _mm256_loadu_ps(taps.wy1.data() + x);
     const __m256 wx0 = _mm256_sub_ps(one, wx1), wy0 = _mm256_sub_ps(one, wy1);
-    const __m256 top = _mm256_fmadd_ps(wx1, v01, _mm256_mul_ps(wx0, v00));
-    const __m256 bottom = _mm256_fmadd_ps(wx1, v11, _mm256_mul_ps(wx0, v10));
+    const __m256 top = _mm256_fmadd_ps(wx1, v[1], _mm256_mul_ps(wx0, v[0]));
+    const __m256 bottom = _mm256_fmadd_ps(wx1, v[3], _mm256_mul_ps(wx0, v[2]));
     _mm256_storeu_ps(out + x, _mm256_fmadd_ps(wy1, bottom, _mm256_mul_ps(wy0, top)));
   }
   interpolate_row_portable(plane, taps, x, W, out);
+}
+
+// The backward of pixels [begin, W) of row y of one plane, as backward_row does it. Not inlined into
+// the AVX2 row below: there the compiler would contract the scatter's multiply-adds into FMAs and
+// grad_x would differ in the last bits from the portable scatter of the other backward driver.
+__attribute__((noinline)) void backward_pixels_portable(const float* plane, const float* grow, const float* fx,
+                                                        float* dst, int64_t y, int64_t begin, int64_t W, int64_t H,
+                                                        math::Padding padding, float* acc_x, float* acc_y) {
+  const int64_t HW = H * W;
+  for (int64_t x = begin; x < W; ++x) {
+    const auto t = math::bilinear_taps<float>(float(x) - fx[x], float(y) - fx[HW + x], W, H, padding);
+    if (!t.finite) continue;
+    if (dst != nullptr) math::scatter_taps(t, W, grow[x], [dst](int64_t i, float v) { dst[i] += v; });
+    accumulate_coord_grad(t, W, [plane](int64_t i) { return plane[i]; }, grow[x], &acc_x[x], &acc_y[x]);
+  }
+}
+
+// One row of the backward (see backward_row) with the taps gathered eight pixels at a time. The
+// arithmetic is math::interpolate_grad_coords' and math::scatter_taps' in their order (the compiler
+// may contract the flow gradient's multiply-adds into FMAs, so it can differ from the portable path in
+// the last bits; both backward drivers call this same row, so they still agree exactly). The scatter
+// stays scalar (neighbouring pixels' taps collide), in the portable order: pixel by pixel, taps 00,
+// 01, 10, 11, with the portable weights, so grad_x equals the portable scatter's bit for bit.
+__attribute__((target("avx2,fma"))) void backward_row_avx2(const float* gp, const float* xp, const float* fp,
+                                                           float* gxp, float* gfp, int64_t n, int64_t y, int64_t C,
+                                                           int64_t H, int64_t W, math::Padding padding,
+                                                           RowTaps<float>& taps, float* acc_x, float* acc_y) {
+  const int64_t HW = H * W;
+  const float* fx = fp + (n * 2) * HW + y * W;
+  fill_row_avx2(taps, fx, fx + HW, y, H, padding);
+  std::fill(acc_x, acc_x + W, 0.0f);
+  std::fill(acc_y, acc_y + W, 0.0f);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const int64_t blocks_end = W - W % 8;
+  alignas(32) float scattered[4][8];
+  for (int64_t c = 0; c < C; ++c) {
+    const float* plane = xp + (n * C + c) * HW;
+    const float* grow = gp + (n * C + c) * HW + y * W;
+    float* dst = gxp != nullptr ? gxp + (n * C + c) * HW : nullptr;
+    for (int64_t x = 0; x < blocks_end; x += 8) {
+      __m256 v[4];
+      gather_block_avx2(plane, taps, x, v);
+      const __m256 go = _mm256_loadu_ps(grow + x);
+      const __m256 wx1 = _mm256_loadu_ps(taps.wx1.data() + x), wy1 = _mm256_loadu_ps(taps.wy1.data() + x);
+      const __m256 wx0 = _mm256_sub_ps(one, wx1), wy0 = _mm256_sub_ps(one, wy1);
+      const __m256 d_sx = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wy0, _mm256_sub_ps(v[1], v[0])),
+                                                      _mm256_mul_ps(wy1, _mm256_sub_ps(v[3], v[2]))),
+                                        _mm256_loadu_ps(taps.dx_dsx.data() + x));
+      const __m256 d_sy = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wx0, _mm256_sub_ps(v[2], v[0])),
+                                                      _mm256_mul_ps(wx1, _mm256_sub_ps(v[3], v[1]))),
+                                        _mm256_loadu_ps(taps.dy_dsy.data() + x));
+      // Non-finite pixels accumulate NaN here; the final pass below writes their -0 instead.
+      _mm256_storeu_ps(acc_x + x, _mm256_add_ps(_mm256_loadu_ps(acc_x + x), _mm256_mul_ps(go, d_sx)));
+      _mm256_storeu_ps(acc_y + x, _mm256_add_ps(_mm256_loadu_ps(acc_y + x), _mm256_mul_ps(go, d_sy)));
+      if (dst == nullptr) continue;
+      _mm256_store_ps(scattered[0], _mm256_mul_ps(_mm256_mul_ps(wy0, wx0), go));
+      _mm256_store_ps(scattered[1], _mm256_mul_ps(_mm256_mul_ps(wy0, wx1), go));
+      _mm256_store_ps(scattered[2], _mm256_mul_ps(_mm256_mul_ps(wy1, wx0), go));
+      _mm256_store_ps(scattered[3], _mm256_mul_ps(_mm256_mul_ps(wy1, wx1), go));
+      for (int lane = 0; lane < 8; ++lane) {
+        for (int k = 0; k < 4; ++k) {
+          if (taps.tap_mask(k)[x + lane]) dst[taps.tap_index(k)[x + lane]] += scattered[k][lane];
+        }
+      }
+    }
+    backward_pixels_portable(plane, grow, fx, dst, y, blocks_end, W, H, padding, acc_x, acc_y);
+  }
+  float* gx = gfp + (n * 2) * HW + y * W;
+  float* gy = gx + HW;
+  for (int64_t x = 0; x < W; ++x) {
+    const bool finite = x >= blocks_end || taps.wx1[x] == taps.wx1[x];
+    gx[x] = finite ? -acc_x[x] : -0.0f;
+    gy[x] = finite ? -acc_y[x] : -0.0f;
+  }
 }
 
 bool cpu_has_avx2_fma() {
@@ -349,6 +442,21 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     std::vector<BilinearTaps<T>> taps(W);
     std::vector<T> acc_x(W), acc_y(W);
+#if DTC_X86_GATHER
+    if constexpr (std::is_same_v<T, float>) {
+      if (cpu_has_avx2_fma()) {
+        RowTaps<float> row_taps(W);
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t n = by_sample ? u : u / H;
+          const int64_t y_begin = by_sample ? 0 : u % H, y_end = by_sample ? H : y_begin + 1;
+          for (int64_t y = y_begin; y < y_end; ++y) {
+            backward_row_avx2(gp, xp, fp, gxp, gfp, n, y, C, H, W, padding, row_taps, acc_x.data(), acc_y.data());
+          }
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = by_sample ? u : u / H;
       const int64_t y_begin = by_sample ? 0 : u % H, y_end = by_sample ? H : y_begin + 1;
