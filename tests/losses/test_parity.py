@@ -286,3 +286,53 @@ def test_float32_row_path_matches_float64_with_non_finite_flows(confidence, soft
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     conf = outs[torch.float32][2]
     assert conf[0, 0, 0, 2, 5] == 0 and conf[1, 1, 0, 4, 30] == 0  # pair index = frame - 1
+
+
+@pytest.mark.parametrize("confidence", ["mean_abs", "abs_sum"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_float32_gathers_at_the_right_and_bottom_borders_match_float64(confidence, soft):
+    """The float32 row path gathers eight pixels at a time, reading a pixel's left and right taps as one
+    pair unless a tap is clamped onto the last column (then tap by tap); rows clamped onto the last
+    row read it twice. Both against the float64 per-pixel path, with non-finite flows in the blocks."""
+    d = make_case("random", B=2, T=3, H=10, W=43, seed=5)
+    flows = d["flows"].clone()
+    flows[0, 1, 0, 3, :] = -45.0  # every tap clamped onto the last column
+    flows[0, 2, 0, 4, 16:20] = -60.0  # half a block clamped onto it
+    flows[1, 1, 0, :, 42] = -0.5  # the last column half a pixel past the right border
+    flows[1, 2, 1, 7, :] = -12.0  # a row below the bottom
+    flows[1, 1, 1, 9, :] = -0.25  # the last row a quarter pixel below it
+    flows[0, 1, 0, 5, 9] = float("nan")
+    flows[1, 2, 1, 6, 24] = -float("inf")
+    outs = {}
+    for dtype in (torch.float32, torch.float64):
+        z = d["z"].to(dtype).requires_grad_(True)
+        loss, mass, conf, target = ops.temporal_consistency(
+            z, d["images"].to(dtype), flows.to(dtype), None, [0.5, 2.0, 1.0], 7.0, confidence, soft, True, True)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        outs[dtype] = [t.detach().double() for t in (loss, mass, conf, target, g)]
+    for name, a, b in zip(("loss", "mass", "conf", "target", "grad"), outs[torch.float32], outs[torch.float64]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    conf = outs[torch.float32][2]
+    assert conf[0, 0, 0, 5, 9] == 0 and conf[1, 1, 0, 6, 24] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("soft", [False, True])
+def test_consistency_backward_drivers_agree_exactly(dtype, soft):
+    """The CPU backward runs per sample (each pair's rows evaluated once) when the batch covers the
+    threads and per frame otherwise; both add every frame's contributions in the same order."""
+    d = make_case("random", B=2, T=4, H=9, W=21, seed=7)
+    z = d["z"].to(dtype)
+    args = (d["images"].to(dtype), d["flows"].to(dtype), None, [1.0, 1.0, 1.0], 7.0, "mean_abs", soft, True)
+    loss, mass, _, _ = torch.ops.dtc.temporal_consistency(z, *args, False)
+    grad_loss = torch.rand_like(loss) + 0.5
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 8):  # B >= 1 thread: per sample; B < 8 threads: per frame
+            torch.set_num_threads(n)
+            grads.append(torch.ops.dtc.temporal_consistency_backward(grad_loss, mass, z, *args))
+    finally:
+        torch.set_num_threads(threads)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])

@@ -9,6 +9,13 @@
 
 #include <vector>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#include <immintrin.h>
+#define DTC_X86_GATHER 1
+#else
+#define DTC_X86_GATHER 0
+#endif
+
 #include "ops/common/loss_math.h"
 #include "ops/cpu/simd_math.h"
 #include "ops/losses.h"
@@ -99,6 +106,107 @@ inline float bilinear(const float* plane, int32_t i00, int32_t step_x, int32_t s
          wy * (wx0 * plane[i00 + step_y] + wx * plane[i00 + step_y + step_x]);
 }
 
+#if DTC_X86_GATHER
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// border_taps for eight points: the same clamps (min/max return their second operand for equal
+// zeros, so -0 clamps to +0 as select does), truncation and steps.
+struct Taps8 {
+  __m256i i00, step_x, step_y;
+  __m256 wx, wy, ok;
+  bool paired;  // every step_x is 1: a point's left and right taps are one 64-bit read
+};
+
+__attribute__((target("avx2,fma"))) inline Taps8 border_taps_avx2(__m256 sx, __m256 sy, int64_t w, int64_t h) {
+  Taps8 t;
+  const __m256 zero = _mm256_setzero_ps();
+  t.ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(sx, sx), zero, _CMP_EQ_OQ),
+                       _mm256_cmp_ps(_mm256_sub_ps(sy, sy), zero, _CMP_EQ_OQ));
+  sx = _mm256_and_ps(sx, t.ok);
+  sy = _mm256_and_ps(sy, t.ok);
+  sx = _mm256_max_ps(_mm256_min_ps(sx, _mm256_set1_ps(float(w - 1))), zero);
+  sy = _mm256_max_ps(_mm256_min_ps(sy, _mm256_set1_ps(float(h - 1))), zero);
+  const __m256i x0 = _mm256_cvttps_epi32(sx), y0 = _mm256_cvttps_epi32(sy);
+  t.wx = _mm256_sub_ps(sx, _mm256_cvtepi32_ps(x0));
+  t.wy = _mm256_sub_ps(sy, _mm256_cvtepi32_ps(y0));
+  const __m256i not_last_x = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(w - 1)), x0);
+  const __m256i not_last_y = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(h - 1)), y0);
+  t.step_x = _mm256_and_si256(not_last_x, _mm256_set1_epi32(1));
+  t.step_y = _mm256_and_si256(not_last_y, _mm256_set1_epi32(int32_t(w)));
+  t.i00 = _mm256_add_epi32(_mm256_mullo_epi32(y0, _mm256_set1_epi32(int32_t(w))), x0);
+  t.paired = _mm256_movemask_ps(_mm256_castsi256_ps(not_last_x)) == 0xff;
+  return t;
+}
+
+// Four (left, right) tap pairs as 64-bit lanes. (A lambda would not inherit the target attribute.)
+__attribute__((target("avx2,fma"))) inline __m256 pairs(const float* plane, __m128i index) {
+  return _mm256_castsi256_ps(_mm256_i32gather_epi64(reinterpret_cast<const long long*>(plane), index, 4));
+}
+
+// bilinear() of eight points; every tap lies inside the plane (border padding), so nothing is masked.
+__attribute__((target("avx2,fma"))) inline __m256 bilinear_avx2(const float* plane, const Taps8& t) {
+  __m256 v00, v01, v10, v11;
+  const __m256i i10 = _mm256_add_epi32(t.i00, t.step_y);
+  if (t.paired) {
+    // Pixels 0,1,4,5 then 2,3,6,7, so that the even / odd halves of the pairs shuffle into order.
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    const __m256i top = _mm256_permutevar8x32_epi32(t.i00, order), bottom = _mm256_permutevar8x32_epi32(i10, order);
+    const __m256 ta = pairs(plane, _mm256_castsi256_si128(top)), tb = pairs(plane, _mm256_extracti128_si256(top, 1));
+    const __m256 ba = pairs(plane, _mm256_castsi256_si128(bottom));
+    const __m256 bb = pairs(plane, _mm256_extracti128_si256(bottom, 1));
+    v00 = _mm256_shuffle_ps(ta, tb, _MM_SHUFFLE(2, 0, 2, 0));
+    v01 = _mm256_shuffle_ps(ta, tb, _MM_SHUFFLE(3, 1, 3, 1));
+    v10 = _mm256_shuffle_ps(ba, bb, _MM_SHUFFLE(2, 0, 2, 0));
+    v11 = _mm256_shuffle_ps(ba, bb, _MM_SHUFFLE(3, 1, 3, 1));
+  } else {
+    v00 = _mm256_i32gather_ps(plane, t.i00, 4);
+    v01 = _mm256_i32gather_ps(plane, _mm256_add_epi32(t.i00, t.step_x), 4);
+    v10 = _mm256_i32gather_ps(plane, i10, 4);
+    v11 = _mm256_i32gather_ps(plane, _mm256_add_epi32(i10, t.step_x), 4);
+  }
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 wx0 = _mm256_sub_ps(one, t.wx), wy0 = _mm256_sub_ps(one, t.wy);
+  const __m256 top = _mm256_add_ps(_mm256_mul_ps(wx0, v00), _mm256_mul_ps(t.wx, v01));
+  const __m256 bottom = _mm256_add_ps(_mm256_mul_ps(wx0, v10), _mm256_mul_ps(t.wx, v11));
+  return _mm256_add_ps(_mm256_mul_ps(wy0, top), _mm256_mul_ps(t.wy, bottom));
+}
+
+// The gathering passes of evaluate_row (taps, warped target, residual summed over the channels) for
+// the blocks of eight pixels of the row, with the taps computed once and kept in registers; returns
+// where the portable loops must take over (the row's tail).
+__attribute__((target("avx2,fma"))) int64_t gather_row_avx2(const ConsistencyParams<float>& P, const float* p_prev,
+                                                            const float* cur, const float* prev, const float* fx,
+                                                            const float* fy, int64_t y, float* target, float* acc,
+                                                            float* finite) {
+  const int64_t W = P.W, H = P.H, HW = H * W;
+  const __m256 lanes = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const bool abs_sum = P.residual == math::Residual::AbsSum;
+  int64_t x = 0;
+  for (; x + 8 <= W; x += 8) {
+    const __m256 sx = _mm256_sub_ps(_mm256_add_ps(_mm256_set1_ps(float(x)), lanes), _mm256_loadu_ps(fx + x));
+    const __m256 sy = _mm256_sub_ps(_mm256_set1_ps(float(y)), _mm256_loadu_ps(fy + x));
+    const Taps8 t = border_taps_avx2(sx, sy, W, H);
+    _mm256_storeu_ps(finite + x, _mm256_and_ps(t.ok, one));
+    __m256 warped = bilinear_avx2(p_prev, t);
+    if (!P.soft_target) warped = _mm256_and_ps(_mm256_cmp_ps(warped, half, _CMP_GT_OQ), one);
+    _mm256_storeu_ps(target + x, warped);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t c = 0; c < P.C; ++c) {
+      const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(cur + c * HW + x), bilinear_avx2(prev + c * HW, t)),
+                                     _mm256_set1_ps(P.scale[c]));
+      sum = _mm256_add_ps(sum, abs_sum ? d : _mm256_and_ps(d, abs_mask));
+    }
+    _mm256_storeu_ps(acc + x, sum);
+  }
+  return x;
+}
+#endif
+
 DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float* probs, const float* images,
                                   const float* flows, const float* flows_bw, int64_t b, int64_t t, int64_t y,
                                   RowScratch& s, float* conf, float* target) {
@@ -112,30 +220,34 @@ DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float
   float* wy = s.wy.data();
   float* finite = s.finite.data();
   float* acc = s.acc.data();
-  for (int64_t x = 0; x < W; ++x) {
+  const float* p_prev = probs + (b * P.T_ + t - 1) * HW;
+  const float* cur = images + (b * P.T_ + t) * P.C * HW + y * W;
+  const float* prev = images + (b * P.T_ + t - 1) * P.C * HW;
+  int64_t begin = 0;
+#if DTC_X86_GATHER
+  if (cpu_has_avx2_fma()) begin = gather_row_avx2(P, p_prev, cur, prev, fx, fy, y, target, acc, finite);
+#endif
+  for (int64_t x = begin; x < W; ++x) {
     border_taps(float(x) - fx[x], float(y) - fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x], &finite[x]);
   }
-  const float* p_prev = probs + (b * P.T_ + t - 1) * HW;
   if (P.soft_target) {
-    for (int64_t x = 0; x < W; ++x) target[x] = bilinear(p_prev, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
+    for (int64_t x = begin; x < W; ++x) target[x] = bilinear(p_prev, i00[x], step_x[x], step_y[x], wx[x], wy[x]);
   } else {
-    for (int64_t x = 0; x < W; ++x) {
+    for (int64_t x = begin; x < W; ++x) {
       target[x] = simd::select(bilinear(p_prev, i00[x], step_x[x], step_y[x], wx[x], wy[x]) > 0.5f, 1.0f, 0.0f);
     }
   }
-  const float* cur = images + (b * P.T_ + t) * P.C * HW + y * W;
-  const float* prev = images + (b * P.T_ + t - 1) * P.C * HW;
-  for (int64_t x = 0; x < W; ++x) acc[x] = 0.0f;
+  for (int64_t x = begin; x < W; ++x) acc[x] = 0.0f;
   for (int64_t c = 0; c < P.C; ++c) {
     const float scale = P.scale[c];
     const float* cur_c = cur + c * HW;
     const float* prev_c = prev + c * HW;
     if (P.residual == math::Residual::AbsSum) {
-      for (int64_t x = 0; x < W; ++x) {
+      for (int64_t x = begin; x < W; ++x) {
         acc[x] += (cur_c[x] - bilinear(prev_c, i00[x], step_x[x], step_y[x], wx[x], wy[x])) * scale;
       }
     } else {
-      for (int64_t x = 0; x < W; ++x) {
+      for (int64_t x = begin; x < W; ++x) {
         acc[x] += simd::abs((cur_c[x] - bilinear(prev_c, i00[x], step_x[x], step_y[x], wx[x], wy[x])) * scale);
       }
     }
@@ -206,40 +318,76 @@ void forward_impl(const ConsistencyParams<T>& P, const T* probs, const T* images
   }
 }
 
+// The backward's two contributions of pair t (frames t-1 -> t) of sample b at row y, from one
+// evaluation of that row. L = 1 - sum(M (1 - |P_t - P~|)) / D, so dL/dP_t = M sign(P_t - P~) / D =
+// -dL/dP~: the direct term goes to frame t (when `direct`), and with a soft target the scatter of the
+// warped previous frame goes to frame t-1 (when `scatter`).
+template <typename T>
+void backward_pair_row(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows,
+                       const T* flows_bw, const std::vector<T>& coef, T* grad, int64_t b, int64_t t, int64_t y,
+                       bool direct, bool scatter, RowScratch& scratch, T* conf, T* target) {
+  const int64_t HW = P.H * P.W;
+  const int64_t frame = b * P.T_ + t;
+  evaluate_row(P, probs, images, flows, flows_bw, b, t, y, scratch, conf, target);
+  const T* p_row = probs + frame * HW + y * P.W;
+  if (direct) {
+    T* g_row = grad + frame * HW + y * P.W;
+    for (int64_t x = 0; x < P.W; ++x) {
+      g_row[x] += coef[t - 1] * conf[x] * math::sign(p_row[x] - target[x]) * p_row[x] * (T(1) - p_row[x]);
+    }
+  }
+  if (scatter) {
+    T* g = grad + (frame - 1) * HW;
+    const T* p = probs + (frame - 1) * HW;
+    const T* flow = flows + frame * 2 * HW;
+    for (int64_t x = 0; x < P.W; ++x) {
+      const T go = -coef[t - 1] * conf[x] * math::sign(p_row[x] - target[x]);
+      if (go == T(0)) continue;  // also every pixel without a finite flow (M = 0)
+      const auto taps = math::bilinear_taps<T>(T(x) - flow[y * P.W + x], T(y) - flow[HW + y * P.W + x], P.W, P.H,
+                                               math::Padding::Border);
+      math::scatter_taps(taps, P.W, go, [g, p](int64_t i, T v) { g[i] += v * p[i] * (T(1) - p[i]); });
+    }
+  }
+}
+
+// Every frame receives, in this order, its direct term (as the current frame of its pair) and then
+// the scatter of the next pair (as that pair's warped previous frame), rows in order: the result does
+// not depend on the driver. When the batch covers the threads, a thread owns whole samples and
+// evaluates each pair's rows once for both contributions; otherwise it is parallel over frames and
+// a frame evaluates its own pair and the next one (twice the evaluations, but B x T units of work).
 template <typename T>
 void backward_impl(const ConsistencyParams<T>& P, const T* probs, const T* images, const T* flows, const T* flows_bw,
                    const std::vector<T>& coef, T* grad) {
-  const int64_t HW = P.H * P.W;
+  if (P.B >= at::get_num_threads()) {
+    at::parallel_for(0, P.B, 1, [&](int64_t begin, int64_t end) {
+      RowScratch scratch(P.W);
+      std::vector<T> conf(P.W), target(P.W);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t t = 1; t < P.T_; ++t) {
+          for (int64_t y = 0; y < P.H; ++y) {
+            backward_pair_row(P, probs, images, flows, flows_bw, coef, grad, b, t, y, true, P.soft_target, scratch,
+                              conf.data(), target.data());
+          }
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, P.B * P.T_, 1, [&](int64_t begin, int64_t end) {
     RowScratch scratch(P.W);
     std::vector<T> conf(P.W), target(P.W);
     for (int64_t frame = begin; frame < end; ++frame) {
       const int64_t b = frame / P.T_, s = frame % P.T_;
-      T* g = grad + frame * HW;
-      const T* p = probs + frame * HW;
-      // L = 1 - sum(M (1 - |P_t - P~|)) / D, so dL/dP_t = M sign(P_t - P~) / D = -dL/dP~.
       if (s >= 1) {  // frame s is the current frame of pair s
         for (int64_t y = 0; y < P.H; ++y) {
-          evaluate_row(P, probs, images, flows, flows_bw, b, s, y, scratch, conf.data(), target.data());
-          const T* p_row = p + y * P.W;
-          T* g_row = g + y * P.W;
-          for (int64_t x = 0; x < P.W; ++x) {
-            g_row[x] += coef[s - 1] * conf[x] * math::sign(p_row[x] - target[x]) * p_row[x] * (T(1) - p_row[x]);
-          }
+          backward_pair_row(P, probs, images, flows, flows_bw, coef, grad, b, s, y, true, false, scratch, conf.data(),
+                            target.data());
         }
       }
       if (P.soft_target && s + 1 < P.T_) {  // frame s is the warped previous frame of pair s + 1
-        const T* p_next = probs + (frame + 1) * HW;
-        const T* flow = flows + (frame + 1) * 2 * HW;
         for (int64_t y = 0; y < P.H; ++y) {
-          evaluate_row(P, probs, images, flows, flows_bw, b, s + 1, y, scratch, conf.data(), target.data());
-          for (int64_t x = 0; x < P.W; ++x) {
-            const T go = -coef[s] * conf[x] * math::sign(p_next[y * P.W + x] - target[x]);
-            if (go == T(0)) continue;  // also every pixel without a finite flow (M = 0)
-            const auto t = math::bilinear_taps<T>(T(x) - flow[y * P.W + x], T(y) - flow[HW + y * P.W + x], P.W, P.H,
-                                                  math::Padding::Border);
-            math::scatter_taps(t, P.W, go, [g, p](int64_t i, T v) { g[i] += v * p[i] * (T(1) - p[i]); });
-          }
+          backward_pair_row(P, probs, images, flows, flows_bw, coef, grad, b, s + 1, y, false, true, scratch,
+                            conf.data(), target.data());
         }
       }
     }
