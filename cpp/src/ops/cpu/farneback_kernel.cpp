@@ -61,14 +61,21 @@ void for_each_band(int64_t planes, int h, const F& f) {
 
 // ---- Pyramid: pre-smoothing and resize -------------------------------------------------------------
 
-// One row of the vertical smoothing pass (reflect-101 rows), the same sums as fb::smooth_at.
-DTC_SIMD_CLONES void smooth_vertical_row(const float* plane, int H, int W, int y, const float* taps, int radius,
-                                         float* __restrict out) {
+// Rows past the plane's edge: reflected without repeating the edge row (the pyramid smoothing,
+// fb::smooth_at) or replicated (the Gaussian window, fb::window_at).
+enum class RowEdge { reflect101, replicate };
+
+// One row of a vertical pass of a symmetric kernel: taps[0] on row y, taps[r] on rows y - r and y + r,
+// summed in fb::smooth_at's and fb::window_at's order.
+DTC_SIMD_CLONES void vertical_taps_row(const float* plane, int H, int W, int y, const float* taps, int radius,
+                                       RowEdge edge, float* __restrict out) {
   const float* c = plane + int64_t(y) * W;
   for (int x = 0; x < W; ++x) out[x] = taps[0] * c[x];
   for (int r = 1; r <= radius; ++r) {
-    const float* __restrict a = plane + int64_t(fb::reflect101_index(y - r, H)) * W;
-    const float* __restrict b = plane + int64_t(fb::reflect101_index(y + r, H)) * W;
+    const int above = edge == RowEdge::reflect101 ? fb::reflect101_index(y - r, H) : fb::clamp_index(y - r, H);
+    const int below = edge == RowEdge::reflect101 ? fb::reflect101_index(y + r, H) : fb::clamp_index(y + r, H);
+    const float* __restrict a = plane + int64_t(above) * W;
+    const float* __restrict b = plane + int64_t(below) * W;
     const float t = taps[r];
     for (int x = 0; x < W; ++x) out[x] += t * (a[x] + b[x]);
   }
@@ -126,7 +133,7 @@ void build_level_images(const float* images, int64_t planes, int H, int W, const
     float* dst = level_images + p * int64_t(h) * w;
     std::vector<float> vertical(W), padded(W + 2 * radius), rows(2 * int64_t(W));
     auto smooth_row = [&](int y, float* out) {
-      smooth_vertical_row(src, H, W, y, taps, radius, vertical.data());
+      vertical_taps_row(src, H, W, y, taps, radius, RowEdge::reflect101, vertical.data());
       std::copy(vertical.begin(), vertical.end(), padded.begin() + radius);
       for (int j = 1; j <= radius; ++j) {
         padded[radius - j] = vertical[fb::reflect101_index(-j, W)];
@@ -447,20 +454,6 @@ void box_horizontal_rows(const double* padded, int64_t padded_w, int w, int m, d
   }
 }
 
-// Gaussian window, one separable pass in float with fb::window_at's tap order: vertical over the
-// M plane rows around y, or horizontal over a row padded by the radius (edges replicated).
-DTC_SIMD_CLONES void gauss_vertical_row(const float* plane, int h, int w, int y, const float* taps, int radius,
-                                        float* __restrict out) {
-  const float* c = plane + int64_t(y) * w;
-  for (int x = 0; x < w; ++x) out[x] = taps[0] * c[x];
-  for (int r = 1; r <= radius; ++r) {
-    const float* __restrict a = plane + int64_t(fb::clamp_index(y - r, h)) * w;
-    const float* __restrict b = plane + int64_t(fb::clamp_index(y + r, h)) * w;
-    const float t = taps[r];
-    for (int x = 0; x < w; ++x) out[x] += t * (a[x] + b[x]);
-  }
-}
-
 // Solves every row of one band: windowed sums of the M planes -> flow; then, unless this is the last
 // iteration, rebuilds the band's rows of the next iteration's M planes from the new flow.
 void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R0, const float* R1, float* flow,
@@ -499,7 +492,7 @@ void window_solve_band(const FarnebackPlan& plan, const float* M, const float* R
   std::vector<float> vertical(padded_w), horizontal(w);
   for (int y = y_begin; y < y_end; ++y) {
     for (int c = 0; c < 5; ++c) {
-      gauss_vertical_row(M + c * hw, h, w, y, taps, m, vertical.data() + m);
+      vertical_taps_row(M + c * hw, h, w, y, taps, m, RowEdge::replicate, vertical.data() + m);
       std::fill(vertical.begin(), vertical.begin() + m, vertical[m]);
       std::fill(vertical.begin() + m + w, vertical.end(), vertical[m + w - 1]);
       horizontal_taps_row(vertical.data(), w, taps, m, horizontal.data());
