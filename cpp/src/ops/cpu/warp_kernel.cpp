@@ -95,6 +95,31 @@ struct RowTaps {
   }
 };
 
+// A band's span of source rows as whole cache lines, prefetched into L2 in slices. Empty where the
+// taps span more than the band plus 48 rows (large flows): then it would mostly evict useful lines.
+struct NextPlaneRows {
+  int64_t first_line = 0, lines = 0;
+  void prefetch_slice(const char* plane, int64_t slice, int64_t slices) const {
+    const int64_t per_slice = (lines + slices - 1) / slices;
+    const int64_t end = std::min(lines, (slice + 1) * per_slice);
+    for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 0, 2);
+  }
+};
+
+template <typename T>
+NextPlaneRows next_plane_rows(const RowTaps<T>* taps, int64_t rows, int64_t H, int64_t row_bytes) {
+  int64_t lowest = H, highest = -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    lowest = std::min(lowest, taps[r].lowest_row);
+    highest = std::max(highest, taps[r].highest_row);
+  }
+  NextPlaneRows next;
+  if (lowest > highest || highest - lowest + 1 > rows + 48) return next;
+  next.first_line = lowest * row_bytes / 64;
+  next.lines = ((highest + 1) * row_bytes + 63) / 64 - next.first_line;
+  return next;
+}
+
 // Same formula and order as math::interpolate.
 template <typename T>
 void interpolate_row_portable(const T* plane, const RowTaps<T>& taps, int64_t begin, int64_t end, T* out) {
@@ -278,56 +303,72 @@ __attribute__((noinline)) void backward_pixels_portable(const float* plane, cons
 // the last bits; both backward drivers call this same row, so they still agree exactly). The scatter
 // stays scalar (neighbouring pixels' taps collide), in the portable order: pixel by pixel, taps 00,
 // 01, 10, 11, with the portable weights, so grad_x equals the portable scatter's bit for bit.
-__attribute__((target("avx2,fma"))) void backward_row_avx2(const float* gp, const float* xp, const float* fp,
-                                                           float* gxp, float* gfp, int64_t n, int64_t y, int64_t C,
-                                                           int64_t H, int64_t W, math::Padding padding,
-                                                           RowTaps<float>& taps, float* acc_x, float* acc_y) {
+__attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, const float* xp, const float* fp,
+                                                            float* gxp, float* gfp, int64_t n, int64_t y_first,
+                                                            int64_t rows, int64_t C, int64_t H, int64_t W,
+                                                            math::Padding padding, RowTaps<float>* band_taps,
+                                                            float* band_acc_x, float* band_acc_y) {
   const int64_t HW = H * W;
-  const float* fx = fp + (n * 2) * HW + y * W;
-  fill_row_avx2(taps, fx, fx + HW, y, H, padding);
-  std::fill(acc_x, acc_x + W, 0.0f);
-  std::fill(acc_y, acc_y + W, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* fx = fp + (n * 2) * HW + (y_first + r) * W;
+    fill_row_avx2(band_taps[r], fx, fx + HW, y_first + r, H, padding);
+  }
+  std::fill(band_acc_x, band_acc_x + rows * W, 0.0f);
+  std::fill(band_acc_y, band_acc_y + rows * W, 0.0f);
+  const NextPlaneRows next = next_plane_rows(band_taps, rows, H, W * int64_t(sizeof(float)));
   const __m256 one = _mm256_set1_ps(1.0f);
   const int64_t blocks_end = W - W % 8;
   alignas(32) float scattered[4][8];
   for (int64_t c = 0; c < C; ++c) {
     const float* plane = xp + (n * C + c) * HW;
-    const float* grow = gp + (n * C + c) * HW + y * W;
     float* dst = gxp != nullptr ? gxp + (n * C + c) * HW : nullptr;
-    for (int64_t x = 0; x < blocks_end; x += 8) {
-      __m256 v[4];
-      gather_block_avx2(plane, taps, x, v);
-      const __m256 go = _mm256_loadu_ps(grow + x);
-      const __m256 wx1 = _mm256_loadu_ps(taps.wx1.data() + x), wy1 = _mm256_loadu_ps(taps.wy1.data() + x);
-      const __m256 wx0 = _mm256_sub_ps(one, wx1), wy0 = _mm256_sub_ps(one, wy1);
-      const __m256 d_sx = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wy0, _mm256_sub_ps(v[1], v[0])),
-                                                      _mm256_mul_ps(wy1, _mm256_sub_ps(v[3], v[2]))),
-                                        _mm256_loadu_ps(taps.dx_dsx.data() + x));
-      const __m256 d_sy = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wx0, _mm256_sub_ps(v[2], v[0])),
-                                                      _mm256_mul_ps(wx1, _mm256_sub_ps(v[3], v[1]))),
-                                        _mm256_loadu_ps(taps.dy_dsy.data() + x));
-      // Non-finite pixels accumulate NaN here; the final pass below writes their -0 instead.
-      _mm256_storeu_ps(acc_x + x, _mm256_add_ps(_mm256_loadu_ps(acc_x + x), _mm256_mul_ps(go, d_sx)));
-      _mm256_storeu_ps(acc_y + x, _mm256_add_ps(_mm256_loadu_ps(acc_y + x), _mm256_mul_ps(go, d_sy)));
-      if (dst == nullptr) continue;
-      _mm256_store_ps(scattered[0], _mm256_mul_ps(_mm256_mul_ps(wy0, wx0), go));
-      _mm256_store_ps(scattered[1], _mm256_mul_ps(_mm256_mul_ps(wy0, wx1), go));
-      _mm256_store_ps(scattered[2], _mm256_mul_ps(_mm256_mul_ps(wy1, wx0), go));
-      _mm256_store_ps(scattered[3], _mm256_mul_ps(_mm256_mul_ps(wy1, wx1), go));
-      for (int lane = 0; lane < 8; ++lane) {
-        for (int k = 0; k < 4; ++k) {
-          if (taps.tap_mask(k)[x + lane]) dst[taps.tap_index(k)[x + lane]] += scattered[k][lane];
+    const char* next_plane = c + 1 < C ? reinterpret_cast<const char*>(xp + (n * C + c + 1) * HW) : nullptr;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t y = y_first + r;
+      const RowTaps<float>& taps = band_taps[r];
+      float* acc_x = band_acc_x + r * W;
+      float* acc_y = band_acc_y + r * W;
+      const float* fx = fp + (n * 2) * HW + y * W;
+      const float* grow = gp + (n * C + c) * HW + y * W;
+      for (int64_t x = 0; x < blocks_end; x += 8) {
+        __m256 v[4];
+        gather_block_avx2(plane, taps, x, v);
+        const __m256 go = _mm256_loadu_ps(grow + x);
+        const __m256 wx1 = _mm256_loadu_ps(taps.wx1.data() + x), wy1 = _mm256_loadu_ps(taps.wy1.data() + x);
+        const __m256 wx0 = _mm256_sub_ps(one, wx1), wy0 = _mm256_sub_ps(one, wy1);
+        const __m256 d_sx = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wy0, _mm256_sub_ps(v[1], v[0])),
+                                                        _mm256_mul_ps(wy1, _mm256_sub_ps(v[3], v[2]))),
+                                          _mm256_loadu_ps(taps.dx_dsx.data() + x));
+        const __m256 d_sy = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(wx0, _mm256_sub_ps(v[2], v[0])),
+                                                        _mm256_mul_ps(wx1, _mm256_sub_ps(v[3], v[1]))),
+                                          _mm256_loadu_ps(taps.dy_dsy.data() + x));
+        // Non-finite pixels accumulate NaN here; the final pass below writes their -0 instead.
+        _mm256_storeu_ps(acc_x + x, _mm256_add_ps(_mm256_loadu_ps(acc_x + x), _mm256_mul_ps(go, d_sx)));
+        _mm256_storeu_ps(acc_y + x, _mm256_add_ps(_mm256_loadu_ps(acc_y + x), _mm256_mul_ps(go, d_sy)));
+        if (dst == nullptr) continue;
+        _mm256_store_ps(scattered[0], _mm256_mul_ps(_mm256_mul_ps(wy0, wx0), go));
+        _mm256_store_ps(scattered[1], _mm256_mul_ps(_mm256_mul_ps(wy0, wx1), go));
+        _mm256_store_ps(scattered[2], _mm256_mul_ps(_mm256_mul_ps(wy1, wx0), go));
+        _mm256_store_ps(scattered[3], _mm256_mul_ps(_mm256_mul_ps(wy1, wx1), go));
+        for (int lane = 0; lane < 8; ++lane) {
+          for (int k = 0; k < 4; ++k) {
+            if (taps.tap_mask(k)[x + lane]) dst[taps.tap_index(k)[x + lane]] += scattered[k][lane];
+          }
         }
       }
+      backward_pixels_portable(plane, grow, fx, dst, y, blocks_end, W, H, padding, acc_x, acc_y);
+      if (next_plane != nullptr) next.prefetch_slice(next_plane, r, rows);
     }
-    backward_pixels_portable(plane, grow, fx, dst, y, blocks_end, W, H, padding, acc_x, acc_y);
   }
-  float* gx = gfp + (n * 2) * HW + y * W;
-  float* gy = gx + HW;
-  for (int64_t x = 0; x < W; ++x) {
-    const bool finite = x >= blocks_end || taps.wx1[x] == taps.wx1[x];
-    gx[x] = finite ? -acc_x[x] : -0.0f;
-    gy[x] = finite ? -acc_y[x] : -0.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const RowTaps<float>& taps = band_taps[r];
+    float* gx = gfp + (n * 2) * HW + (y_first + r) * W;
+    float* gy = gx + HW;
+    for (int64_t x = 0; x < W; ++x) {
+      const bool finite = x >= blocks_end || taps.wx1[x] == taps.wx1[x];
+      gx[x] = finite ? -band_acc_x[r * W + x] : -0.0f;
+      gy[x] = finite ? -band_acc_y[r * W + x] : -0.0f;
+    }
   }
 }
 
@@ -362,31 +403,6 @@ void interpolate_row<float>(const float* plane, const RowTaps<float>& taps, floa
   if (cpu_has_avx2_fma()) return interpolate_row_avx2(plane, taps, out);
 #endif
   interpolate_row_portable(plane, taps, 0, taps.width, out);
-}
-
-// A band's span of source rows as whole cache lines, prefetched into L2 in slices. Empty where the
-// taps span more than the band plus 48 rows (large flows): then it would mostly evict useful lines.
-struct NextPlaneRows {
-  int64_t first_line = 0, lines = 0;
-  void prefetch_slice(const char* plane, int64_t slice, int64_t slices) const {
-    const int64_t per_slice = (lines + slices - 1) / slices;
-    const int64_t end = std::min(lines, (slice + 1) * per_slice);
-    for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 0, 2);
-  }
-};
-
-template <typename T>
-NextPlaneRows next_plane_rows(const RowTaps<T>* taps, int64_t rows, int64_t H, int64_t row_bytes) {
-  int64_t lowest = H, highest = -1;
-  for (int64_t r = 0; r < rows; ++r) {
-    lowest = std::min(lowest, taps[r].lowest_row);
-    highest = std::max(highest, taps[r].highest_row);
-  }
-  NextPlaneRows next;
-  if (lowest > highest || highest - lowest + 1 > rows + 48) return next;
-  next.first_line = lowest * row_bytes / 64;
-  next.lines = ((highest + 1) * row_bytes + 63) / 64 - next.first_line;
-  return next;
 }
 
 template <typename T>
@@ -505,12 +521,17 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
 #if DTC_X86_GATHER
     if constexpr (std::is_same_v<T, float>) {
       if (cpu_has_avx2_fma()) {
-        RowTaps<float> row_taps(W);
+        // Bands of rows as in the forward (the rows of a plane that a band reads stay cached, the next
+        // plane's are prefetched); each plane still receives its scatter row by row, pixel by pixel.
+        const int64_t band = by_sample && C > 1 ? std::clamp<int64_t>((int64_t(384) << 10) / (80 * W), 1, 32) : 1;
+        std::vector<RowTaps<float>> band_taps(band, RowTaps<float>(W));
+        std::vector<float> band_acc_x(band * W), band_acc_y(band * W);
         for (int64_t u = begin; u < end; ++u) {
           const int64_t n = by_sample ? u : u / H;
           const int64_t y_begin = by_sample ? 0 : u % H, y_end = by_sample ? H : y_begin + 1;
-          for (int64_t y = y_begin; y < y_end; ++y) {
-            backward_row_avx2(gp, xp, fp, gxp, gfp, n, y, C, H, W, padding, row_taps, acc_x.data(), acc_y.data());
+          for (int64_t y = y_begin; y < y_end; y += band) {
+            backward_band_avx2(gp, xp, fp, gxp, gfp, n, y, std::min(band, y_end - y), C, H, W, padding,
+                               band_taps.data(), band_acc_x.data(), band_acc_y.data());
           }
         }
         return;
