@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
@@ -205,6 +206,54 @@ __attribute__((target("avx2,fma"))) int64_t gather_row_avx2(const ConsistencyPar
   }
   return x;
 }
+
+// The soft target's scatter (backward_pair_row) for the blocks of eight pixels of row y: taps and
+// weights as border_taps (which equal bilinear_taps' with border padding), the adds scalar (taps
+// collide) in the portable order, pixel by pixel, taps 00, 01, 10, 11. A tap clamped onto the last
+// column or row has weight 0 there and is skipped, as scatter_taps skips it. Returns where the
+// portable loop takes over.
+__attribute__((target("avx2,fma"))) int64_t scatter_row_avx2(const ConsistencyParams<float>& P, const float* conf,
+                                                             const float* target, const float* p_row, float coef,
+                                                             const float* fx, const float* fy, int64_t y, float* g,
+                                                             const float* p) {
+  const int64_t W = P.W, H = P.H;
+  const __m256 lanes = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  alignas(32) float go[8], weight[4][8];
+  alignas(32) int32_t i00[8], step_x[8], step_y[8];
+  int64_t x = 0;
+  for (; x + 8 <= W; x += 8) {
+    // go = -coef * conf * sign(p - target), sign(0) = 0.
+    const __m256 diff = _mm256_sub_ps(_mm256_loadu_ps(p_row + x), _mm256_loadu_ps(target + x));
+    const __m256 sign = _mm256_and_ps(_mm256_or_ps(_mm256_and_ps(diff, sign_bit), one),
+                                      _mm256_cmp_ps(diff, zero, _CMP_NEQ_OQ));
+    const __m256 g8 = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(-coef), _mm256_loadu_ps(conf + x)), sign);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(g8, zero, _CMP_NEQ_UQ)) == 0) continue;
+    const __m256 sx = _mm256_sub_ps(_mm256_add_ps(_mm256_set1_ps(float(x)), lanes), _mm256_loadu_ps(fx + x));
+    const __m256 sy = _mm256_sub_ps(_mm256_set1_ps(float(y)), _mm256_loadu_ps(fy + x));
+    const Taps8 t = border_taps_avx2(sx, sy, W, H);
+    const __m256 wx0 = _mm256_sub_ps(one, t.wx), wy0 = _mm256_sub_ps(one, t.wy);
+    _mm256_store_ps(go, g8);
+    _mm256_store_ps(weight[0], _mm256_mul_ps(_mm256_mul_ps(wy0, wx0), g8));
+    _mm256_store_ps(weight[1], _mm256_mul_ps(_mm256_mul_ps(wy0, t.wx), g8));
+    _mm256_store_ps(weight[2], _mm256_mul_ps(_mm256_mul_ps(t.wy, wx0), g8));
+    _mm256_store_ps(weight[3], _mm256_mul_ps(_mm256_mul_ps(t.wy, t.wx), g8));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i00), t.i00);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(step_x), t.step_x);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(step_y), t.step_y);
+    for (int lane = 0; lane < 8; ++lane) {
+      if (go[lane] == 0.0f) continue;  // also every pixel without a finite flow (M = 0)
+      const int32_t taps[4] = {i00[lane], i00[lane] + step_x[lane], i00[lane] + step_y[lane],
+                               i00[lane] + step_y[lane] + step_x[lane]};
+      const bool inside[4] = {true, step_x[lane] != 0, step_y[lane] != 0, step_x[lane] != 0 && step_y[lane] != 0};
+      for (int k = 0; k < 4; ++k) {
+        if (inside[k]) g[taps[k]] += weight[k][lane] * p[taps[k]] * (1.0f - p[taps[k]]);
+      }
+    }
+  }
+  return x;
+}
 #endif
 
 DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float* probs, const float* images,
@@ -340,7 +389,15 @@ void backward_pair_row(const ConsistencyParams<T>& P, const T* probs, const T* i
     T* g = grad + (frame - 1) * HW;
     const T* p = probs + (frame - 1) * HW;
     const T* flow = flows + frame * 2 * HW;
-    for (int64_t x = 0; x < P.W; ++x) {
+    int64_t begin = 0;
+#if DTC_X86_GATHER
+    if constexpr (std::is_same_v<T, float>) {
+      if (cpu_has_avx2_fma()) {
+        begin = scatter_row_avx2(P, conf, target, p_row, coef[t - 1], flow + y * P.W, flow + HW + y * P.W, y, g, p);
+      }
+    }
+#endif
+    for (int64_t x = begin; x < P.W; ++x) {
       const T go = -coef[t - 1] * conf[x] * math::sign(p_row[x] - target[x]);
       if (go == T(0)) continue;  // also every pixel without a finite flow (M = 0)
       const auto taps = math::bilinear_taps<T>(T(x) - flow[y * P.W + x], T(y) - flow[HW + y * P.W + x], P.W, P.H,
