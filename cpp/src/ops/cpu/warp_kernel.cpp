@@ -104,6 +104,12 @@ struct NextPlaneRows {
     const int64_t end = std::min(lines, (slice + 1) * per_slice);
     for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 0, 2);
   }
+  // The same for a plane about to be scattered into (read and written).
+  void prefetch_slice_for_write(char* plane, int64_t slice, int64_t slices) const {
+    const int64_t per_slice = (lines + slices - 1) / slices;
+    const int64_t end = std::min(lines, (slice + 1) * per_slice);
+    for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 1, 2);
+  }
 };
 
 template <typename T>
@@ -316,6 +322,10 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
   std::fill(band_acc_x, band_acc_x + rows * W, 0.0f);
   std::fill(band_acc_y, band_acc_y + rows * W, 0.0f);
   const NextPlaneRows next = next_plane_rows(band_taps, rows, H, W * int64_t(sizeof(float)));
+  if (C > 1) {  // the first plane's span, all at once (the loop below fetches each next one)
+    next.prefetch_slice(reinterpret_cast<const char*>(xp + n * C * HW), 0, 1);
+    if (gxp != nullptr) next.prefetch_slice_for_write(reinterpret_cast<char*>(gxp + n * C * HW), 0, 1);
+  }
   const __m256 one = _mm256_set1_ps(1.0f);
   const int64_t blocks_end = W - W % 8;
   alignas(32) float scattered[4][8];
@@ -323,6 +333,8 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
     const float* plane = xp + (n * C + c) * HW;
     float* dst = gxp != nullptr ? gxp + (n * C + c) * HW : nullptr;
     const char* next_plane = c + 1 < C ? reinterpret_cast<const char*>(xp + (n * C + c + 1) * HW) : nullptr;
+    // The next grad_x plane too: the scatter's read-modify-writes land on the same span of rows.
+    char* next_dst = c + 1 < C && gxp != nullptr ? reinterpret_cast<char*>(gxp + (n * C + c + 1) * HW) : nullptr;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t y = y_first + r;
       const RowTaps<float>& taps = band_taps[r];
@@ -358,6 +370,7 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
       }
       backward_pixels_portable(plane, grow, fx, dst, y, blocks_end, W, H, padding, acc_x, acc_y);
       if (next_plane != nullptr) next.prefetch_slice(next_plane, r, rows);
+      if (next_dst != nullptr) next.prefetch_slice_for_write(next_dst, r, rows);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -430,6 +443,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& flow, at::Tensor& out, 
                        // plane's gathers run, a slice after each row (the gathers' scattered reads
                        // defeat the hardware prefetchers).
                        const NextPlaneRows next = next_plane_rows(taps.data(), rows, H, W * int64_t(sizeof(T)));
+                       if (C > 1) next.prefetch_slice(reinterpret_cast<const char*>(xp + n * C * HW), 0, 1);
                        for (int64_t c = 0; c < C; ++c) {
                          const char* next_plane =
                              c + 1 < C ? reinterpret_cast<const char*>(xp + (n * C + c + 1) * HW) : nullptr;
