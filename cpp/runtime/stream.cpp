@@ -73,7 +73,7 @@ at::Tensor Stream::probabilities_of(const cv::Mat& frame) {
   const int64_t m = model_.preprocessing().multiple;
   const int depth = frame.depth(), channels = frame.channels();
   const bool fits = !frame.empty() && frame.rows % m == 0 && frame.cols % m == 0;
-  if (fits && depth == CV_8U && (channels == 1 || ((channels == 3 || channels == 4) && model_.preprocessing().in_channels == 3))) {
+  if (fits && depth == CV_8U && model_.takes_8bit(channels)) {
     // The common case, a camera's or decoder's 8-bit frame: converted and normalised in one pass.
     return model_.probabilities_8bit(frame.data, frame.rows, frame.cols, channels, static_cast<int64_t>(frame.step[0]),
                                      /*bgr=*/true);

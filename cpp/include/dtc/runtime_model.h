@@ -45,6 +45,8 @@ class Model {
   // colour frame and a grey network, or a size that is not a multiple.
   at::Tensor probabilities_8bit(const uint8_t* pixels, int64_t height, int64_t width, int64_t channels,
                                 int64_t row_bytes, bool bgr) const;
+  // Whether probabilities_8bit takes 8-bit frames with this many interleaved channels.
+  bool takes_8bit(int64_t channels) const;
 
   const Preprocessing& preprocessing() const;
   const std::string& net() const;      // "student", "unet" or "unetpp"
@@ -54,6 +56,9 @@ class Model {
   struct Impl;
 
  private:
+  static void check_size(const Preprocessing& p, int64_t height, int64_t width);  // throws Error
+  at::Tensor probabilities_of_normalised(const at::Tensor& x) const;
+
   std::shared_ptr<Impl> impl_;
 };
 

@@ -179,16 +179,28 @@ at::Tensor Model::probabilities(const at::Tensor& frames) const {
         << (frames.defined() ? std::string(c10::toString(frames.scalar_type())) : std::string("an undefined tensor"));
     throw Error(msg.str());
   }
-  if (frames.size(2) <= 0 || frames.size(3) <= 0 || frames.size(2) % p.multiple || frames.size(3) % p.multiple) {
-    throw Error("dtc runtime: frame size " + std::to_string(frames.size(3)) + "x" + std::to_string(frames.size(2)) +
+  check_size(p, frames.size(2), frames.size(3));
+  torch::NoGradGuard no_grad;
+  // The same ops, in the same order, dtype and layout, as dtc.deploy.Segmenter: (x - mean) / std, forward, sigmoid.
+  return probabilities_of_normalised(
+      (frames.to(impl_->device, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) - impl_->mean) / impl_->std);
+}
+
+void Model::check_size(const Preprocessing& p, int64_t height, int64_t width) {
+  if (height <= 0 || width <= 0 || height % p.multiple || width % p.multiple) {
+    throw Error("dtc runtime: frame size " + std::to_string(width) + "x" + std::to_string(height) +
                 " (WxH) is not a multiple of " + std::to_string(p.multiple) + " (the network downsamples by " +
                 std::to_string(p.multiple) + "); pad or resize the frames");
   }
+}
+
+at::Tensor Model::probabilities_of_normalised(const at::Tensor& x) const {
   torch::NoGradGuard no_grad;
-  // The same ops, in the same order, dtype and layout, as dtc.deploy.Segmenter: (x - mean) / std, forward, sigmoid.
-  const at::Tensor x =
-      (frames.to(impl_->device, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) - impl_->mean) / impl_->std;
   return at::sigmoid(impl_->net.logits(x).to(at::kFloat));
+}
+
+bool Model::takes_8bit(int64_t channels) const {
+  return channels == 1 || ((channels == 3 || channels == 4) && impl_->pre.in_channels == 3);
 }
 
 at::Tensor Model::probabilities_8bit(const uint8_t* pixels, int64_t height, int64_t width, int64_t channels,
@@ -198,16 +210,12 @@ at::Tensor Model::probabilities_8bit(const uint8_t* pixels, int64_t height, int6
     throw Error("dtc runtime: an 8-bit frame needs pixels, a positive size and row_bytes >= width * channels, got " +
                 std::to_string(width) + "x" + std::to_string(height) + " (WxH), row_bytes " + std::to_string(row_bytes));
   }
-  if (!(channels == 1 || ((channels == 3 || channels == 4) && p.in_channels == 3))) {
+  if (!takes_8bit(channels)) {
     throw Error("dtc runtime: the network takes " + std::to_string(p.in_channels) + " channel(s); probabilities_8bit " +
                 "takes grey frames, or BGR(A)/RGB(A) frames for a 3-channel network, got " + std::to_string(channels) +
                 " channel(s)");
   }
-  if (height % p.multiple || width % p.multiple) {
-    throw Error("dtc runtime: frame size " + std::to_string(width) + "x" + std::to_string(height) +
-                " (WxH) is not a multiple of " + std::to_string(p.multiple) + " (the network downsamples by " +
-                std::to_string(p.multiple) + "); pad or resize the frames");
-  }
+  check_size(p, height, width);
   const int64_t c_in = p.in_channels;
   // Float32 constants rounded exactly as the tensor path rounds them (mean and std held as float32), and
   // the same two IEEE operations per value, (v / 255 - mean) / std: the same bits as probabilities().
@@ -230,8 +238,7 @@ at::Tensor Model::probabilities_8bit(const uint8_t* pixels, int64_t height, int6
       }
     }
   });
-  torch::NoGradGuard no_grad;
-  return at::sigmoid(impl_->net.logits(x.to(impl_->device)).to(at::kFloat));
+  return probabilities_of_normalised(x.to(impl_->device));
 }
 
 const Preprocessing& Model::preprocessing() const { return impl_->pre; }

@@ -142,7 +142,7 @@ const c10::TypedOperatorHandle<ReorderWeight>* reorder_weight_op() {
 // ------------------------------------------------------------------------------------- building blocks
 bool FoldedConvBn::applies(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {
   return !conv->is_training() && !bn->is_training() && bn->options.track_running_stats() &&
-         !(at::GradMode::is_enabled() && (conv->weight.requires_grad() || bn->weight.requires_grad()));
+         !needs_grad(conv->weight) && !needs_grad(bn->weight);
 }
 
 at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at::Tensor& x, bool relu) {
