@@ -5,7 +5,7 @@ Python loop, and dtc.Segmenter.push.
 Each contender reads the same simulated clip (MJPG AVI) and writes an overlay video. Reported per
 contender: frames per second over the whole clip, the per-frame end-to-end latency (frame decoded ->
 its overlay written) at p50/p95/p99 for the streaming ones (`dtc infer` batches, so it has no per-frame
-latency), the mean inference time and the fraction of the frame time it takes. Contenders run in
+latency), the median inference time and the fraction of the frame time it takes. Contenders run in
 rotating order each round; the host load is printed before and after, since this machine is shared.
 
 dtc-stream runs flat out (its FPS) and fed at the clip's frame rate as a scanner would feed it
