@@ -483,3 +483,14 @@ def test_float32_backward_matches_float64_oracle(padding, flow_scale):
             torch.set_num_threads(threads)
     for a, b in zip(fused, split):
         assert torch.equal(a, b)
+
+
+def test_cpu_forward_and_backward_refuse_planes_of_2_31_pixels():
+    # Expanded (stride-0) tensors: the sizes of a 2^31-pixel plane without its memory; refused before any
+    # allocation, since the CPU kernels' row tables index a plane with int32.
+    x = torch.zeros(1, 1, 1, 1).expand(1, 1, 1 << 16, 1 << 15)
+    flow = torch.zeros(1, 2, 1, 1).expand(1, 2, 1 << 16, 1 << 15)
+    with pytest.raises(ValueError, match="fewer than 2\\^31 pixels"):
+        torch.ops.dtc.warp(x, flow, "border")
+    with pytest.raises(ValueError, match="fewer than 2\\^31 pixels"):
+        torch.ops.dtc.warp_backward(x, x, flow, "border", [True, True])

@@ -95,20 +95,24 @@ struct RowTaps {
   }
 };
 
+// Rows per band: the band's tables (bytes_per_pixel each) within ~384 KiB, so they and the source rows
+// they read stay in L2; at most 32 rows.
+int64_t band_rows(int64_t W, int64_t bytes_per_pixel) {
+  return std::clamp<int64_t>((int64_t(384) << 10) / (bytes_per_pixel * W), 1, 32);
+}
+
 // A band's span of source rows as whole cache lines, prefetched into L2 in slices. Empty where the
 // taps span more than the band plus 48 rows (large flows): then it would mostly evict useful lines.
 struct NextPlaneRows {
   int64_t first_line = 0, lines = 0;
+  // for_write: a plane about to be scattered into (read and written).
+  template <bool for_write = false>
   void prefetch_slice(const char* plane, int64_t slice, int64_t slices) const {
     const int64_t per_slice = (lines + slices - 1) / slices;
     const int64_t end = std::min(lines, (slice + 1) * per_slice);
-    for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 0, 2);
-  }
-  // The same for a plane about to be scattered into (read and written).
-  void prefetch_slice_for_write(char* plane, int64_t slice, int64_t slices) const {
-    const int64_t per_slice = (lines + slices - 1) / slices;
-    const int64_t end = std::min(lines, (slice + 1) * per_slice);
-    for (int64_t line = slice * per_slice; line < end; ++line) __builtin_prefetch(plane + 64 * (first_line + line), 1, 2);
+    for (int64_t line = slice * per_slice; line < end; ++line) {
+      __builtin_prefetch(plane + 64 * (first_line + line), for_write ? 1 : 0, 2);
+    }
   }
 };
 
@@ -324,7 +328,7 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
   const NextPlaneRows next = next_plane_rows(band_taps, rows, H, W * int64_t(sizeof(float)));
   if (C > 1) {  // the first plane's span, all at once (the loop below fetches each next one)
     next.prefetch_slice(reinterpret_cast<const char*>(xp + n * C * HW), 0, 1);
-    if (gxp != nullptr) next.prefetch_slice_for_write(reinterpret_cast<char*>(gxp + n * C * HW), 0, 1);
+    if (gxp != nullptr) next.prefetch_slice<true>(reinterpret_cast<char*>(gxp + n * C * HW), 0, 1);
   }
   const __m256 one = _mm256_set1_ps(1.0f);
   const int64_t blocks_end = W - W % 8;
@@ -370,7 +374,7 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
       }
       backward_pixels_portable(plane, grow, fx, dst, y, blocks_end, W, H, padding, acc_x, acc_y);
       if (next_plane != nullptr) next.prefetch_slice(next_plane, r, rows);
-      if (next_dst != nullptr) next.prefetch_slice_for_write(next_dst, r, rows);
+      if (next_dst != nullptr) next.prefetch_slice<true>(next_dst, r, rows);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -428,7 +432,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& flow, at::Tensor& out, 
   // of a plane that the band's taps read stay cached across the band, where one output row at a time
   // over all channels cycles through C planes' neighbourhoods (megabytes at C = 64) before it comes
   // back to a plane. The band's tables (~70 bytes a pixel) stay within a few hundred kilobytes.
-  const int64_t band = C == 1 ? 1 : std::clamp<int64_t>((int64_t(384) << 10) / (70 * W), 1, 32);
+  const int64_t band = C == 1 ? 1 : band_rows(W, 70);
   at::parallel_for(0, N * H, /*grain_size=*/std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C)),
                    [&](int64_t begin, int64_t end) {
                      std::vector<RowTaps<T>> taps(std::min(band, end - begin), RowTaps<T>(W));
@@ -530,14 +534,12 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   const int64_t units = by_sample ? N : N * H;
   const int64_t grain = by_sample ? 1 : std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTaps<T>> taps(W);
-    std::vector<T> acc_x(W), acc_y(W);
 #if DTC_X86_GATHER
     if constexpr (std::is_same_v<T, float>) {
       if (cpu_has_avx2_fma()) {
         // Bands of rows as in the forward (the rows of a plane that a band reads stay cached, the next
         // plane's are prefetched); each plane still receives its scatter row by row, pixel by pixel.
-        const int64_t band = by_sample && C > 1 ? std::clamp<int64_t>((int64_t(384) << 10) / (80 * W), 1, 32) : 1;
+        const int64_t band = by_sample && C > 1 ? band_rows(W, 80) : 1;
         std::vector<RowTaps<float>> band_taps(band, RowTaps<float>(W));
         std::vector<float> band_acc_x(band * W), band_acc_y(band * W);
         for (int64_t u = begin; u < end; ++u) {
@@ -552,6 +554,8 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
       }
     }
 #endif
+    std::vector<BilinearTaps<T>> taps(W);
+    std::vector<T> acc_x(W), acc_y(W);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = by_sample ? u : u / H;
       const int64_t y_begin = by_sample ? 0 : u % H, y_end = by_sample ? H : y_begin + 1;
@@ -562,11 +566,16 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   });
 }
 
+// The forward's and the backward's row taps index a plane with int32, which also halves the gathers' index width.
+math::Padding check_warp_cpu_args(const at::Tensor& x, const at::Tensor& flow, c10::string_view padding) {
+  const auto mode = check_warp_args(x, flow, std::string_view(padding.data(), padding.size()));
+  TORCH_CHECK_VALUE(x.size(2) * x.size(3) < (int64_t(1) << 31), "warp: x must have fewer than 2^31 pixels "
+                    "per channel on the CPU, got ", x.size(2), " x ", x.size(3));
+  return mode;
+}
+
 at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in, c10::string_view padding) {
-  const auto mode = check_warp_args(x_in, flow_in, std::string_view(padding.data(), padding.size()));
-  // The row taps index a plane with int32, which also halves the gathers' index width.
-  TORCH_CHECK_VALUE(x_in.size(2) * x_in.size(3) < (int64_t(1) << 31), "warp: x must have fewer than 2^31 pixels "
-                    "per channel on the CPU, got ", x_in.size(2), " x ", x_in.size(3));
+  const auto mode = check_warp_cpu_args(x_in, flow_in, padding);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor flow = flow_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -578,7 +587,7 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in, c10::stri
 std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                                      const at::Tensor& flow_in, c10::string_view padding,
                                                      std::array<bool, 2> output_mask) {
-  const auto mode = check_warp_args(x_in, flow_in, std::string_view(padding.data(), padding.size()));
+  const auto mode = check_warp_cpu_args(x_in, flow_in, padding);
   check_warp_grad(grad_out_in, x_in);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor x = x_in.contiguous();
