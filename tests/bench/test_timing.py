@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from dtc.bench import _timing, step
+from dtc.bench import _timing, main, step
 
 
 def test_interleaved_rotates_order_and_times_every_side_each_round():
@@ -39,3 +39,10 @@ def test_step_defaults_on_the_cpu_are_the_light_student_and_keep_explicit_option
     chosen = step.resolve_defaults(args)
     assert (args.model, args.B, args.H, args.W, args.amp) == ("student", 2, 64, 224, "off")
     assert "H=64" not in " ".join(chosen) and "model=student" in chosen
+
+
+@pytest.mark.parametrize("bench", ["flow", "warp", "losses", "infer"])
+def test_benches_refuse_a_thread_count_that_is_not_positive(bench, capsys):
+    with pytest.raises(SystemExit):
+        main([bench, "--threads", "0"])
+    assert "expected a positive number of threads, got '0'" in capsys.readouterr().err

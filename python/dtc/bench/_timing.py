@@ -2,6 +2,7 @@
 and copy bandwidth."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import statistics
@@ -134,3 +135,23 @@ def host_load() -> str:
         return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "n/a"
+
+
+def _thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--threads N``, the benches' one way to set torch's intra-op threads (see :func:`apply_threads`)."""
+    parser.add_argument("--threads", type=_thread_count, help=help)
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from dtc.bench._timing import describe_ratio, device_name, host_load, interleaved
+from dtc.bench._timing import add_threads_argument, apply_threads, describe_ratio, device_name, host_load, interleaved
 from dtc.data.synth import SynthConfig, simulate_video
 from dtc.flow import FARNEBACK_DEFAULTS, farneback
 
@@ -129,12 +129,11 @@ def main(argv=None) -> int:
     parser.add_argument("--size", action="append", help="H,W (repeatable); default 256,448 and 512,512")
     parser.add_argument("--batch", action="append", type=int, help="pairs per call (repeatable); default 1 and 16")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="CPU threads for dtc (torch.set_num_threads); default torch's")
+    add_threads_argument(parser, "CPU threads for dtc (torch.set_num_threads); default torch's")
     parser.add_argument("--opencv-batch", type=int, default=16,
                         help="pairs per call in the OpenCV C++ op vs Python cv2 loop table (0: skip it)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES
     batches = args.batch or DEFAULT_BATCHES
     device = torch.device(args.device)

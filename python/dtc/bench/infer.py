@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from dtc.bench._timing import device_name, host_load, median_ms
+from dtc.bench._timing import add_threads_argument, apply_threads, device_name, host_load, median_ms
 
 NETS = ["student", "unetpp", "unet"]
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="256,448", help="H,W (multiples of 32)")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 16 on CUDA, 1 on CPU)")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (default 20 CUDA, 5 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    add_threads_argument(parser, "CPU threads (default: torch's)")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     args = parser.parse_args(argv)
     # The full grid (three nets × two dtypes × two layouts) is sized for a GPU; on a CPU-only machine the
@@ -111,8 +111,7 @@ def main(argv=None) -> int:
     layouts = [s.strip() for s in args.layouts.split(",")]
     if any(s not in ("nchw", "channels_last") for s in layouts):
         parser.error(f"--layouts: expected a subset of ['nchw', 'channels_last'], got {args.layouts!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     print(f"inference benchmark, input {size[0]}x{size[1]}, eval mode, inference_mode; host load {host_load()}")
     for device in devices:

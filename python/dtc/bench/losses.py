@@ -13,7 +13,8 @@ import argparse
 import torch
 
 from dtc import losses
-from dtc.bench._timing import copy_bandwidth_gbs, describe_ratio, device_name, host_load, interleaved
+from dtc.bench._timing import (add_threads_argument, apply_threads, copy_bandwidth_gbs, describe_ratio, device_name,
+                               host_load, interleaved)
 
 
 def make_inputs(B, T, H, W, cl, cg, device, seed=0):
@@ -88,11 +89,10 @@ def main(argv=None) -> int:
     parser.add_argument("--global-channels", type=int, default=1024)
     parser.add_argument("--preset", default="dtc", choices=["dtc", "reference"])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 gives CPU-time "
-                        "figures that a busy machine does not inflate; default torch's")
+    add_threads_argument(parser, "CPU threads (torch.set_num_threads); 1 gives CPU-time figures that a busy "
+                         "machine does not inflate; default torch's")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     rows, bandwidth = run(args.device, args.B, args.T, args.H, args.W, args.local_channels, args.global_channels,
                           args.preset, args.repeat)
     print(f"device: {device_name(args.device)}; copy bandwidth {bandwidth:.1f} GB/s; preset {args.preset!r}; "

@@ -10,7 +10,8 @@ import argparse
 import torch
 
 from dtc import ops
-from dtc.bench._timing import copy_bandwidth_gbs, describe_ratio, device_name, host_load, interleaved
+from dtc.bench._timing import (add_threads_argument, apply_threads, copy_bandwidth_gbs, describe_ratio, device_name,
+                               host_load, interleaved)
 from dtc.ops import reference
 
 DEFAULT_SIZES = {
@@ -60,11 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--size", action="append", help="B,C,H,W (repeatable); default: the standard set")
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 gives CPU-time "
-                        "figures that a busy machine does not inflate; default torch's")
+    add_threads_argument(parser, "CPU threads (torch.set_num_threads); 1 gives CPU-time figures that a busy "
+                         "machine does not inflate; default torch's")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.size] if args.size else DEFAULT_SIZES[device.type]
     dtype = getattr(torch, args.dtype)
