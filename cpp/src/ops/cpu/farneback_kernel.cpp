@@ -265,14 +265,13 @@ void polynomial_expansion(const float* level_images, int64_t planes, int h, int 
 // p + d(p) stay scalar or use AVX2 gathers. The formulas and their order are update_matrices_at's, and
 // the branches become selects (both sides are computed; the unused one is discarded).
 struct UpdateScratch {
-  int w;
   std::vector<int32_t> offset;  // floor(y + dy)·w + floor(x + dx) into next's planes; 0 outside next
   std::vector<uint32_t> inside;  // all ones where the bilinear footprint lies inside next
   std::vector<float> weights;    // four rows: a00, a01, a10, a11
   std::vector<float> samples;    // five rows: next's coefficients at p + d(p)
   std::vector<float> column_scale;  // the border down-weighting of each column
   explicit UpdateScratch(int w)
-      : w(w), offset(w), inside(w), weights(4 * int64_t(w)), samples(5 * int64_t(w)), column_scale(w) {
+      : offset(w), inside(w), weights(4 * int64_t(w)), samples(5 * int64_t(w)), column_scale(w) {
     for (int x = 0; x < w; ++x) {
       float scale = 1.f;
       if (x < 5) scale *= fb::border_weight(x);
