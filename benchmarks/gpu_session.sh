@@ -14,7 +14,7 @@
 # include/eigen3 and share/eigen3/cmake; `bash benchmarks/gpu_session.sh --prepare` makes it here).
 # A second call can skip the build by carrying the extension the first call returned
 # (DTC_GPU_PREBUILT=1 with python/dtc/_C*.so and python/dtc/bin/dtc-stream in place).
-# DTC_GPU_STAGES picks stages (default "build tests sanitizer bench").
+# DTC_GPU_STAGES picks stages (default "build probe tests sanitizer bench").
 set -uo pipefail
 if [ "${1:-}" = "--prepare" ]; then
   # Run here, not there: copies this machine's Eigen into .gpu-deps and keeps git from tracking it.
@@ -27,7 +27,7 @@ BUDGET=${1:-470}
 T0=$(date +%s)
 OUT=${OUT:-/tmp/dtc-gpu}
 LOGS=/tmp/dtc-gpu-logs
-STAGES=" ${DTC_GPU_STAGES:-build tests sanitizer bench} "
+STAGES=" ${DTC_GPU_STAGES:-build probe tests sanitizer bench} "
 mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 DTC_CUDA=ON DTC_CUDA_ARCHS=${DTC_CUDA_ARCHS:-90} CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 [ -d .gpu-deps ] && export CMAKE_PREFIX_PATH="$PWD/.gpu-deps${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
@@ -57,7 +57,7 @@ elif want build; then
   t=$(date +%s)
   if timeout "$(cap 300)" python3 -m pip install -v --no-build-isolation --no-deps . > "$LOGS/build.log" 2>&1; then
     status build "ok ($(( $(date +%s) - t )) s)"
-    so=$(cd /tmp && python3 -c "import dtc._C as c; print(c.__file__)" 2>>"$LOGS/build.log")
+    so=$(cd /tmp && python3 -c "import dtc, dtc._C as c; print(c.__file__)" 2>>"$LOGS/build.log")
     [ -n "$so" ] && cp -f "$so" "$OUT/" && cp -f "$(dirname "$so")/bin/dtc-stream" "$OUT/" 2>/dev/null
   else
     status build "FAILED after $(( $(date +%s) - t )) s (logs.tgz: build.log)"
@@ -68,16 +68,41 @@ fi
 status build_info "$(tail -1 "$LOGS/gpu.txt")"
 pack_logs
 
+# ---- crash probe: on the first H200 run three bad-input tests segfaulted their workers instead of
+# raising (CPU ops; here they raise). One call per process says which error paths crash; cuda-gdb (the
+# machine has no gdb) gives the first crashing one's backtrace.
+if want probe; then
+  for case in $(cd /tmp && python3 "$REPO/benchmarks/gpu_crash_probe.py"); do
+    (cd /tmp && timeout 60 python3 "$REPO/benchmarks/gpu_crash_probe.py" "$case") >> "$LOGS/probe.log" 2>&1
+    rc=$?; echo "$case exit $rc" >> "$LOGS/probe.log"
+    if [ $rc -ne 0 ] && [ ! -f "$LOGS/probe_gdb.log" ] && command -v cuda-gdb > /dev/null; then
+      (cd /tmp && timeout 120 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" \
+         --args python3 "$REPO/benchmarks/gpu_crash_probe.py" "$case") > "$LOGS/probe_gdb.log" 2>&1
+    fi
+  done
+  status "crash probe" "$(grep -c ' exit 0$' "$LOGS/probe.log") raised, crashed: $(grep -v ' exit 0$' "$LOGS/probe.log" | grep ' exit ' | cut -d' ' -f1 | tr '\n' ' ')"
+  # If no call crashes alone, the crash needs what ran before it in the process: the crashing tests'
+  # files in one process, under the debugger.
+  c=$(cap 150)
+  if [ "$c" -gt 0 ] && command -v cuda-gdb > /dev/null; then
+    (cd tests && timeout "$c" cuda-gdb -batch -ex run -ex bt --args python3 -m pytest -p no:xdist -p no:cacheprovider -x -q \
+       flow/test_farneback.py losses/test_ops.py metrics/test_cpp.py) > "$LOGS/probe_files_gdb.log" 2>&1
+    status "crash probe, files" "$(grep -E 'passed|failed|SIGSEGV' "$LOGS/probe_files_gdb.log" | tail -1)"
+  fi
+  pack_logs
+fi
+
 # ---- tests: the CUDA ones and, beside them on the other cores, the rest of the quick suite (on a
-# machine with a GPU some paths pick CUDA by themselves). pytest-timeout turns a hang into a failure.
+# machine with a GPU some paths pick CUDA by themselves; the first failure stops them, so that it is
+# reported within the budget). pytest-timeout turns a hang into a failure.
 if want tests; then
-  c=$(cap 200)
+  c=$(cap 170)
   if [ "$c" -gt 0 ]; then
     xd() { python3 -c "import xdist" 2>/dev/null && echo "-n $1"; }
     to=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
-    (cd tests && timeout "$c" python3 -m pytest -q -p no:cacheprovider -m cuda $(xd 4) $to -rfE . > "$OUT/cuda_tests.log" 2>&1) &
+    (cd tests && timeout "$c" python3 -m pytest -q -p no:cacheprovider -m cuda $(xd 4) $to -rfEs . > "$OUT/cuda_tests.log" 2>&1) &
     cuda_pid=$!
-    (cd tests && timeout "$c" python3 -m pytest -q -p no:cacheprovider -m "not slow and not cuda" $(xd 10) $to -rfE . \
+    (cd tests && timeout "$c" python3 -m pytest -q -p no:cacheprovider -m "not slow and not cuda" $(xd 10) $to -x -rfE . \
        > "$LOGS/other_tests.log" 2>&1) &
     other_pid=$!
     wait $cuda_pid; rc=$?

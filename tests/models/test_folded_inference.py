@@ -48,6 +48,22 @@ def test_folded_cache_follows_weights_dtype_and_layout():
     assert float((cl - outputs(other, x, False)[0]).abs().max()) <= 1e-5
 
 
+def test_a_model_converted_under_inference_mode_is_folded_afresh():
+    # `.to(...)` inside torch.inference_mode() makes inference tensors, which have no version counter
+    # (on an H200 the benchmark's `.cuda()` under inference mode failed with "Inference tensors do not
+    # track version counter"): each call folds them again, so in-place updates are still seen.
+    model = randomise_(create("student", base=8), 0).eval()
+    x = torch.rand(1, 3, 32, 48, dtype=torch.float64)
+    with torch.inference_mode():
+        model.double()
+        first = model(x)[0]
+        randomise_(model, 5)
+        second = model(x)[0]
+    model_copy = randomise_(create("student", base=8), 5).eval().double()
+    assert float((second - outputs(model_copy, x, False)[0]).abs().max()) <= 1e-10
+    assert float((second - first).abs().max()) > 1e-3
+
+
 def test_training_mode_is_unchanged_and_gets_gradients():
     model = randomise_(create("student", base=8), 0).train()
     x = torch.rand(2, 3, 32, 48)

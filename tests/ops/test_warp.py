@@ -279,6 +279,10 @@ def test_cuda_matches_reference_fp32_fp64(shape, padding):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_half_precision_accumulates_in_float(dtype):
     x, flow = random_pair((2, 8, 32, 40), torch.float32, device="cuda")
+    # Eighths plus 1/16 within +-15 are exact in both half types and never put a sample point on an
+    # integer, where the flow gradient jumps (bilinear interpolation has a kink there) and the oracle's
+    # normalised coordinates may round to the other side of it (seen on an H200: one pixel off by 6.4).
+    flow = torch.round(flow.clamp(-15, 15) * 8) / 8 + 1 / 16
     out = ops.warp(x.to(dtype), flow.to(dtype))
     assert out.dtype == dtype
     expected = reference.warp(x.to(dtype).float(), flow.to(dtype).float())

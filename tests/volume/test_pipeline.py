@@ -67,6 +67,27 @@ def test_chunked_inference_covers_every_slice_once_in_effect(D, overlap):
     assert torch.allclose(prob, image, atol=1e-5)
 
 
+@pytest.mark.cuda
+def test_a_network_on_the_gpu_segments_a_volume_held_on_the_cpu():
+    # `dtc bench xdim` on an H200 passed a CPU volume to a CUDA student and failed on a device mismatch.
+    from dtc.models import StudentKD
+
+    torch.manual_seed(0)
+    student = StudentKD(base=4, kd_channels=8).eval()
+    image = torch.rand(20, 24, 24, generator=torch.Generator().manual_seed(3))
+    expected = pipeline.predict_volume(student, image, size=32, overlap=8)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # float32 convolutions, so CPU and GPU agree to ~1e-6
+    try:
+        prob = pipeline.predict_volume(student.cuda(), image, size=32, overlap=8)
+        on_gpu = pipeline.predict_volume(student, image.cuda(), size=32, overlap=8)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert prob.device == image.device and on_gpu.is_cuda
+    torch.testing.assert_close(prob, expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(on_gpu.cpu(), expected, rtol=0, atol=1e-4)
+
+
 def test_chunk_weights_ramp():
     w = pipeline.chunk_weights(16, 8)
     assert w[0] == pytest.approx(1 / 9) and w[7] == pytest.approx(8 / 9) and w[8] == pytest.approx(8 / 9)

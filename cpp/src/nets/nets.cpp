@@ -161,10 +161,14 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
                       at::globalContext().userEnabledMkldnn() &&
                       // under autocast conv2d runs in the lower precision; the oneDNN ops are not on its list
                       !at::autocast::is_autocast_enabled(at::kCPU);
+  // Parameters made under inference mode (a model moved to the GPU inside torch.inference_mode()) have
+  // no version counter, so an in-place update of them could not be noticed: they are folded afresh.
+  bool cacheable = true;
+  for (const at::Tensor* source : sources) cacheable = cacheable && !source->is_inference();
   at::Tensor w, b, packed;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    bool fresh = weight_.defined() && dtype_ == conv->weight.scalar_type() && format_ == format;
+    bool fresh = cacheable && weight_.defined() && dtype_ == conv->weight.scalar_type() && format_ == format;
     for (int i = 0; i < 5 && fresh; ++i) {
       fresh = storage_[i] == sources[i]->unsafeGetTensorImpl()->storage().data() && versions_[i] == sources[i]->_version();
     }
@@ -180,7 +184,7 @@ at::Tensor FoldedConvBn::forward(nn::Conv2d& conv, nn::BatchNorm2d& bn, const at
       packed_.clear();
       for (int i = 0; i < 5; ++i) {
         storage_[i] = sources[i]->unsafeGetTensorImpl()->storage().data();
-        versions_[i] = sources[i]->_version();
+        versions_[i] = cacheable ? sources[i]->_version() : -1;
       }
       dtype_ = conv->weight.scalar_type();
       format_ = format;

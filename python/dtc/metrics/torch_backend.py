@@ -53,7 +53,7 @@ def medical_thresholds(device: torch.device | str = "cpu") -> torch.Tensor:
     """``numpy.linspace(1, 0, 256)`` bit for bit, built on ``device`` (a host-to-device copy would
     synchronise): numpy computes ``i * step + 1`` with ``step = -1 / 255`` and sets the last entry to 0."""
     thresholds = torch.arange(256, dtype=torch.float64, device=device) * ((0.0 - 1.0) / 255) + 1.0
-    thresholds[-1] = 0.0
+    thresholds[-1:].zero_()  # not `thresholds[-1] = 0.0`: that copies a host scalar and synchronises
     return thresholds
 
 

@@ -285,6 +285,12 @@ def chunk_weights(z: int, overlap: int) -> torch.Tensor:
     return w
 
 
+def _network_device(net, fallback: torch.device) -> torch.device:
+    """Where `net` computes: its first parameter's device (a network without parameters runs anywhere)."""
+    first = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
+    return fallback if first is None else first.device
+
+
 def predict_volume(student, image: torch.Tensor, *, size: int, z: int = 16, overlap: int | None = None,
                    batch: int = 4) -> torch.Tensor:
     """Probabilities [D, H, W] of a volume [D, H, W] in [0, 1] at native size.
@@ -292,7 +298,7 @@ def predict_volume(student, image: torch.Tensor, *, size: int, z: int = 16, over
     overlap=0: the original code's non-overlapping chunks, the last padded by repeating the volume's last
     slice. overlap > 0 (default z // 2, 8 for 16-slice chunks): chunks every z - overlap slices (the last one ending at the volume's end), blended
     with linear ramps across z. Slices are resized to size x size for the network and back (bilinear).
-    Probabilities below 0.1 are set to 0.
+    Probabilities below 0.1 are set to 0. The network runs on its own device; the result is on the image's.
     """
     if image.dim() != 3:
         raise ValueError(f"image must be a [D, H, W] volume, got {tuple(image.shape)}")
@@ -313,15 +319,16 @@ def predict_volume(student, image: torch.Tensor, *, size: int, z: int = 16, over
         starts = list(range(0, last + 1, z - overlap))
         if starts[-1] != last:
             starts.append(last)
-    ramp = chunk_weights(z, overlap).view(z, 1, 1)
-    acc = torch.zeros(x.shape[0], size, size, dtype=torch.float64)
-    norm = torch.zeros(x.shape[0], 1, 1, dtype=torch.float64)
+    ramp = chunk_weights(z, overlap).view(z, 1, 1).to(x.device)
+    acc = torch.zeros(x.shape[0], size, size, dtype=torch.float64, device=x.device)
+    norm = torch.zeros(x.shape[0], 1, 1, dtype=torch.float64, device=x.device)
+    net_device = _network_device(student, x.device)
     student.eval()
     with torch.no_grad():
         for i in range(0, len(starts), batch):
             group = starts[i:i + batch]
-            logits, _ = student(torch.stack([x[s:s + z] for s in group])[:, None])
-            for s, lg in zip(group, torch.sigmoid(logits.double())):
+            logits, _ = student(torch.stack([x[s:s + z] for s in group])[:, None].to(net_device))
+            for s, lg in zip(group, torch.sigmoid(logits.double()).to(x.device)):
                 w = ramp.clone()
                 if s == 0:
                     w[: z // 2] = 1  # no neighbour to blend with at the volume's ends
@@ -335,11 +342,13 @@ def predict_volume(student, image: torch.Tensor, *, size: int, z: int = 16, over
 
 
 def predict_volume_2d(teacher, image: torch.Tensor, *, size: int, batch: int = 32) -> torch.Tensor:
-    """The 2-D teacher applied slice by slice (no 3-D context): probabilities [D, H, W] at native size."""
+    """The 2-D teacher applied slice by slice (no 3-D context): probabilities [D, H, W] at native size, on
+    the image's device (the teacher runs on its own)."""
     D, H, W = image.shape
     x = resize_volume(image.float(), (size, size))[:, None]
+    net_device = _network_device(teacher, x.device)
     with torch.no_grad():
-        prob = torch.cat([teacher.probabilities(x[i:i + batch]) for i in range(0, D, batch)])
+        prob = torch.cat([teacher.probabilities(x[i:i + batch].to(net_device)).to(x.device) for i in range(0, D, batch)])
     return F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=True)[:, 0].clamp_(0, 1)
 
 

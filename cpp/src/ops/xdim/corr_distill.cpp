@@ -1,5 +1,5 @@
-// dtc::corr_distill_loss (docs/xdim.md, "Correlation distillation"): schema-level checks, the CPU
-// kernels and the autograd function. For each slice i with partner j = pair[i] and points a, b:
+// dtc::corr_distill_loss (docs/xdim.md, "Correlation distillation"): the kernels (one ATen implementation
+// for the CPU and CUDA) and the autograd function. For each slice i with partner j = pair[i] and points a, b:
 //   F(a,b) = T_i(a).T_j(b) (teacher correlation),  C(a,b) = S_i(a).S_j(b) (student correlation),
 //   Ft = F - rowmean_b F + mean F  (the last mean over all slices and points),
 //   loss = mean_{i,a,b} -clamp(C, 0, clamp_max) (Ft - b0).
@@ -11,6 +11,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <utility>
 
@@ -19,10 +20,18 @@
 namespace dtc::ops {
 namespace {
 
-// The correlations are batched matrix products over chunks of slices: BLAS does the O(n^2 C) work,
-// and a chunk's [k, n, n] correlations are the only n^2 memory (F is recomputed per pass, not kept for
-// all M slices). Products run in the input's precision (float for half/bfloat16), the sums in float64.
-constexpr int64_t kSlicesPerChunk = 8;
+// The correlations are batched matrix products over chunks of slices: BLAS (cuBLAS on the GPU) does the
+// O(n^2 C) work, and a chunk's [k, n, n] correlations are the only n^2 memory (F is recomputed per pass,
+// not kept for all M slices). Products run in the input's precision (float for half/bfloat16), the sums
+// in float64, kept on the device (no host read-back between chunks).
+// Both devices run this: a hand-written CUDA kernel that recomputed each dot product per (slice, point)
+// row ran 19x slower than the plain-PyTorch composition on an H200 (M=64, n=256, C=384: 47 vs 2.5 ms).
+// On the CPU 8 slices keep a chunk in cache; the GPU wants few, large launches (up to 2^24 values a chunk).
+int64_t slices_per_chunk(const at::Tensor& x) {
+  if (!x.is_cuda()) return 8;
+  const int64_t n = x.size(1);
+  return std::max<int64_t>(8, (int64_t(1) << 24) / std::max<int64_t>(n * n, 1));
+}
 
 at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -36,24 +45,25 @@ at::Tensor corr(const at::Tensor& x, const at::Tensor& pair, int64_t i0, int64_t
   return at::bmm(xi, xj.transpose(1, 2)).to(at::kDouble);
 }
 
-// rowmean [M, n] of F and the global mean of F (summed in a fixed order: deterministic).
-std::pair<at::Tensor, double> teacher_row_means(const at::Tensor& t, const at::Tensor& pair) {
-  const int64_t M = t.size(0), n = t.size(1);
+// rowmean [M, n] of F and the global mean of F, a 0-d float64 tensor (summed in a fixed order:
+// deterministic).
+std::pair<at::Tensor, at::Tensor> teacher_row_means(const at::Tensor& t, const at::Tensor& pair) {
+  const int64_t M = t.size(0), n = t.size(1), chunk = slices_per_chunk(t);
   at::Tensor rowmean = at::empty({M, n}, t.options().dtype(at::kDouble));
-  double total = 0;
-  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
-    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+  at::Tensor total = at::zeros({}, rowmean.options());
+  for (int64_t i0 = 0; i0 < M; i0 += chunk) {
+    const int64_t k = std::min(chunk, M - i0);
     const at::Tensor f = corr(t, pair, i0, k);
     rowmean.narrow(0, i0, k).copy_(f.mean(2));
-    total += f.sum().item<double>();
+    total.add_(f.sum());
   }
-  return {rowmean, total / (double(M) * double(n) * double(n))};
+  return {rowmean, total.div_(double(M) * double(n) * double(n))};
 }
 
 // The centred target Ft - b0 for a chunk: F - rowmean + mean - b0.
-at::Tensor target_minus_b0(const at::Tensor& t, const at::Tensor& pair, const at::Tensor& rowmean, double mean_f,
-                           double b0, int64_t i0, int64_t k) {
-  return corr(t, pair, i0, k) - rowmean.narrow(0, i0, k).unsqueeze(2) + (mean_f - b0);
+at::Tensor target_minus_b0(const at::Tensor& t, const at::Tensor& pair, const at::Tensor& rowmean,
+                           const at::Tensor& mean_f, double b0, int64_t i0, int64_t k) {
+  return corr(t, pair, i0, k).sub_(rowmean.narrow(0, i0, k).unsqueeze(2)).add_(mean_f - b0);
 }
 
 // What the forward and the backward both start from: the checked operands in the compute type and
@@ -68,37 +78,36 @@ struct Operands {
   }
   // The loss's normaliser: every (slice, a, b) term.
   double terms() const { return double(s.size(0)) * double(s.size(1)) * double(s.size(1)); }
-  at::Tensor s, t, p, rowmean;
-  double mean_f = 0;
+  at::Tensor s, t, p, rowmean, mean_f;
 };
 
-at::Tensor corr_distill_cpu(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& pair, double b0,
-                            double clamp_max) {
+at::Tensor corr_distill_forward(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& pair,
+                                double b0, double clamp_max) {
   const Operands o(student, teacher, pair, clamp_max);
-  const int64_t M = o.s.size(0);
-  double total = 0;
-  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
-    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+  const int64_t M = o.s.size(0), chunk = slices_per_chunk(o.s);
+  at::Tensor total = at::zeros({}, o.rowmean.options());
+  for (int64_t i0 = 0; i0 < M; i0 += chunk) {
+    const int64_t k = std::min(chunk, M - i0);
     const at::Tensor c = corr(o.s, o.p, i0, k).clamp_(0, clamp_max);
-    total -= (c * target_minus_b0(o.t, o.p, o.rowmean, o.mean_f, b0, i0, k)).sum().item<double>();
+    total.sub_((c * target_minus_b0(o.t, o.p, o.rowmean, o.mean_f, b0, i0, k)).sum());
   }
-  return at::scalar_tensor(total / o.terms(), student.options());
+  return total.div_(o.terms()).to(student.scalar_type());
 }
 
-at::Tensor corr_distill_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                                     const at::Tensor& pair, double b0, double clamp_max) {
+at::Tensor corr_distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                                 const at::Tensor& pair, double b0, double clamp_max) {
   const Operands o(student, teacher, pair, clamp_max);
-  const int64_t M = o.s.size(0);
-  const double scale = grad_loss.item<double>() / o.terms();
+  const int64_t M = o.s.size(0), chunk = slices_per_chunk(o.s);
+  const at::Tensor minus_scale = grad_loss.to(at::kDouble).div(-o.terms());
   const at::Tensor sd = o.s.to(at::kDouble);
   at::Tensor grad = at::zeros(sd.sizes(), sd.options());
-  for (int64_t i0 = 0; i0 < M; i0 += kSlicesPerChunk) {
-    const int64_t k = std::min(kSlicesPerChunk, M - i0);
+  for (int64_t i0 = 0; i0 < M; i0 += chunk) {
+    const int64_t k = std::min(chunk, M - i0);
     const at::Tensor pj = o.p.narrow(0, i0, k);
     const at::Tensor c = corr(o.s, o.p, i0, k);
     // clamp passes the gradient on [0, clamp_max], as torch.clamp
     const at::Tensor g = target_minus_b0(o.t, o.p, o.rowmean, o.mean_f, b0, i0, k)
-                             .mul_(-scale)
+                             .mul_(minus_scale)
                              .mul_(((c >= 0) & (c <= clamp_max)).to(at::kDouble));
     grad.narrow(0, i0, k).add_(at::bmm(g, sd.index_select(0, pj)));
     grad.index_add_(0, pj, at::bmm(g.transpose(1, 2), sd.narrow(0, i0, k)));
@@ -156,9 +165,16 @@ at::Tensor corr_distill_autograd(const at::Tensor& student, const at::Tensor& te
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dtc, CPU, m) {
-  m.impl("corr_distill_loss", &corr_distill_cpu);
-  m.impl("corr_distill_loss_backward", &corr_distill_backward_cpu);
+  m.impl("corr_distill_loss", &corr_distill_forward);
+  m.impl("corr_distill_loss_backward", &corr_distill_backward);
 }
+
+#if DTC_WITH_CUDA
+TORCH_LIBRARY_IMPL(dtc, CUDA, m) {
+  m.impl("corr_distill_loss", &corr_distill_forward);
+  m.impl("corr_distill_loss_backward", &corr_distill_backward);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(dtc, Autograd, m) { m.impl("corr_distill_loss", TORCH_FN(corr_distill_autograd)); }
 
