@@ -10,12 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#include <immintrin.h>
-#define DTC_X86_GATHER 1
-#else
-#define DTC_X86_GATHER 0
-#endif
+#include "ops/cpu/x86_gather.h"
 
 #include "ops/common/loss_math.h"
 #include "ops/cpu/simd_math.h"
@@ -108,11 +103,6 @@ inline float bilinear(const float* plane, int32_t i00, int32_t step_x, int32_t s
 }
 
 #if DTC_X86_GATHER
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 // border_taps for eight points: the same clamps (min/max return their second operand for equal
 // zeros, so -0 clamps to +0 as select does), truncation and steps.
 struct Taps8 {
@@ -274,7 +264,7 @@ DTC_SIMD_CLONES void evaluate_row(const ConsistencyParams<float>& P, const float
   const float* prev = images + (b * P.T_ + t - 1) * P.C * HW;
   int64_t begin = 0;
 #if DTC_X86_GATHER
-  if (cpu_has_avx2_fma()) begin = gather_row_avx2(P, p_prev, cur, prev, fx, fy, y, target, acc, finite);
+  if (simd::cpu_has_avx2_fma()) begin = gather_row_avx2(P, p_prev, cur, prev, fx, fy, y, target, acc, finite);
 #endif
   for (int64_t x = begin; x < W; ++x) {
     border_taps(float(x) - fx[x], float(y) - fy[x], W, H, &i00[x], &step_x[x], &step_y[x], &wx[x], &wy[x], &finite[x]);
@@ -392,7 +382,7 @@ void backward_pair_row(const ConsistencyParams<T>& P, const T* probs, const T* i
     int64_t begin = 0;
 #if DTC_X86_GATHER
     if constexpr (std::is_same_v<T, float>) {
-      if (cpu_has_avx2_fma()) {
+      if (simd::cpu_has_avx2_fma()) {
         begin = scatter_row_avx2(P, conf, target, p_row, coef[t - 1], flow + y * P.W, flow + HW + y * P.W, y, g, p);
       }
     }

@@ -27,12 +27,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#include <immintrin.h>
-#define DTC_FB_X86_GATHER 1
-#else
-#define DTC_FB_X86_GATHER 0
-#endif
+#include "ops/cpu/x86_gather.h"
 
 #include "ops/common/farneback_math.h"
 #include "ops/cpu/simd_math.h"
@@ -318,7 +313,7 @@ void bilinear_samples_portable(const float* R1, int64_t hw, int w, const int32_t
   }
 }
 
-#if DTC_FB_X86_GATHER
+#if DTC_X86_GATHER
 // The same sums eight pixels at a time with AVX2 gathers, chosen at run time (GCC's generic tuning
 // never emits gather instructions from the plain loop). Separate multiplies and adds in the portable
 // loop's order (the target has no FMA), so both give the same bits.
@@ -340,17 +335,12 @@ __attribute__((target("avx2"))) void bilinear_samples_avx2(const float* R1, int6
   }
   bilinear_samples_portable(R1, hw, w, offset, weights, vector_end, samples);
 }
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
 #endif
 
 void bilinear_samples_row(const float* R1, int64_t hw, int w, const int32_t* offset, const float* weights,
                           float* samples) {
-#if DTC_FB_X86_GATHER
-  if (cpu_has_avx2()) return bilinear_samples_avx2(R1, hw, w, offset, weights, samples);
+#if DTC_X86_GATHER
+  if (simd::cpu_has_avx2()) return bilinear_samples_avx2(R1, hw, w, offset, weights, samples);
 #endif
   bilinear_samples_portable(R1, hw, w, offset, weights, 0, samples);
 }

@@ -10,12 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#include <immintrin.h>
-#define DTC_X86_GATHER 1
-#else
-#define DTC_X86_GATHER 0
-#endif
+#include "ops/cpu/x86_gather.h"
 
 #include "ops/common/warp_math.h"
 #include "ops/warp.h"
@@ -388,11 +383,6 @@ __attribute__((target("avx2,fma"))) void backward_band_avx2(const float* gp, con
     }
   }
 }
-
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 template <typename T>
@@ -404,7 +394,7 @@ template <>
 void fill_row<float>(RowTaps<float>& taps, const float* flow_x, const float* flow_y, int64_t y, int64_t H,
                      math::Padding padding) {
 #if DTC_X86_GATHER
-  if (cpu_has_avx2_fma()) return fill_row_avx2(taps, flow_x, flow_y, y, H, padding);
+  if (simd::cpu_has_avx2_fma()) return fill_row_avx2(taps, flow_x, flow_y, y, H, padding);
 #endif
   taps.fill(flow_x, flow_y, y, H, padding);
 }
@@ -417,7 +407,7 @@ void interpolate_row(const T* plane, const RowTaps<T>& taps, T* out) {
 template <>
 void interpolate_row<float>(const float* plane, const RowTaps<float>& taps, float* out) {
 #if DTC_X86_GATHER
-  if (cpu_has_avx2_fma()) return interpolate_row_avx2(plane, taps, out);
+  if (simd::cpu_has_avx2_fma()) return interpolate_row_avx2(plane, taps, out);
 #endif
   interpolate_row_portable(plane, taps, 0, taps.width, out);
 }
@@ -536,7 +526,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
 #if DTC_X86_GATHER
     if constexpr (std::is_same_v<T, float>) {
-      if (cpu_has_avx2_fma()) {
+      if (simd::cpu_has_avx2_fma()) {
         // Bands of rows as in the forward (the rows of a plane that a band reads stay cached, the next
         // plane's are prefetched); each plane still receives its scatter row by row, pixel by pixel.
         const int64_t band = by_sample && C > 1 ? band_rows(W, 80) : 1;
