@@ -38,6 +38,10 @@ def test_gradcheck_prototypes(local_size, rescale):
     for hard in (False, True):
         assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, d["flows"], thr, rescale, hard)[:2], (loc,))
     assert torch.autograd.gradcheck(lambda f: ops.global_prototypes(p, f, thr)[:2], (glob,))
+    # One prototype of each pair alone: autograd hands the backward the other's gradient undefined.
+    for k in (0, 1):
+        assert torch.autograd.gradcheck(lambda f: ops.local_prototypes(p, f, d["flows"], thr, rescale, False)[k], (loc,))
+        assert torch.autograd.gradcheck(lambda f: ops.global_prototypes(p, f, thr)[k], (glob,))
     # Through the whole prototype loss (cosine + cross weighting) too.
     assert torch.autograd.gradcheck(
         lambda a, b: losses.prototype_alignment(p, a, b, d["flows"], threshold="percentile70")[0], (loc, glob),

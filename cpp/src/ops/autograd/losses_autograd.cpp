@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <utility>
 #include <vector>
 
 #include "dtc/ops.h"
@@ -17,6 +18,15 @@ using torch::autograd::variable_list;
 
 at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like);
+}
+
+// The prototype ops' two outputs per frame pair, [B, T-1, C] each; a branch of the loss may use only
+// one, and autograd then hands the other over undefined.
+std::pair<at::Tensor, at::Tensor> pair_grads(const variable_list& grads, const at::Tensor& features) {
+  const at::Tensor zeros = grads[0].defined() && grads[1].defined()
+                               ? at::Tensor()
+                               : at::zeros({features.size(0), features.size(1) - 1, features.size(2)}, features.options());
+  return {grads[0].defined() ? grads[0] : zeros, grads[1].defined() ? grads[1] : zeros};
 }
 
 std::string_view to_std(c10::string_view s) { return std::string_view(s.data(), s.size()); }
@@ -86,11 +96,9 @@ class LocalPrototypesFunction : public torch::autograd::Function<LocalPrototypes
     const auto s = ctx->get_saved_variables();
     at::Tensor grad_features;
     if (ctx->needs_input_grad(1)) {
-      const int64_t B = s[1].size(0), T = s[1].size(1), C = s[1].size(2);
-      const at::Tensor zeros = at::zeros({B, T - 1, C}, s[1].options());
-      grad_features = dtc::local_prototypes_backward(grads[0].defined() ? grads[0] : zeros,
-                                                     grads[1].defined() ? grads[1] : zeros, s[4], s[0], s[1], s[2],
-                                                     s[3], ctx->saved_data["rescale_flow"].toBool(),
+      const auto [grad_prev, grad_cur] = pair_grads(grads, s[1]);
+      grad_features = dtc::local_prototypes_backward(grad_prev, grad_cur, s[4], s[0], s[1], s[2], s[3],
+                                                     ctx->saved_data["rescale_flow"].toBool(),
                                                      ctx->saved_data["hard_target"].toBool());
     }
     return {at::Tensor(), grad_features, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -121,11 +129,8 @@ class GlobalPrototypesFunction : public torch::autograd::Function<GlobalPrototyp
     const auto s = ctx->get_saved_variables();
     at::Tensor grad_features;
     if (ctx->needs_input_grad(1)) {
-      const int64_t B = s[1].size(0), T = s[1].size(1), C = s[1].size(2);
-      const at::Tensor zeros = at::zeros({B, T - 1, C}, s[1].options());
-      grad_features = dtc::global_prototypes_backward(grads[0].defined() ? grads[0] : zeros,
-                                                      grads[1].defined() ? grads[1] : zeros, s[3], s[4], s[0], s[1],
-                                                      s[2]);
+      const auto [grad_prev, grad_cur] = pair_grads(grads, s[1]);
+      grad_features = dtc::global_prototypes_backward(grad_prev, grad_cur, s[3], s[4], s[0], s[1], s[2]);
     }
     return {at::Tensor(), grad_features, at::Tensor()};
   }
