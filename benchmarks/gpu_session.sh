@@ -107,8 +107,9 @@ if want tests; then
   if [ "$c" -gt 0 ]; then
     xd() { python3 -c "import xdist" 2>/dev/null && echo "-n $1"; }
     to=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
-    # Two threads per worker (as on the 2-core CI machine): torch takes all 16 cores in every worker by default, and 14 workers
-    # oversubscribed the machine 14-fold on the first run (the quick suite got 16-48 % through).
+    # Two threads per worker, as on the 2-core CI machine: torch takes all 16 cores in every worker by
+    # default, and 14 workers oversubscribed the machine 14-fold on the first run (the quick suite got
+    # 16-48 % through).
     (cd tests && OMP_NUM_THREADS=2 timeout "$c" python3 -m pytest -q -p no:cacheprovider -m cuda $(xd 4) $to -rfEs . \
        > "$OUT/cuda_tests.log" 2>&1) &
     cuda_pid=$!
