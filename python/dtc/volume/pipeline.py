@@ -348,7 +348,8 @@ def predict_volume_2d(teacher, image: torch.Tensor, *, size: int, batch: int = 3
     x = resize_volume(image.float(), (size, size))[:, None]
     net_device = _network_device(teacher, x.device)
     with torch.no_grad():
-        prob = torch.cat([teacher.probabilities(x[i:i + batch].to(net_device)).to(x.device) for i in range(0, D, batch)])
+        prob = torch.cat([teacher.probabilities(x[i:i + batch].to(net_device)).to(x.device)
+                          for i in range(0, D, batch)])
     return F.interpolate(prob, size=(H, W), mode="bilinear", align_corners=True)[:, 0].clamp_(0, 1)
 
 
