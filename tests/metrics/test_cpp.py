@@ -35,3 +35,19 @@ def test_cpp_rejects_bad_input():
         core.sunseg_frame(torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match=r"probabilities in \[0, 1\]"):
         core.sunseg_frame(torch.full((4, 4), 2.0, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -1e300])
+def test_cpp_rejects_values_that_do_not_convert_to_a_bin(bad):
+    """Non-finite or huge predictions are rejected by name; before the check they were converted to an
+    int bin index (undefined behaviour that UBSan's float-cast-overflow reports; benchmarks/sanitize.sh)."""
+    import torch
+
+    from dtc.metrics.functional import _cpp_module
+
+    pred = torch.full((5, 6), 0.5, dtype=torch.float64)
+    pred[2, 3] = bad
+    gt = torch.zeros(5, 6, dtype=torch.uint8)
+    gt[1:3, 1:4] = 1
+    with pytest.raises(RuntimeError, match=r"pred must hold probabilities in \[0, 1\]"):
+        _cpp_module().sunseg_frame(pred, gt)

@@ -416,10 +416,14 @@ std::tuple<at::Tensor, at::Tensor> sunseg_frame(const at::Tensor& pred_in, const
     int64_t c_first = -1, c_last = -1;
     for (int64_t c = 0; c < f.w; ++c) {
       const double p = prow[c];
-      in_range &= (p >= 0.0) & (p <= 1.0);  // also false for NaN
+      const bool p_ok = (p >= 0.0) & (p <= 1.0);  // also false for NaN
+      in_range &= p_ok;
       const int g = grow[c] != 0;
       fp.pred_sum += p;
-      const int level = int(p * 255.0) & 255;  // truncation, as uint8(255 * pred); the mask only guards bad input
+      // Truncation, as uint8(255 * pred). A value off [0, 1] is rejected after the loop, but it must not
+      // reach the conversion before that: NaN, Inf or a huge value converted to int is undefined
+      // behaviour (UBSan's float-cast-overflow), and the bins it indexes must stay in range.
+      const int level = int((p_ok ? p : 0.0) * 255.0);
       // First index i0 with thr[i0] <= p (the thresholds descend). thr[255 - level] is level / 255 up to
       // rounding, so start there and settle exactly.
       // The two differ by rounding only (the thresholds are 1/255 apart), so one step at most each way.

@@ -78,7 +78,9 @@ inline float exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  // A NaN x passes the clamps and makes n NaN, whose conversion to int is undefined behaviour (UBSan's
+  // float-cast-overflow); convert 0 instead: p is NaN already, so the result stays NaN.
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(select(n == n, n, 0.0f)) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
