@@ -26,7 +26,19 @@ CASES = {
         False, False, False),
 }
 
+
+def loaded_runtimes() -> list[str]:
+    """The C++ runtime and unwinder copies this process has mapped: two libstdc++ or libgcc_s, or an
+    LLVM libunwind, would make an exception's unwinding depend on which copy a library binds to."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "/" in line}
+    return sorted(p for p in paths if any(k in p for k in ("libstdc++", "libgcc_s", "unwind", "libc++", "gomp")))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--maps"]:
+        print("\n".join(loaded_runtimes()))
+        raise SystemExit(0)
     if len(sys.argv) < 2:
         print(" ".join(CASES))
         raise SystemExit(0)

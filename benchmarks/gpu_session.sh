@@ -79,6 +79,7 @@ pack_logs
 # raising (CPU ops; here they raise). One call per process says which error paths crash; cuda-gdb (the
 # machine has no gdb) gives the first crashing one's backtrace.
 if want probe; then
+  (cd /tmp && python3 "$REPO/benchmarks/gpu_crash_probe.py" --maps) > "$LOGS/probe_runtimes.log" 2>&1
   for case in $(cd /tmp && python3 "$REPO/benchmarks/gpu_crash_probe.py"); do
     (cd /tmp && timeout 60 python3 "$REPO/benchmarks/gpu_crash_probe.py" "$case") >> "$LOGS/probe.log" 2>&1
     rc=$?; echo "$case exit $rc" >> "$LOGS/probe.log"
