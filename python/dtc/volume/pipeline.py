@@ -287,7 +287,7 @@ def chunk_weights(z: int, overlap: int) -> torch.Tensor:
 
 def _network_device(net, fallback: torch.device) -> torch.device:
     """Where `net` computes: its first parameter's device (a network without parameters runs anywhere)."""
-    first = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
+    first = next(net.parameters(), None)
     return fallback if first is None else first.device
 
 
